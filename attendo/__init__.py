@@ -1,0 +1,8 @@
+"""attendo: attention-based sequence-to-sequence models you can train, decode, evaluate and see."""
+
+__version__ = "0.1.0"
+
+from .config import Config, ConfigError, load_config  # noqa: E402
+from .translator import Translation, Translator, load  # noqa: E402
+
+__all__ = ["Config", "ConfigError", "Translation", "Translator", "load", "load_config", "__version__"]

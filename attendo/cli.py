@@ -1,0 +1,251 @@
+"""The ``attendo`` command line: one entry point, one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("attendo")
+
+
+class CLIError(Exception):
+    """A usage problem reported as 'attendo CMD: error: ...' with exit code 2."""
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    acc = run_demo(args.out, args.overrides)
+    return 0 if acc >= 0 else 1
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import Trainer, resume
+
+    if args.resume:
+        overrides = list(args.overrides)
+        if args.config:  # argparse puts the first override into the optional config slot
+            if "=" not in args.config:
+                raise CLIError("with --resume DIR the config is DIR/config.yaml; give only "
+                               "dotted overrides (e.g. train.max_steps=20000)")
+            overrides.insert(0, args.config)
+        resume(args.resume, overrides)
+        return 0
+    if not args.config:
+        raise CLIError("give a config file, or --resume DIR")
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"train.out_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    out = Path(cfg.train.out_dir)
+    if (out / "last.safetensors").exists() or (out / "model.safetensors").exists():
+        if not args.overwrite:
+            raise CLIError(
+                f"{out} already holds a training run; use --resume {out} to continue it, "
+                "--overwrite to start over, or set train.out_dir"
+            )
+        clear_run(out)
+    Trainer(cfg).run()
+    return 0
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a previous run left in out (for --overwrite), so nothing mixes."""
+    import shutil
+
+    for name in ("metrics.jsonl", "train.log", "last.safetensors", "model.safetensors"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("checkpoints", "tensorboard"):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _read_input(path: str | None) -> list[str]:
+    from .data.corpus import read_lines
+
+    if path and path != "-":
+        return read_lines(path, max_chars=None)
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CLIError(f"<stdin>:{line}: invalid UTF-8 (expected UTF-8 text)") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln.rstrip("\r") for ln in lines]
+
+
+def cmd_translate(args) -> int:
+    from .translator import Translator
+    from .utils import atomic_write_text
+
+    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device)
+    texts = _read_input(args.input)
+    out = translator.translate(
+        texts, beam=args.beam, n_best=args.n_best, batch_size=args.batch_size,
+        length_penalty=args.length_penalty,
+    )
+    lines = []
+    for i, t in enumerate(out):
+        if args.n_best > 1:
+            hyps = t.nbest or [t] * args.n_best  # an empty input still gets n lines
+            lines.extend(f"{i} ||| {h.text} ||| {h.score:.4f}" for h in hyps)
+        else:
+            lines.append(t.text)
+    text = "".join(line + "\n" for line in lines)
+    if args.output:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate, format_report
+    from .translator import Translator
+    from .utils import atomic_write_text
+
+    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device)
+    report, hyps = evaluate(translator, args.src, args.ref, beam=args.beam,
+                            batch_size=args.batch_size, length_penalty=args.length_penalty)
+    if args.output:
+        atomic_write_text(args.output, "".join(h + "\n" for h in hyps))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def cmd_attend(args) -> int:
+    from .translator import Translator
+    from .viz import plot_attention
+
+    translator = Translator.from_dir(args.model, device=args.device)
+    if not getattr(translator.model.decoder, "use_attn", True):
+        raise CLIError(f"{args.model}: this model has no attention (model.attention: none)")
+    texts = _read_input(args.input) if args.input else list(args.sentences)
+    if not texts:
+        raise CLIError("give sentences as arguments or --input FILE")
+    outs = translator.translate(texts, beam=args.beam, return_attention=True)
+    out_dir = Path(args.out)
+    for i, (src, o) in enumerate(zip(texts, outs)):
+        if o.attention is None or o.attention.size == 0:
+            print(f"{i}: empty input, no picture", file=sys.stderr)
+            continue
+        path = plot_attention(o.attention, o.src_tokens, o.tgt_tokens,
+                              out_dir / f"attention-{i:03d}.png", title=f"{src} -> {o.text}",
+                              merge=args.merge_subwords)
+        print(f"{path}\t{o.text}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data.download import fetch_multi30k
+
+    summary = fetch_multi30k(args.out, from_dir=Path(args.from_dir) if args.from_dir else None,
+                             langs=tuple(args.langs))
+    for name, n in summary.items():
+        print(f"{Path(args.out) / name}\t{n} lines")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="attendo",
+        description="Attention-based sequence-to-sequence models: train, decode, evaluate, see.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train a small attention model on a generated task (~2 min)")
+    d.add_argument("--out", default="runs/demo", help="model directory (default runs/demo)")
+    d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=500")
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", nargs="?", help="YAML config file")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=5e-4")
+    t.add_argument("--out", help="model directory (sets train.out_dir)")
+    t.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    t.add_argument("--overwrite", action="store_true", help="start over in a used out_dir")
+    t.set_defaults(func=cmd_train)
+
+    def decode_args(q):
+        q.add_argument("--model", required=True, help="model directory")
+        q.add_argument("--checkpoint", help="weights file (default MODEL/model.safetensors)")
+        q.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy)")
+        q.add_argument("--batch-size", type=int, default=None, help="sentences per batch")
+        q.add_argument("--length-penalty", type=float, default=None, help="GNMT alpha")
+        q.add_argument("--device", default="cpu")
+
+    tr = sub.add_parser("translate", help="translate stdin to stdout, or --input/--output")
+    decode_args(tr)
+    tr.add_argument("--input", "-i", help="input file (default stdin)")
+    tr.add_argument("--output", "-o", help="output file (default stdout)")
+    tr.add_argument("--n-best", type=int, default=1, help="print N best as 'i ||| text ||| score'")
+    tr.set_defaults(func=cmd_translate)
+
+    e = sub.add_parser("evaluate", help="BLEU, chrF and perplexity on a test set")
+    decode_args(e)
+    e.add_argument("--src", required=True)
+    e.add_argument("--ref", required=True)
+    e.add_argument("--output", "-o", help="also write the hypotheses here")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    a = sub.add_parser("attend", help="PNG heatmaps of what the model attended to")
+    a.add_argument("--model", required=True)
+    a.add_argument("sentences", nargs="*")
+    a.add_argument("--input", "-i", help="file of sentences")
+    a.add_argument("--out", default="attention", help="output folder (default ./attention)")
+    a.add_argument("--beam", type=int, default=None)
+    a.add_argument("--merge-subwords", action="store_true", help="label words, not pieces")
+    a.add_argument("--device", default="cpu")
+    a.set_defaults(func=cmd_attend)
+
+    g = sub.add_parser("data", help="fetch a public data set")
+    g.add_argument("name", choices=["multi30k"])
+    g.add_argument("--out", required=True, help="folder for the plain-text files")
+    g.add_argument("--from", dest="from_dir", help="copy from a local folder instead of downloading")
+    g.add_argument("--langs", nargs="+", default=["de", "en"])
+    g.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # overrides may come after options (train c.yaml --out D train.lr=1e-3): collect leftovers
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if "=" not in x or x.startswith("-") or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    _setup_logging(args.verbose)
+    from .config import ConfigError
+    from .data.corpus import CorpusError
+
+    try:
+        return args.func(args)
+    except (CLIError, ConfigError, CorpusError, FileNotFoundError, ValueError) as e:
+        print(f"attendo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"attendo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""Configuration: nested dataclasses loaded from YAML, validated strictly.
+
+An unknown or misspelt key, a value of the wrong type or an impossible value raises
+:class:`ConfigError` naming the dotted key and what is allowed. Dotted overrides
+(``train.lr=5e-4``) are applied before validation, so they get the same checks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel text comes from and how it becomes ids."""
+
+    train_src: str = ""  # plain text (optionally .gz), or a 2-column TSV when train_tgt is ""
+    train_tgt: str = ""
+    valid_src: str = ""
+    valid_tgt: str = ""
+    test_src: str = ""
+    test_tgt: str = ""
+    toy: Literal["", "dates", "copy", "reverse", "sort"] = ""  # generated task instead of files
+    toy_train_size: int = 20000
+    toy_valid_size: int = 500
+    toy_test_size: int = 500
+    toy_max_len: int = 10  # copy/reverse/sort: longest symbol sequence
+    tokenizer: Literal["bpe", "unigram", "word", "char"] = "bpe"
+    joint_vocab: bool = True  # one tokenizer and vocabulary for both sides
+    vocab_size: int = 8000  # sentencepiece pieces, or most frequent words/chars kept
+    min_freq: int = 1
+    lowercase: bool = False
+    max_len: int = 100  # training pairs longer than this (in pieces) are dropped
+    max_ratio: float = 0.0  # drop pairs whose length ratio exceeds this (0 = off)
+    skip_bad_lines: bool = False  # skip (and count) empty/invalid/over-long pairs instead of failing
+    max_chars: int = 5000  # a line longer than this many characters is bad
+
+    def validate(self) -> None:
+        if not self.toy and not self.train_src:
+            raise ConfigError("data.train_src: set a training file (or data.toy to a generated task)")
+        if self.toy_max_len < 3:
+            raise ConfigError(f"data.toy_max_len: must be >= 3, got {self.toy_max_len}")
+        if self.toy_train_size < 1 or self.toy_valid_size < 1 or self.toy_test_size < 0:
+            raise ConfigError("data.toy_*_size: must be positive")
+        _positive("data.vocab_size", self.vocab_size)
+        _positive("data.min_freq", self.min_freq)
+        _positive("data.max_len", self.max_len)
+        _positive("data.max_chars", self.max_chars)
+        if self.max_ratio < 0:
+            raise ConfigError("data.max_ratio: must be >= 0 (0 disables the ratio filter)")
+
+
+@dataclass
+class ModelConfig:
+    """The encoder-decoder; see ARCHITECTURE.md for how the parts fit."""
+
+    encoder: Literal["rnn"] = "rnn"
+    decoder: Literal["rnn"] = "rnn"
+    rnn_type: Literal["gru", "lstm"] = "gru"
+    emb_dim: int = 128
+    enc_hidden: int = 256  # per direction
+    enc_layers: int = 1
+    bidirectional: bool = True
+    dec_hidden: int = 256
+    dec_layers: int = 1
+    attention: Literal["none", "dot", "general", "additive", "scaled_dot", "location"] = "additive"
+    attention_style: Literal["bahdanau", "luong"] = "bahdanau"
+    input_feeding: bool = True
+    bridge: bool = True  # initialise the decoder from the encoder's final state
+    out_dim: int = 0  # size of the attentional vector (0 = dec_hidden, or emb_dim when tied)
+    tie_output: bool = False  # share target embeddings with the output layer
+    dropout: float = 0.2
+    location_max_len: int = 256  # longest source the location scorer can attend over
+
+    def validate(self) -> None:
+        for key in ("emb_dim", "enc_hidden", "enc_layers", "dec_hidden", "dec_layers"):
+            _positive(f"model.{key}", getattr(self, key))
+        _positive("model.location_max_len", self.location_max_len)
+        if self.out_dim < 0:
+            raise ConfigError("model.out_dim: must be >= 0 (0 picks a default)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        if self.tie_output and self.out_dim not in (0, self.emb_dim):
+            raise ConfigError(
+                f"model.tie_output: needs out_dim == emb_dim ({self.emb_dim}), got {self.out_dim}"
+            )
+        if self.tie_output and self.attention == "none" and self.emb_dim != self.dec_hidden:
+            raise ConfigError(
+                "model.tie_output: without attention the output layer reads the decoder state, "
+                f"so emb_dim ({self.emb_dim}) must equal dec_hidden ({self.dec_hidden})"
+            )
+
+    @property
+    def attn_vector_dim(self) -> int:
+        if self.out_dim:
+            return self.out_dim
+        return self.emb_dim if self.tie_output else self.dec_hidden
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, validation, checkpoints and budgets."""
+
+    out_dir: str = "runs/model"
+    seed: int = 42
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls (weights stay fp32)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    schedule: Literal["constant", "plateau", "inverse_sqrt", "linear"] = "constant"
+    warmup_steps: int = 0
+    plateau_factor: float = 0.5  # lr *= factor after plateau_patience validations without gain
+    plateau_patience: int = 2
+    min_lr: float = 1e-5
+    clip_norm: float = 5.0  # 0 disables clipping
+    label_smoothing: float = 0.0
+    batch_size: int = 64
+    batch_type: Literal["sentences", "tokens"] = "sentences"
+    normalization: Literal["tokens", "sentences"] = "tokens"  # what the summed loss is divided by
+    max_steps: int = 0  # 0 = no limit; training stops at the first limit reached
+    max_epochs: int = 0
+    max_minutes: float = 0.0
+    log_every: int = 50
+    valid_every: int = 400  # also the checkpoint interval
+    valid_bleu: bool = True  # greedy-decode the dev set for BLEU at each validation
+    valid_max_sents: int = 500  # BLEU on at most this many dev sentences
+    early_stopping_metric: Literal["ppl", "bleu"] = "ppl"
+    patience: int = 0  # stop after this many validations without improvement (0 = never)
+    keep_last: int = 3  # step checkpoints kept besides best and last (0 = keep all)
+    progress: bool = True  # tqdm progress bar
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {self.betas}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+        for key in ("batch_size", "log_every", "valid_every", "valid_max_sents"):
+            _positive(f"train.{key}", getattr(self, key))
+        for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "keep_last", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}: must be >= 0")
+        if self.max_minutes < 0 or self.clip_norm < 0 or self.weight_decay < 0:
+            raise ConfigError("train.max_minutes, clip_norm and weight_decay must be >= 0")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError("train.plateau_factor: must be in (0, 1)")
+        if self.schedule == "linear" and self.max_steps == 0:
+            raise ConfigError("train.max_steps: the linear schedule decays to 0 at max_steps; set it")
+        if self.schedule == "inverse_sqrt" and self.warmup_steps == 0:
+            raise ConfigError("train.warmup_steps: inverse_sqrt needs warmup_steps > 0")
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings used by translate, evaluate and validation."""
+
+    beam_size: int = 5
+    n_best: int = 1
+    length_penalty: float = 0.0  # GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = off
+    max_len_ratio: float = 2.0  # output at most ratio * source length + 10 tokens ...
+    max_len: int = 250  # ... and never more than this
+    batch_size: int = 64  # sentences per decoding batch
+    max_input_tokens: int = 400  # longer inputs are truncated with a warning
+
+    def validate(self) -> None:
+        for key in ("beam_size", "n_best", "max_len", "batch_size", "max_input_tokens"):
+            _positive(f"decode.{key}", getattr(self, key))
+        if self.n_best > self.beam_size:
+            raise ConfigError(f"decode.n_best: must be <= beam_size ({self.beam_size})")
+        if self.max_len_ratio <= 0:
+            raise ConfigError("decode.max_len_ratio: must be > 0")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def validate(self) -> Config:
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        self.decode.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}: must be > 0, got {value}")
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Check (and lightly coerce) one value against its type hint."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+    if origin in (list,):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {hint}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{dotted}: unknown key{hint} (allowed: {', '.join(names)})")
+        hint_t = hints[key]
+        if dataclasses.is_dataclass(hint_t):
+            kwargs[key] = _build(hint_t, value, dotted)
+        else:
+            kwargs[key] = _check_type(dotted, value, hint_t)
+    return cls(**kwargs)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    raw = apply_overrides(copy.deepcopy(raw or {}), list(overrides or []))
+    return _build(Config, raw, "").validate()
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file, apply dotted overrides and validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    try:
+        return config_from_dict(raw or {}, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,339 @@
+"""Batches of padded id tensors, length-bucketed batch plans, and a resumable training stream.
+
+Everything is batch-first. Masks are named for their polarity: ``src_pad_mask`` is True at
+padding.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+
+import torch
+from torch import Tensor
+
+from attendo.data.vocab import Vocab
+
+BATCH_TYPES = ("sentences", "tokens")
+
+# Sorting by length only inside chunks of this many batches keeps batches tight (little padding)
+# while still letting every epoch mix different sentences into each batch.
+CHUNK_BATCHES = 100
+
+
+@dataclass
+class Batch:
+    """A padded batch of examples.
+
+    Attributes:
+        src: ``(B, S)`` source ids, padded; no BOS/EOS added.
+        src_lens: ``(B,)`` source lengths.
+        tgt_in: ``(B, T)`` decoder input ``BOS y``, padded; None at inference.
+        tgt_out: ``(B, T)`` decoder target ``y EOS``, padded; None at inference.
+        indices: position of each example in the dataset, to put outputs back in order.
+        tgt_lens: ``(B,)`` lengths of ``tgt_out`` (``len(y) + 1``); None at inference.
+    """
+
+    src: Tensor
+    src_lens: Tensor
+    tgt_in: Tensor | None
+    tgt_out: Tensor | None
+    indices: list[int]
+    tgt_lens: Tensor | None = None
+    # Computed while the lengths are still on the CPU, so reading it never waits on a GPU.
+    _n_tgt_tokens: int | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        """Number of examples B."""
+        return self.src.size(0)
+
+    @property
+    def src_pad_mask(self) -> Tensor:
+        """``(B, S)`` bool, True at padding positions of ``src``."""
+        positions = torch.arange(self.src.size(1), device=self.src.device)  # (S,)
+        return positions[None, :] >= self.src_lens[:, None]  # (B, S)
+
+    @property
+    def tgt_pad_mask(self) -> Tensor:
+        """``(B, T)`` bool, True at padding positions of ``tgt_in``/``tgt_out``."""
+        if self.tgt_out is None:
+            raise ValueError("this batch has no target side (inference batch)")
+        if self.tgt_lens is None:
+            return self.tgt_out == Vocab.PAD
+        positions = torch.arange(self.tgt_out.size(1), device=self.tgt_out.device)  # (T,)
+        return positions[None, :] >= self.tgt_lens[:, None]  # (B, T)
+
+    @property
+    def n_tgt_tokens(self) -> int:
+        """Number of non-pad tokens in ``tgt_out`` (EOS included): the loss normalizer."""
+        if self._n_tgt_tokens is not None:
+            return self._n_tgt_tokens
+        if self.tgt_out is None:
+            return 0
+        return int((~self.tgt_pad_mask).sum())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy of this batch with its tensors on ``device``."""
+
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return Batch(
+            src=self.src.to(device, non_blocking=non_blocking),
+            src_lens=self.src_lens.to(device, non_blocking=non_blocking),
+            tgt_in=move(self.tgt_in),
+            tgt_out=move(self.tgt_out),
+            indices=list(self.indices),
+            tgt_lens=move(self.tgt_lens),
+            _n_tgt_tokens=self.n_tgt_tokens,
+        )
+
+
+def _pad(seqs: list[list[int]], lens: Tensor, width: int, pad: int) -> Tensor:
+    """``(B, width)`` tensor holding ``seqs`` left-aligned, padded with ``pad``.
+
+    One flat tensor scattered through a boolean mask is much faster than one small tensor per
+    sequence.
+    """
+    out = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.arange(width)[None, :] < lens[:, None]  # (B, width)
+    out[mask] = torch.tensor(list(chain.from_iterable(seqs)), dtype=torch.long)
+    return out
+
+
+def collate(
+    src_ids: list[list[int]],
+    tgt_ids: list[list[int]] | None,
+    indices: list[int],
+    pad: int = Vocab.PAD,
+    bos: int = Vocab.BOS,
+    eos: int = Vocab.EOS,
+) -> Batch:
+    """Pad a list of examples into a :class:`Batch`.
+
+    The source is used as given. The target ``y`` becomes ``tgt_in = BOS y`` and
+    ``tgt_out = y EOS`` (teacher forcing: position t of ``tgt_in`` predicts position t of
+    ``tgt_out``). An empty source gives a row of padding with length 0; models must cope with it
+    or callers must avoid it.
+    """
+    if not src_ids:
+        raise ValueError("cannot collate an empty batch")
+    if len(indices) != len(src_ids) or (tgt_ids is not None and len(tgt_ids) != len(src_ids)):
+        raise ValueError(
+            f"collate got {len(src_ids)} sources, "
+            f"{'no' if tgt_ids is None else len(tgt_ids)} targets and {len(indices)} indices"
+        )
+    src_lens = torch.tensor([len(s) for s in src_ids], dtype=torch.long)
+    # At least one column, so that shapes stay valid even if every source is empty.
+    src = _pad(src_ids, src_lens, max(1, int(src_lens.max())), pad)
+    if tgt_ids is None:
+        return Batch(src, src_lens, None, None, list(indices))
+    y_lens = torch.tensor([len(t) for t in tgt_ids], dtype=torch.long)
+    width = int(y_lens.max()) + 1  # room for BOS (in tgt_in) / EOS (in tgt_out)
+    y = _pad(tgt_ids, y_lens, width, pad)  # (B, T): y, then padding
+    tgt_out = y.clone()
+    tgt_out[torch.arange(len(tgt_ids)), y_lens] = eos
+    tgt_in = torch.full_like(y, pad)
+    tgt_in[:, 0] = bos
+    tgt_in[:, 1:] = y[:, :-1]
+    tgt_lens = y_lens + 1
+    return Batch(
+        src,
+        src_lens,
+        tgt_in,
+        tgt_out,
+        list(indices),
+        tgt_lens=tgt_lens,
+        _n_tgt_tokens=int(tgt_lens.sum()),
+    )
+
+
+def _cut(
+    order: list[int], cost_len: list[int], batch_size: int, batch_type: str
+) -> list[list[int]]:
+    """Cut ``order`` into consecutive batches.
+
+    For ``"tokens"`` a batch is grown while ``n * max(len) <= batch_size``, i.e. the size of
+    the padded tensor, which is what memory use follows; a single longer example still gets a
+    batch of its own.
+    """
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    cur_max = 0
+    for i in order:
+        if batch_type == "sentences":
+            if len(cur) == batch_size:
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+            continue
+        new_max = max(cur_max, cost_len[i])
+        if cur and new_max * (len(cur) + 1) > batch_size:
+            batches.append(cur)
+            cur, new_max = [], cost_len[i]
+        cur.append(i)
+        cur_max = new_max
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _rng(seed: int, epoch: int) -> random.Random:
+    """A generator seeded by the pair (seed, epoch), distinct for every pair.
+
+    Python's ``random.Random`` is used rather than ``torch.Generator``: torch's CPU generator
+    keeps only the low 32 bits of its seed, so (seed, epoch) pairs packed into one integer would
+    collide, and Python's seeding and shuffle are stable across releases, which exact resume
+    relies on.
+    """
+    if seed < 0 or not 0 <= epoch < 2**32:
+        raise ValueError(f"expected seed >= 0 and 0 <= epoch < 2**32, got {seed} and {epoch}")
+    return random.Random((seed << 32) | epoch)
+
+
+def make_batches(
+    src_lens: list[int],
+    tgt_lens: list[int] | None,
+    *,
+    batch_size: int,
+    batch_type: str,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+) -> list[list[int]]:
+    """Group example indices into length-bucketed batches.
+
+    Args:
+        src_lens, tgt_lens: token lengths (without BOS/EOS); ``tgt_lens`` None at inference.
+        batch_size: sentences per batch, or the token budget ``n * max(len)`` per batch, where
+            ``len`` is the larger of the source length and the target length + 1.
+        batch_type: ``"sentences"`` or ``"tokens"``.
+        shuffle: training order: examples are permuted by a ``random.Random`` seeded with
+            ``(seed, epoch)``, sorted by length within chunks of about
+            :data:`CHUNK_BATCHES` batches, cut, and the batch order is permuted again.
+            Without shuffle (inference), everything is sorted longest first and cut; callers
+            restore the input order with ``Batch.indices``.
+
+    Returns:
+        Lists of example indices; every index appears exactly once.
+    """
+    if batch_type not in BATCH_TYPES:
+        raise ValueError(f"batch_type must be one of {list(BATCH_TYPES)}, got {batch_type!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(src_lens)
+    if tgt_lens is not None and len(tgt_lens) != n:
+        raise ValueError(f"got {n} source lengths but {len(tgt_lens)} target lengths")
+    if n == 0:
+        return []
+    tl = tgt_lens if tgt_lens is not None else [0] * n
+    cost_len = [max(s, t + 1 if tgt_lens is not None else 0, 1) for s, t in zip(src_lens, tl)]
+
+    if not shuffle:
+        # Longest first: an out-of-memory error shows up on the first batch, not the last;
+        # Python's sort is stable, so equal lengths keep their input order.
+        order = sorted(range(n), key=lambda i: (-src_lens[i], -tl[i]))
+        return _cut(order, cost_len, batch_size, batch_type)
+
+    rng = _rng(seed, epoch)
+    perm = list(range(n))
+    rng.shuffle(perm)
+    if batch_type == "sentences":
+        per_batch = batch_size
+    else:
+        per_batch = max(1, batch_size * n // sum(cost_len))  # sentences of average length
+    chunk = CHUNK_BATCHES * per_batch
+    batches: list[list[int]] = []
+    for start in range(0, n, chunk):
+        part = sorted(perm[start : start + chunk], key=lambda i: (src_lens[i], tl[i]))
+        batches.extend(_cut(part, cost_len, batch_size, batch_type))
+    rng.shuffle(batches)
+    return batches
+
+
+class BatchStream:
+    """An endless, exactly resumable iterator over training batches.
+
+    Epoch ``e`` yields the batches of ``make_batches(..., shuffle=True, seed=seed, epoch=e)`` in
+    order. ``epoch`` and ``offset`` always name the batch that comes next, so a stream rebuilt
+    with ``BatchStream(..., epoch=s.epoch, offset=s.offset)`` (or from :meth:`state_dict`)
+    continues with exactly the batch ``s`` would have yielded. After the last batch of an epoch,
+    ``epoch`` has already moved on and ``offset`` is 0.
+    """
+
+    def __init__(
+        self,
+        src_ids: list[list[int]],
+        tgt_ids: list[list[int]],
+        batch_size: int,
+        batch_type: str,
+        seed: int,
+        epoch: int = 0,
+        offset: int = 0,
+    ) -> None:
+        if not src_ids:
+            raise ValueError("cannot stream batches from an empty dataset")
+        if len(src_ids) != len(tgt_ids):
+            raise ValueError(f"got {len(src_ids)} sources but {len(tgt_ids)} targets")
+        self.src_ids = src_ids
+        self.tgt_ids = tgt_ids
+        self.batch_size = batch_size
+        self.batch_type = batch_type
+        self.seed = seed
+        self._src_lens = [len(s) for s in src_ids]
+        self._tgt_lens = [len(t) for t in tgt_ids]
+        self.epoch = epoch
+        self.offset = offset
+        self._plan_epoch: int | None = None
+        self._plan: list[list[int]] = []
+        if not 0 <= offset <= len(self.batches()):
+            raise ValueError(
+                f"offset {offset} is outside epoch {epoch}, which has {len(self._plan)} batches"
+            )
+        if offset == len(self._plan):  # a state saved at an epoch's end by another convention
+            self.epoch, self.offset = epoch + 1, 0
+
+    def batches(self) -> list[list[int]]:
+        """The batch plan (lists of example indices) of the current epoch."""
+        if self._plan_epoch != self.epoch:
+            self._plan = make_batches(
+                self._src_lens,
+                self._tgt_lens,
+                batch_size=self.batch_size,
+                batch_type=self.batch_type,
+                shuffle=True,
+                seed=self.seed,
+                epoch=self.epoch,
+            )
+            self._plan_epoch = self.epoch
+        return self._plan
+
+    def __len__(self) -> int:
+        """Number of batches in the current epoch."""
+        return len(self.batches())
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        idx = self.batches()[self.offset]
+        self.offset += 1
+        if self.offset == len(self._plan):
+            self.epoch, self.offset = self.epoch + 1, 0
+        return collate([self.src_ids[i] for i in idx], [self.tgt_ids[i] for i in idx], idx)
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch": ..., "offset": ...}`` of the next batch (plain ints, JSON-safe)."""
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a :meth:`state_dict` (same data, batch size and seed assumed)."""
+        self.epoch = int(state["epoch"])
+        self.offset = int(state["offset"])
+        if not 0 <= self.offset < len(self.batches()):
+            raise ValueError(
+                f"offset {self.offset} is outside epoch {self.epoch} ({len(self._plan)} batches)"
+            )

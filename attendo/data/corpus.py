@@ -1,0 +1,265 @@
+"""Reading and validating parallel and monolingual text corpora.
+
+Files are read as bytes line by line (split on ``\\n`` only) and each line is decoded on its own,
+so every problem can be reported as ``path:line: problem`` the way compilers do. Plain and gzip
+files are accepted; gzip is detected from the file's content.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import zip_longest
+from pathlib import Path
+
+from attendo.utils import open_binary
+
+MAX_REPORTED_PROBLEMS = 20
+
+_SKIP_HINT = "use data.skip_bad_lines: true to skip such pairs"
+
+
+class CorpusError(ValueError):
+    """A problem with a corpus file, located by path and (when known) 1-based line number."""
+
+    def __init__(self, path: str | Path, line: int | None, problem: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return f"{self.path}: {self.problem}"
+        return f"{self.path}:{self.line}: {self.problem}"
+
+    def __reduce__(self):  # keeps the exception picklable across worker processes
+        return (type(self), (self.path, self.line, self.problem))
+
+
+@dataclass
+class ReadReport:
+    """What :func:`read_parallel` kept and skipped.
+
+    ``problems`` holds the first :data:`MAX_REPORTED_PROBLEMS` problems as ``path:line: problem``.
+    """
+
+    n_pairs: int
+    n_skipped: int
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for logs, e.g. ``"29000 pairs read, 3 skipped"``."""
+        return f"{self.n_pairs} pairs read, {self.n_skipped} skipped"
+
+
+def _raw_lines(path: Path) -> Iterator[bytes]:
+    """Yield the lines of ``path`` as bytes without their line terminator.
+
+    Splitting bytes on ``\\n`` (not ``str.splitlines``) matters: Unicode line separators such as
+    U+2028 inside a sentence must not break the alignment between the two sides of a corpus.
+    """
+    try:
+        f = open_binary(path)
+    except FileNotFoundError:
+        raise CorpusError(path, None, "file not found") from None
+    except IsADirectoryError:
+        raise CorpusError(path, None, "is a directory, expected a text file") from None
+    except OSError as e:
+        raise CorpusError(path, None, f"cannot open: {e.strerror or e}") from None
+    lineno = 0
+    with f:
+        try:
+            for raw in f:
+                lineno += 1
+                if raw.endswith(b"\n"):
+                    raw = raw[:-1]
+                if raw.endswith(b"\r"):
+                    raw = raw[:-1]
+                yield raw
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise CorpusError(
+                path, lineno + 1, f"corrupt or truncated gzip data ({e or type(e).__name__})"
+            ) from None
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    """Decode one line as UTF-8 or raise a :class:`CorpusError` locating the bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorpusError(
+            path,
+            lineno,
+            f"invalid UTF-8 at byte offset {e.start} of the line (byte 0x{raw[e.start]:02x}); "
+            "expected UTF-8 text (convert with e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+
+
+def _check_text(text: str, side: str, path: Path, lineno: int, max_chars: int | None) -> None:
+    """Raise a :class:`CorpusError` if a stripped line is empty or too long."""
+    if not text:
+        raise CorpusError(
+            path,
+            lineno,
+            f"empty {side} line (expected non-empty text on both sides; {_SKIP_HINT})",
+        )
+    if max_chars is not None and len(text) > max_chars:
+        raise CorpusError(
+            path,
+            lineno,
+            f"{side} line has {len(text)} characters, more than the limit of {max_chars} "
+            f"(expected one sentence per line; a missing line break? {_SKIP_HINT})",
+        )
+
+
+def _parse_pair(
+    raw_src: bytes,
+    raw_tgt: bytes | None,
+    src: Path,
+    tgt: Path | None,
+    lineno: int,
+    max_chars: int | None,
+) -> tuple[str, str]:
+    """Turn one raw line (TSV when ``tgt`` is None) or a pair of raw lines into clean text."""
+    if tgt is None:
+        cols = _decode(raw_src, src, lineno).split("\t")
+        if len(cols) != 2:
+            raise CorpusError(
+                src,
+                lineno,
+                f"found {len(cols)} tab-separated columns, expected exactly 2 "
+                f"(source<TAB>target; {_SKIP_HINT})",
+            )
+        s, t = cols[0].strip(), cols[1].strip()
+        _check_text(s, "source", src, lineno, max_chars)
+        _check_text(t, "target", src, lineno, max_chars)
+        return s, t
+    assert raw_tgt is not None
+    s = _decode(raw_src, src, lineno).strip()
+    t = _decode(raw_tgt, tgt, lineno).strip()
+    _check_text(s, "source", src, lineno, max_chars)
+    _check_text(t, "target", tgt, lineno, max_chars)
+    return s, t
+
+
+def read_parallel(
+    src: str | Path,
+    tgt: str | Path | None = None,
+    *,
+    skip_bad: bool = False,
+    max_chars: int = 5000,
+) -> tuple[list[str], list[str], ReadReport]:
+    """Read a parallel corpus: two line-aligned files, or one two-column TSV file.
+
+    Lines are stripped of their terminator and of surrounding whitespace. Bad pairs (invalid
+    UTF-8, an empty side, a side longer than ``max_chars`` characters, a TSV line without exactly
+    two columns) raise a :class:`CorpusError`, or are skipped and counted when ``skip_bad``.
+    Files with different line counts always raise: the alignment is unknown, so no pair can be
+    trusted.
+
+    Returns:
+        ``(src_lines, tgt_lines, report)``.
+    """
+    src_path = Path(src)
+    tgt_path = Path(tgt) if tgt is not None else None
+    src_lines: list[str] = []
+    tgt_lines: list[str] = []
+    report = ReadReport(n_pairs=0, n_skipped=0)
+    # A bad line is remembered rather than raised at once: reading on to the end lets a line
+    # count mismatch, the likelier root cause of odd lines, be reported in its place.
+    first_error: CorpusError | None = None
+    n_src = n_tgt = 0
+    src_iter = _raw_lines(src_path)
+    tgt_iter = _raw_lines(tgt_path) if tgt_path is not None else iter(())
+    missing = object()
+    for lineno, (raw_s, raw_t) in enumerate(
+        zip_longest(src_iter, tgt_iter, fillvalue=missing), start=1
+    ):
+        if raw_s is not missing:
+            n_src += 1
+        if raw_t is not missing:
+            n_tgt += 1
+        if (
+            first_error is not None
+            or raw_s is missing
+            or (tgt_path is not None and raw_t is missing)
+        ):
+            continue  # only counting lines from here on
+        try:
+            s, t = _parse_pair(
+                raw_s,
+                raw_t if tgt_path is not None else None,
+                src_path,
+                tgt_path,
+                lineno,
+                max_chars,
+            )
+        except CorpusError as e:
+            if not skip_bad:
+                first_error = e
+                continue
+            report.n_skipped += 1
+            if len(report.problems) < MAX_REPORTED_PROBLEMS:
+                report.problems.append(str(e))
+            continue
+        src_lines.append(s)
+        tgt_lines.append(t)
+    if tgt_path is not None and n_src != n_tgt:
+        raise CorpusError(
+            src_path,
+            None,
+            f"has {n_src} lines but {tgt_path} has {n_tgt} lines; expected line-aligned files "
+            "with the same number of lines (this cannot be skipped)",
+        )
+    if first_error is not None:
+        raise first_error
+    report.n_pairs = len(src_lines)
+    return src_lines, tgt_lines, report
+
+
+def read_lines(path: str | Path, *, max_chars: int | None = None) -> list[str]:
+    """Read a monolingual file (plain or gzip), one stripped line per entry.
+
+    Empty lines are kept as ``""`` so that outputs stay aligned with inputs; invalid UTF-8 and
+    lines longer than ``max_chars`` raise a :class:`CorpusError` naming the line.
+    """
+    path = Path(path)
+    lines: list[str] = []
+    for lineno, raw in enumerate(_raw_lines(path), start=1):
+        text = _decode(raw, path, lineno).strip()
+        if max_chars is not None and len(text) > max_chars:
+            raise CorpusError(
+                path,
+                lineno,
+                f"line has {len(text)} characters, more than the limit of {max_chars} "
+                "(expected one sentence per line)",
+            )
+        lines.append(text)
+    return lines
+
+
+def length_filter(
+    src_lens: list[int],
+    tgt_lens: list[int],
+    max_len: int,
+    max_ratio: float | None,
+) -> list[int]:
+    """Indices of pairs to keep for training, judged on token lengths.
+
+    A pair is kept when both sides have between 1 and ``max_len`` tokens and the longer side is
+    at most ``max_ratio`` times the shorter (a ratio of 0 or None disables that test). Very
+    unequal lengths usually mean a misaligned pair, which only teaches the model noise.
+    """
+    if len(src_lens) != len(tgt_lens):
+        raise ValueError(f"got {len(src_lens)} source lengths but {len(tgt_lens)} target lengths")
+    keep = []
+    for i, (a, b) in enumerate(zip(src_lens, tgt_lens)):
+        if not (1 <= a <= max_len and 1 <= b <= max_len):
+            continue
+        if max_ratio and max(a, b) / min(a, b) > max_ratio:
+            continue
+        keep.append(i)
+    return keep

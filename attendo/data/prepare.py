@@ -1,0 +1,122 @@
+"""From a DataConfig to id sequences: read (or generate), tokenize, build vocabularies, filter.
+
+The tokenizers and vocabularies are trained on the training side only and stored in the
+model directory, so translation later applies exactly the same preprocessing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DataConfig
+from .corpus import length_filter, read_parallel
+from .tokenizers import Tokenizer, build_vocab, load_tokenizer, save_tokenizer, train_tokenizer
+from .toy import split_toy, toy_task
+from .vocab import Vocab
+
+log = logging.getLogger("attendo")
+
+
+@dataclass
+class Corpus:
+    src: list[str]
+    tgt: list[str]
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+@dataclass
+class Codec:
+    """Text <-> ids for one side: normalisation, tokenizer and vocabulary."""
+
+    tokenizer: Tokenizer
+    vocab: Vocab
+    lowercase: bool = False
+
+    def pieces(self, text: str) -> list[str]:
+        return self.tokenizer.encode(text.lower() if self.lowercase else text)
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocab.encode(self.pieces(text))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(self.vocab.decode(ids))
+
+
+def load_corpora(cfg: DataConfig, seed: int = 0) -> tuple[Corpus, Corpus | None, Corpus | None]:
+    """Read (or generate) train, valid and test pairs as raw text."""
+    if cfg.toy:
+        n = cfg.toy_train_size + cfg.toy_valid_size + cfg.toy_test_size
+        src, tgt = toy_task(cfg.toy, n, seed, max_len=cfg.toy_max_len)
+        tr, va, te = split_toy(src, tgt, cfg.toy_valid_size, cfg.toy_test_size)
+        return Corpus(*tr), Corpus(*va), (Corpus(*te) if te[0] else None)
+
+    def read(src: str, tgt: str, name: str) -> Corpus | None:
+        if not src:
+            return None
+        s, t, report = read_parallel(
+            src, tgt or None, skip_bad=cfg.skip_bad_lines, max_chars=cfg.max_chars
+        )
+        if report.n_skipped:
+            log.warning("%s: skipped %d bad pairs: %s", name, report.n_skipped, report.summary())
+        return Corpus(s, t)
+
+    train = read(cfg.train_src, cfg.train_tgt, "train")
+    assert train is not None
+    return train, read(cfg.valid_src, cfg.valid_tgt, "valid"), read(cfg.test_src, cfg.test_tgt, "test")
+
+
+def build_codecs(cfg: DataConfig, train: Corpus, seed: int = 0) -> tuple[Codec, Codec]:
+    """Train tokenizers (joint or separate) and vocabularies on the training corpus."""
+
+    def norm(texts: list[str]) -> list[str]:
+        return [t.lower() for t in texts] if cfg.lowercase else texts
+
+    src_texts, tgt_texts = norm(train.src), norm(train.tgt)
+    if cfg.joint_vocab:
+        tok = train_tokenizer(cfg.tokenizer, src_texts + tgt_texts, cfg.vocab_size, seed=seed)
+        vocab = build_vocab(tok, src_texts + tgt_texts, cfg.vocab_size, cfg.min_freq)
+        return Codec(tok, vocab, cfg.lowercase), Codec(tok, vocab, cfg.lowercase)
+    codecs = []
+    for texts in (src_texts, tgt_texts):
+        tok = train_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, seed=seed)
+        codecs.append(Codec(tok, build_vocab(tok, texts, cfg.vocab_size, cfg.min_freq), cfg.lowercase))
+    return codecs[0], codecs[1]
+
+
+def save_codecs(model_dir: str | Path, src: Codec, tgt: Codec) -> None:
+    model_dir = Path(model_dir)
+    for prefix, codec in (("src", src), ("tgt", tgt)):
+        save_tokenizer(codec.tokenizer, model_dir, prefix)
+        codec.vocab.save(model_dir / f"{prefix}.vocab.json")
+
+
+def load_codecs(model_dir: str | Path, lowercase: bool = False) -> tuple[Codec, Codec]:
+    model_dir = Path(model_dir)
+    return tuple(  # type: ignore[return-value]
+        Codec(
+            load_tokenizer(model_dir, prefix),
+            Vocab.load(model_dir / f"{prefix}.vocab.json"),
+            lowercase,
+        )
+        for prefix in ("src", "tgt")
+    )
+
+
+def encode_pairs(
+    corpus: Corpus, src: Codec, tgt: Codec, max_len: int = 0, max_ratio: float = 0.0
+) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """Encode pairs; with max_len > 0, drop pairs outside the length/ratio filters.
+
+    Returns source ids, target ids and the corpus index of each kept pair.
+    """
+    src_ids = [src.encode(s) for s in corpus.src]
+    tgt_ids = [tgt.encode(t) for t in corpus.tgt]
+    if max_len <= 0:
+        keep = [i for i in range(len(src_ids)) if src_ids[i] and tgt_ids[i]]
+    else:
+        keep = length_filter([len(s) for s in src_ids], [len(t) for t in tgt_ids], max_len, max_ratio)
+    return [src_ids[i] for i in keep], [tgt_ids[i] for i in keep], keep

@@ -1,0 +1,156 @@
+"""Vocabulary: a fixed mapping between token strings and integer ids.
+
+The four special tokens always take ids 0-3, so every model, vocabulary file and batch agrees on
+``PAD=0, UNK=1, BOS=2, EOS=3`` without having to ask the vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from attendo.utils import atomic_write_text
+
+
+class Vocab:
+    """Token <-> id mapping whose first four entries are :attr:`SPECIALS`.
+
+    Args:
+        tokens: the full id-to-string list, starting with :attr:`SPECIALS`, no duplicates.
+        counts: optional training-data frequencies of the tokens (kept for rare-word diagnostics).
+    """
+
+    PAD = 0
+    UNK = 1
+    BOS = 2
+    EOS = 3
+    SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+
+    def __init__(self, tokens: list[str], counts: dict[str, int] | None = None) -> None:
+        tokens = list(tokens)
+        if tuple(tokens[: len(self.SPECIALS)]) != self.SPECIALS:
+            raise ValueError(
+                f"vocabulary must start with the special tokens {list(self.SPECIALS)}, "
+                f"got {tokens[: len(self.SPECIALS)]}"
+            )
+        stoi: dict[str, int] = {}
+        for i, tok in enumerate(tokens):
+            if not isinstance(tok, str):
+                raise ValueError(f"vocabulary entry {i} is {tok!r}, expected a string")
+            if tok in stoi:
+                raise ValueError(
+                    f"duplicate token {tok!r} at ids {stoi[tok]} and {i}; expected unique tokens"
+                )
+            stoi[tok] = i
+        self.itos: list[str] = tokens
+        self.stoi: dict[str, int] = stoi
+        self.counts: dict[str, int] | None = dict(counts) if counts is not None else None
+        # Lookup used by encode(): the same as stoi without PAD/BOS/EOS (see encode()).
+        self._encode_ids = {
+            t: i for t, i in stoi.items() if i not in (self.PAD, self.BOS, self.EOS)
+        }
+
+    @classmethod
+    def build(
+        cls,
+        token_lists: Iterable[list[str]],
+        max_size: int | None = None,
+        min_freq: int = 1,
+    ) -> Vocab:
+        """Build a vocabulary from tokenized sentences.
+
+        Tokens are ordered most frequent first, ties broken alphabetically, so the result does
+        not depend on the order of the data. ``max_size`` counts regular tokens only (the four
+        specials come on top); tokens seen fewer than ``min_freq`` times are left out.
+        Special-token strings occurring in the data are not counted as regular tokens.
+        """
+        if max_size is not None and max_size < 0:
+            raise ValueError(f"max_size must be >= 0 or None, got {max_size}")
+        counter: Counter[str] = Counter()
+        for toks in token_lists:
+            counter.update(toks)
+        for special in cls.SPECIALS:
+            counter.pop(special, None)
+        ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+        ranked = [(tok, n) for tok, n in ranked if n >= min_freq]
+        if max_size is not None:
+            ranked = ranked[:max_size]
+        return cls(list(cls.SPECIALS) + [tok for tok, _ in ranked], counts=dict(ranked))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self.stoi
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.itos == other.itos
+
+    def __repr__(self) -> str:
+        return f"Vocab(size={len(self)})"
+
+    def encode(self, tokens: list[str]) -> list[int]:
+        """Map tokens to ids; unknown tokens become :attr:`UNK`.
+
+        Literal ``<pad>``, ``<s>`` and ``</s>`` in the input also become UNK: text must never be
+        able to inject padding or sentence boundaries (BOS/EOS are added by batching).
+        """
+        lookup, unk = self._encode_ids, self.UNK
+        return [lookup.get(t, unk) for t in tokens]
+
+    def decode(self, ids: Iterable[int], strip: bool = True) -> list[str]:
+        """Map ids to tokens.
+
+        With ``strip``, decoding stops at the first EOS and PAD/BOS are dropped, which is what is
+        wanted for model outputs; without it every id is shown (for debugging).
+        Accepts any iterable of ints, including a 1-D tensor.
+        """
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()  # one conversion instead of a tensor index per element
+        out = []
+        n = len(self.itos)
+        for i in ids:
+            i = int(i)
+            if strip:
+                if i == self.EOS:
+                    break
+                if i in (self.PAD, self.BOS):
+                    continue
+            if not 0 <= i < n:
+                raise ValueError(f"id {i} is outside the vocabulary (size {n})")
+            out.append(self.itos[i])
+        return out
+
+    def to_json(self) -> list[str]:
+        """The id-to-string list (JSON-serializable)."""
+        return list(self.itos)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``{"tokens": [...], "counts": {...}}`` as JSON, atomically."""
+        obj: dict[str, object] = {"tokens": self.itos}
+        if self.counts is not None:
+            obj["counts"] = self.counts
+        atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=0) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        """Read a vocabulary written by :meth:`save` (a bare JSON list of tokens also works)."""
+        path = Path(path)
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: vocabulary file not found") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a JSON vocabulary file ({e})") from None
+        if isinstance(obj, list):
+            tokens, counts = obj, None
+        elif isinstance(obj, dict) and isinstance(obj.get("tokens"), list):
+            tokens, counts = obj["tokens"], obj.get("counts")
+        else:
+            raise ValueError(f'{path}: expected a JSON object {{"tokens": [...]}} or a list')
+        try:
+            return cls(tokens, counts=counts)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None

@@ -1,0 +1,73 @@
+"""Encoders: read source ids into states h_1..h_n (the "memory" attention looks at).
+
+Every encoder returns an :class:`EncoderOutput`; decoders only see that, so encoders
+and decoders can be mixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+@dataclass
+class EncoderOutput:
+    out: Tensor  # (B, S, D_enc) one state per source position
+    src_pad_mask: Tensor  # (B, S) True at padding
+    final_h: Tensor | None = None  # (B, L, D_final) last state per layer (both directions concatenated)
+    final_c: Tensor | None = None  # (B, L, D_final) LSTM cell, else None
+
+
+class RNNEncoder(nn.Module):
+    """Embedding -> (bi)directional GRU/LSTM over packed sequences (Bahdanau et al. 2015, sec. 3.2)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_dim: int,
+        hidden: int,
+        layers: int = 1,
+        bidirectional: bool = True,
+        rnn_type: str = "gru",
+        dropout: float = 0.0,
+        pad_id: int = 0,
+    ):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
+        rnn_cls = nn.LSTM if rnn_type == "lstm" else nn.GRU
+        self.rnn = rnn_cls(
+            emb_dim,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.layers = layers
+        self.num_dirs = 2 if bidirectional else 1
+        self.out_dim = hidden * self.num_dirs
+
+    def forward(self, src: Tensor, src_lens: Tensor) -> EncoderOutput:
+        """src: (B, S) ids; src_lens: (B,) true lengths (>= 1)."""
+        B, S = src.shape
+        emb = self.dropout(self.embed(src))  # (B, S, E)
+        packed = pack_padded_sequence(emb, src_lens.cpu(), batch_first=True, enforce_sorted=False)
+        out, final = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, dirs*H)
+        h, c = final if isinstance(final, tuple) else (final, None)
+        return EncoderOutput(
+            out=self.dropout(out),
+            src_pad_mask=torch.arange(S, device=src.device)[None, :] >= src_lens.to(src.device)[:, None],
+            final_h=self._merge_dirs(h),
+            final_c=None if c is None else self._merge_dirs(c),
+        )
+
+    def _merge_dirs(self, state: Tensor) -> Tensor:
+        """(L*dirs, B, H) -> (B, L, dirs*H), concatenating directions per layer."""
+        LD, B, H = state.shape
+        state = state.view(self.layers, self.num_dirs, B, H)  # (L, dirs, B, H)
+        return state.permute(2, 0, 1, 3).reshape(B, self.layers, self.num_dirs * H)

@@ -1,0 +1,205 @@
+"""Greedy and beam search over the decoder step interface.
+
+Search only calls ``decoder.step(y_prev, state) -> (log_probs, state, info)`` and
+``state.index_select(idx)``; it never asks which decoder it holds. Finished sentences are
+pruned from the batch with ``index_select`` so long tails do not cost the whole batch.
+Penalties are small pure functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # output ids, without BOS, ending with EOS unless cut at max length
+    score: float  # search score (log-probability, length-normalised if a penalty is set)
+    log_prob: float  # sum of token log-probabilities
+    attn: Tensor | None = None  # (len(tokens), S) attention of each output token
+    info: dict[str, Tensor] = field(default_factory=dict)  # other per-step tensors, e.g. p_gen
+
+
+def length_penalty(length: int | Tensor, alpha: float):
+    """GNMT length penalty ((5 + |Y|) / 6) ** alpha (Wu et al. 2016, sec. 7); 1 when alpha = 0."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def greedy_search(
+    decoder,
+    state,
+    batch_size: int,
+    bos: int,
+    eos: int,
+    max_lens: Tensor | int,
+    return_info: bool = True,
+) -> list[Hypothesis]:
+    """Pick the most probable token at each step. max_lens: (B,) or int, output length caps."""
+    device = _device(state)
+    max_lens = _caps(max_lens, batch_size)
+    alive = list(range(batch_size))  # original sentence of each live row
+    y = torch.full((batch_size,), bos, dtype=torch.long, device=device)
+    hist = torch.empty(batch_size, 0, dtype=torch.long, device=device)  # (n, t)
+    logp = torch.zeros(batch_size, device=device)
+    hist_info: dict[str, Tensor] = {}  # name -> (n, t, ...)
+    out: list[Hypothesis | None] = [None] * batch_size
+    for t in range(max(max_lens)):
+        lp, state, info = decoder.step(y, state)
+        best_lp, y = lp.max(-1)  # (n,)
+        logp = logp + best_lp
+        hist = torch.cat([hist, y.unsqueeze(1)], 1)
+        if return_info:
+            hist_info = _append_info(hist_info, info)
+        ys = y.tolist()
+        keep = []
+        for r, s in enumerate(alive):
+            if ys[r] != eos and t + 1 < max_lens[s]:
+                keep.append(r)
+                continue
+            full = {name: v[r] for name, v in hist_info.items()}
+            lpr = float(logp[r])
+            out[s] = Hypothesis(hist[r].tolist(), lpr, lpr, attn=full.pop("attn", None), info=full)
+        if not keep:
+            break
+        if len(keep) < len(alive):
+            idx = torch.tensor(keep, device=device)
+            state, y, hist, logp = (
+                state.index_select(idx), y[idx], hist[idx], logp[idx],
+            )
+            hist_info = {name: v[idx] for name, v in hist_info.items()}
+            alive = [alive[r] for r in keep]
+    return out  # type: ignore[return-value]
+
+
+def _device(state) -> torch.device:
+    mask = getattr(state, "src_pad_mask", None)
+    return mask.device if mask is not None else torch.device("cpu")
+
+
+def _caps(max_lens: Tensor | int, batch_size: int) -> list[int]:
+    if isinstance(max_lens, int):
+        return [max_lens] * batch_size
+    return [max(1, int(m)) for m in max_lens.tolist()]
+
+
+def _append_info(hist: dict[str, Tensor], info: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Append one step of {name: (n, ...)} to the history {name: (n, t, ...)}."""
+    return {
+        name: v.unsqueeze(1) if name not in hist else torch.cat([hist[name], v.unsqueeze(1)], 1)
+        for name, v in info.items()
+    }
+
+
+@torch.no_grad()
+def beam_search(
+    decoder,
+    state,
+    batch_size: int,
+    bos: int,
+    eos: int,
+    max_lens: Tensor | int,
+    beam_size: int = 5,
+    n_best: int = 1,
+    alpha: float = 0.0,
+    return_info: bool = True,
+) -> list[list[Hypothesis]]:
+    """Batched beam search keeping ``beam_size`` live hypotheses per sentence.
+
+    At each step the 2k best continuations are ranked; those ending in EOS among the top k
+    are finished (scored with the length penalty), the best k others stay live. A sentence
+    is done when it has ``beam_size`` finished hypotheses or reaches its length cap (then its
+    live hypotheses are finished as they are). Returns ``n_best`` hypotheses per sentence,
+    best first.
+    """
+    k = beam_size
+    device = _device(state)
+    max_lens = _caps(max_lens, batch_size)
+    state = state.index_select(torch.arange(batch_size, device=device).repeat_interleave(k))
+    # live rows are (sentence, beam) pairs; only beam 0 starts alive so the k copies don't tie
+    scores = torch.full((batch_size, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    y = torch.full((batch_size * k,), bos, dtype=torch.long, device=device)
+    hist = torch.empty(batch_size * k, 0, dtype=torch.long, device=device)  # (N, t) tokens
+    hist_info: dict[str, Tensor] = {}  # name -> (N, t, ...)
+    sent = list(range(batch_size))  # original sentence of each live group
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+
+    for t in range(max(max_lens)):
+        lp, state, info = decoder.step(y, state)  # (n*k, V)
+        V = lp.size(-1)
+        n = len(sent)
+        cand = (scores.unsqueeze(-1) + lp.view(n, k, V)).view(n, k * V)
+        top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=-1)  # (n, 2k)
+        top_beam, top_tok = top_idx // V, top_idx % V
+        is_eos = top_tok == eos
+        # finish EOS candidates ranked within the first k (and not from a dead beam)
+        fin = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
+        rows = (torch.arange(n, device=device) * k).unsqueeze(1)  # (n, 1)
+        src_rows = rows + top_beam  # (n, 2k) flat row each candidate continues
+        step_info = info if return_info else {}
+        if fin.any():
+            for g, j in fin.nonzero().tolist():
+                r = int(src_rows[g, j])
+                toks = hist[r].tolist() + [eos]
+                h = Hypothesis(
+                    toks,
+                    float(top_scores[g, j]) / length_penalty(len(toks), alpha),
+                    float(top_scores[g, j]),
+                )
+                full = {
+                    name: torch.cat([hist_info[name][r], v[r].unsqueeze(0)], 0)
+                    if name in hist_info else v[r].unsqueeze(0)
+                    for name, v in step_info.items()
+                }
+                h.attn = full.pop("attn", None)
+                h.info = full
+                finished[sent[g]].append(h)
+        # the best k non-EOS candidates stay alive
+        live_scores = top_scores.masked_fill(is_eos, float("-inf"))
+        new_scores, pick = live_scores.topk(k, dim=-1)  # (n, k)
+        new_rows = src_rows.gather(1, pick).view(-1)  # (n*k,)
+        new_tok = top_tok.gather(1, pick).view(-1)
+        hist = torch.cat([hist.index_select(0, new_rows), new_tok.unsqueeze(1)], 1)
+        hist_info = _append_info(
+            {name: v.index_select(0, new_rows) for name, v in hist_info.items()},
+            {name: v.index_select(0, new_rows) for name, v in step_info.items()},
+        )
+        state = state.index_select(new_rows)
+        scores, y = new_scores, new_tok
+
+        # which sentences are done: enough finished, or at their length cap
+        done = []
+        for g, s in enumerate(sent):
+            if len(finished[s]) >= k:
+                done.append(g)
+            elif t + 1 >= max_lens[s]:
+                for b in range(k):
+                    r = g * k + b
+                    if not torch.isfinite(scores[g, b]):
+                        continue
+                    toks = hist[r].tolist()
+                    h = Hypothesis(
+                        toks, float(scores[g, b]) / length_penalty(len(toks), alpha),
+                        float(scores[g, b]),
+                    )
+                    full = {name: v[r] for name, v in hist_info.items()}
+                    h.attn = full.pop("attn", None)
+                    h.info = full
+                    finished[s].append(h)
+                done.append(g)
+        if len(done) == n:
+            break
+        if done:
+            done_set = set(done)
+            keep_groups = [g for g in range(n) if g not in done_set]
+            gidx = torch.tensor(keep_groups, device=device)
+            ridx = (gidx.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
+            state, y, hist = state.index_select(ridx), y.index_select(0, ridx), hist.index_select(0, ridx)
+            hist_info = {name: v.index_select(0, ridx) for name, v in hist_info.items()}
+            scores = scores.index_select(0, gidx)
+            sent = [sent[g] for g in keep_groups]
+    return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]

@@ -1,0 +1,345 @@
+"""Training: optimisation, schedules, validation, checkpoints, early stopping and resume.
+
+A run writes everything into ``train.out_dir`` (see :mod:`attendo.checkpoint`). It can be
+killed at any moment: ``attendo train --resume DIR`` restores weights, optimizer moments,
+learning-rate schedule, RNG and the position in the batch stream from ``last.safetensors``,
+so only the steps since the last checkpoint are lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .checkpoint import (
+    CKPT_DIR,
+    LAST_FILE,
+    MODEL_FILE,
+    load_training_state,
+    prune_checkpoints,
+    save_training_state,
+    save_weights,
+)
+from .config import Config, load_config
+from .data.batching import BatchStream
+from .data.prepare import (
+    Codec,
+    Corpus,
+    build_codecs,
+    encode_pairs,
+    load_codecs,
+    load_corpora,
+    save_codecs,
+)
+from .data.vocab import Vocab
+from .model.seq2seq import Seq2Seq, build_model
+from .translator import Translator
+from .utils import atomic_write_text
+
+log = logging.getLogger("attendo")
+
+
+def lr_factor(cfg, step: int) -> float:
+    """Multiplier of train.lr at optimizer step ``step`` (1-based), before plateau scaling."""
+    w = cfg.warmup_steps
+    warm = min(1.0, step / w) if w else 1.0
+    if cfg.schedule == "inverse_sqrt":  # Vaswani et al. 2017, sec. 5.3 (peak lr at step w)
+        return min(step / w, math.sqrt(w / max(step, 1)))
+    if cfg.schedule == "linear" and cfg.max_steps and step >= w:
+        return max(0.0, (cfg.max_steps - step) / max(cfg.max_steps - w, 1))
+    return warm
+
+
+@dataclass
+class TrainerState:
+    """Counters saved with every checkpoint (JSON)."""
+
+    step: int = 0
+    epoch: int = 0
+    offset: int = 0  # next batch within the epoch
+    elapsed_s: float = 0.0  # wall time spent in earlier runs of this training
+    tokens: int = 0  # target tokens trained on
+    best: float | None = None  # best early-stopping metric so far
+    bad_valids: int = 0  # validations since the best one
+    plateau_bad: int = 0
+    lr_scale: float = 1.0  # reduce-on-plateau multiplier
+    history: list[dict[str, Any]] = field(default_factory=list)  # validation results
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, resume: bool = False):
+        self.cfg = cfg
+        self.dir = Path(cfg.train.out_dir)
+        self.t0 = time.time()
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(tc.seed)
+        self.device = pick_device(tc.device)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        train, self.valid, self.test = load_corpora(cfg.data, seed=tc.seed)
+        self._setup_file_log()
+        try:
+            self._setup(cfg, train, resume)
+        except BaseException:
+            self._close()
+            raise
+
+    def _setup(self, cfg: Config, train: Corpus, resume: bool) -> None:
+        tc = cfg.train
+        if resume:
+            self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
+        else:
+            self.src, self.tgt = build_codecs(cfg.data, train, seed=tc.seed)
+            save_codecs(self.dir, self.src, self.tgt)
+            atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+        src_ids, tgt_ids, kept = encode_pairs(
+            train, self.src, self.tgt, cfg.data.max_len, cfg.data.max_ratio
+        )
+        if not src_ids:
+            raise ValueError("no training pairs left after the length filters (data.max_len)")
+        log.info(
+            "train: %d pairs (%d dropped by length filters); vocab src %d, tgt %d",
+            len(src_ids), len(train) - len(kept), len(self.src.vocab), len(self.tgt.vocab),
+        )
+        self.valid_ids = (
+            encode_pairs(self.valid, self.src, self.tgt)[:2] if self.valid is not None else None
+        )
+        self.model: Seq2Seq = build_model(cfg.model, len(self.src.vocab), len(self.tgt.vocab))
+        self.model.to(self.device)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model: %s parameters on %s (%s)", f"{n_params:,}", self.device, tc.precision)
+        opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(
+            self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay
+        )
+        self.state = TrainerState()
+        if resume:
+            last = self.dir / LAST_FILE
+            if not last.exists():
+                raise FileNotFoundError(f"{last}: nothing to resume from")
+            self.state = TrainerState(**load_training_state(last, self.model, self.optimizer))
+            log.info("resumed from %s at step %d", last, self.state.step)
+        self.stream = BatchStream(
+            src_ids, tgt_ids, tc.batch_size, tc.batch_type, tc.seed,
+            epoch=self.state.epoch, offset=self.state.offset,
+        )
+        self._tb = self._tensorboard()
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def _setup_file_log(self) -> None:
+        handler = logging.FileHandler(self.dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        self._log_handler = handler
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.dir / "tensorboard"))
+
+    def elapsed(self) -> float:
+        return self.state.elapsed_s + time.time() - self.t0
+
+    def _metric(self, record: dict[str, Any]) -> None:
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k not in ("step",):
+                    self._tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
+
+    def _set_lr(self) -> float:
+        tc = self.cfg.train
+        lr = tc.lr * lr_factor(tc, self.state.step + 1) * self.state.lr_scale
+        if tc.schedule == "plateau":
+            lr = max(lr, tc.min_lr) if self.state.step >= tc.warmup_steps else lr
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def _autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -- the loop ----------------------------------------------------------------------
+    def _done(self) -> str | None:
+        tc, st = self.cfg.train, self.state
+        if tc.max_steps and st.step >= tc.max_steps:
+            return f"reached train.max_steps={tc.max_steps}"
+        if tc.max_epochs and st.epoch >= tc.max_epochs:
+            return f"reached train.max_epochs={tc.max_epochs}"
+        if tc.max_minutes and self.elapsed() >= tc.max_minutes * 60:
+            return f"reached train.max_minutes={tc.max_minutes}"
+        if tc.patience and st.bad_valids >= tc.patience:
+            return f"early stopping: no improvement in {tc.patience} validations"
+        return None
+
+    def train_step(self, batch) -> tuple[float, float, int]:
+        tc = self.cfg.train
+        batch = batch.to(self.device)
+        with self._autocast():
+            loss, nll, n = self.model.loss(
+                batch.src, batch.src_lens, batch.tgt_in, batch.tgt_out, Vocab.PAD,
+                tc.label_smoothing,
+            )
+        denom = n if tc.normalization == "tokens" else batch.size
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / denom).backward()
+        if tc.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_norm)
+        self.optimizer.step()
+        return float(loss.detach()), float(nll), n
+
+    def run(self) -> dict[str, Any]:
+        tc, st = self.cfg.train, self.state
+        self.model.train()
+        reason = self._done()
+        total = tc.max_steps or None
+        bar = tqdm(total=total, initial=st.step, disable=not tc.progress, unit="step",
+                   dynamic_ncols=True, desc="train")
+        win_loss = win_nll = 0.0
+        win_tok, win_t0 = 0, time.time()
+        try:
+            while reason is None:
+                batch = next(self.stream)
+                lr = self._set_lr()
+                loss, nll, n = self.train_step(batch)
+                st.step += 1
+                st.tokens += n
+                st.epoch, st.offset = self.stream.epoch, self.stream.offset
+                win_loss, win_nll, win_tok = win_loss + loss, win_nll + nll, win_tok + n
+                bar.update(1)
+                if st.step % tc.log_every == 0:
+                    dt = max(time.time() - win_t0, 1e-9)
+                    rec = {
+                        "type": "train", "step": st.step, "epoch": st.epoch,
+                        "loss": win_loss / win_tok, "ppl": metrics.perplexity(win_nll, win_tok),
+                        "lr": lr, "tok_per_s": win_tok / dt, "elapsed_s": round(self.elapsed(), 2),
+                    }
+                    self._metric(rec)
+                    post = dict(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.1f}",
+                                lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
+                    if tc.max_minutes and not tc.max_steps:  # tqdm has no total to estimate from
+                        left = max(0.0, tc.max_minutes * 60 - self.elapsed())
+                        post["eta"] = time.strftime("%H:%M:%S", time.gmtime(left))
+                    bar.set_postfix(post)
+                    if not tc.progress:
+                        log.info("step %d  loss %.3f  ppl %.2f  lr %.2e  %.0f tok/s",
+                                 st.step, rec["loss"], rec["ppl"], lr, rec["tok_per_s"])
+                    win_loss = win_nll = 0.0
+                    win_tok, win_t0 = 0, time.time()
+                if st.step % tc.valid_every == 0:
+                    self.validate_and_save()
+                    win_t0 = time.time()  # validation time is not training throughput
+                reason = self._done()
+            if st.step % tc.valid_every != 0 or not (self.dir / MODEL_FILE).exists():
+                self.validate_and_save()
+            log.info("training finished at step %d: %s", st.step, reason)
+        finally:
+            bar.close()
+            self._close()
+        return {"step": st.step, "reason": reason, "best": st.best, "history": st.history}
+
+    def _close(self) -> None:
+        if getattr(self, "_tb", None) is not None:
+            self._tb.close()
+            self._tb = None
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+            self._log_handler = None
+
+    # -- validation and checkpoints ----------------------------------------------------
+    def validate(self) -> dict[str, Any]:
+        """Dev loss/perplexity and greedy BLEU (on up to valid_max_sents sentences)."""
+        tc = self.cfg.train
+        rec: dict[str, Any] = {"type": "valid", "step": self.state.step}
+        if self.valid_ids is None:
+            return rec
+        t = time.time()
+        nll, n = metrics.corpus_nll(self.model, *self.valid_ids, batch_size=64, device=self.device)
+        rec["loss"] = nll / max(n, 1)
+        rec["ppl"] = metrics.perplexity(nll, n)
+        if tc.valid_bleu and self.valid is not None:
+            k = min(tc.valid_max_sents, len(self.valid))
+            translator = Translator(self.model, self.src, self.tgt, self.cfg, str(self.device))
+            hyps = [t.text for t in translator.translate(self.valid.src[:k], beam=1)]
+            rec["bleu"] = metrics.bleu(hyps, self.valid.tgt[:k]).score
+            rec["example"] = {"src": self.valid.src[0], "ref": self.valid.tgt[0], "hyp": hyps[0]}
+        self.model.train()
+        rec["valid_s"] = round(time.time() - t, 2)
+        return rec
+
+    def validate_and_save(self) -> None:
+        tc, st = self.cfg.train, self.state
+        rec = self.validate()
+        rec["elapsed_s"] = round(self.elapsed(), 2)
+        metric = rec.get(tc.early_stopping_metric)
+        improved = False
+        if metric is not None:
+            better = (lambda a, b: a > b) if tc.early_stopping_metric == "bleu" else (lambda a, b: a < b)
+            improved = st.best is None or better(metric, st.best)
+            if improved:
+                st.best, st.bad_valids, st.plateau_bad = metric, 0, 0
+            else:
+                st.bad_valids += 1
+                st.plateau_bad += 1
+                if tc.schedule == "plateau" and st.plateau_bad >= tc.plateau_patience:
+                    st.lr_scale *= tc.plateau_factor
+                    st.plateau_bad = 0
+                    log.info("plateau: lr scale now %.4g", st.lr_scale)
+        rec["best"] = improved
+        st.history.append({k: v for k, v in rec.items() if k != "example"})
+        self._metric(rec)
+        if "ppl" in rec:
+            msg = f"valid step {st.step}: ppl {rec['ppl']:.2f}"
+            if "bleu" in rec:
+                msg += f"  bleu {rec['bleu']:.2f}  | {rec['example']['hyp']}"
+            log.info(msg + ("  (best)" if improved else ""))
+        meta = {"step": st.step, "elapsed_s": rec["elapsed_s"], "valid": st.history[-1]}
+        if improved or metric is None:
+            save_weights(self.dir / MODEL_FILE, self.model, meta)
+        save_weights(self.dir / CKPT_DIR / f"step-{st.step}.safetensors", self.model, meta)
+        prune_checkpoints(self.dir, tc.keep_last)
+        trainer_state = dict(st.__dict__)
+        trainer_state["elapsed_s"] = self.elapsed()
+        save_training_state(self.dir / LAST_FILE, self.model, self.optimizer, trainer_state)
+
+
+def train(cfg: Config) -> Path:
+    """Train a model from a config (Python API); returns the model directory."""
+    Trainer(cfg).run()
+    return Path(cfg.train.out_dir)
+
+
+def resume(model_dir: str | Path, overrides: list[str] | None = None) -> Path:
+    cfg = load_config(Path(model_dir) / "config.yaml", overrides)
+    cfg.train.out_dir = str(model_dir)
+    Trainer(cfg, resume=True).run()
+    return Path(model_dir)
+
+
+__all__ = ["Trainer", "TrainerState", "train", "resume", "lr_factor", "Corpus", "Codec"]

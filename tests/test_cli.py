@@ -1,0 +1,353 @@
+"""The command line end to end on tiny generated data (in-process, plus one subprocess)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import toy_raw
+
+from attendo.cli import main
+from attendo.data.download import MULTI30K_FILES
+from attendo.data.toy import toy_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_config(path: Path, out_dir: Path, **sections) -> Path:
+    """A tiny copy-task YAML config: a few dozen steps train in about a second."""
+    raw = toy_raw(out_dir)
+    raw["data"].update(
+        toy="copy", toy_train_size=500, toy_valid_size=32, toy_test_size=32, toy_max_len=5
+    )
+    raw["model"].update(emb_dim=16, enc_hidden=32, dec_hidden=32)
+    raw["train"].update(max_steps=40, valid_every=20, log_every=10)
+    for section, values in sections.items():
+        raw[section].update(values)
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    out = root / "model"
+    assert (
+        main(["train", str(cli_config(root / "toy.yaml", root / "ignored")), "--out", str(out)])
+        == 0
+    )
+    return out
+
+
+def set_stdin(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+LONG = " ".join("abcde"[i % 5] for i in range(3000))  # 3000 tokens: truncated to 400
+
+
+def test_help_in_a_subprocess():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "attendo", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    for command in ("train", "translate", "evaluate", "attend", "data", "demo"):
+        assert command in r.stdout
+
+
+def test_train_writes_a_model_directory(model_dir):
+    for name in ("config.yaml", "model.safetensors", "last.safetensors", "metrics.jsonl"):
+        assert (model_dir / name).is_file()
+    records = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["type"] for r in records} == {"train", "valid"}
+    assert max(r["step"] for r in records) == 40
+
+
+def test_translate_file_to_file(model_dir, tmp_path, caplog):
+    src = tmp_path / "in.txt"
+    src.write_text(f"a b c\n\nd e\n{LONG}\n   \nc c a b\n", encoding="utf-8")
+    out = tmp_path / "out.txt"
+    assert main(["translate", "--model", str(model_dir), "-i", str(src), "-o", str(out)]) == 0
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == 6  # one line per input line
+    assert lines[1] == "" and lines[4] == ""  # empty (or blank) in, empty out
+    assert "truncated" in caplog.text and "max_input_tokens" in caplog.text
+
+
+def test_translate_stdin_to_stdout(model_dir, monkeypatch, capsys):
+    set_stdin(monkeypatch, f"a b c\n\r\n\n{LONG}\nd e".encode())  # no final newline, a CRLF
+    assert main(["translate", "--model", str(model_dir), "--beam", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = out.split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == 5
+    assert lines[1] == lines[2] == ""
+    assert all(len(x.split()) <= 250 for x in lines)  # decode.max_len caps the output
+    # greedy from the CLI agrees with the Python API
+    import attendo
+
+    (t,) = attendo.load(model_dir).translate(["a b c"], beam=1)
+    assert lines[0] == t.text
+
+
+def test_translate_stdin_invalid_utf8_names_the_line(model_dir, monkeypatch, capsys):
+    set_stdin(monkeypatch, b"a b\nc \xff d\n")
+    assert main(["translate", "--model", str(model_dir)]) == 2
+    assert "<stdin>:2: invalid UTF-8" in capsys.readouterr().err
+
+
+def test_translate_n_best(model_dir, tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("a b c\nd e a\ne\n", encoding="utf-8")
+    assert (
+        main(
+            ["translate", "--model", str(model_dir), "-i", str(src), "--n-best", "2", "--beam", "3"]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    by_sentence: dict[int, list[float]] = {}
+    for line in lines:
+        i, text, score = line.split(" ||| ")
+        assert text == text.strip()
+        by_sentence.setdefault(int(i), []).append(float(score))
+    assert sorted(by_sentence) == [0, 1, 2]
+    for scores in by_sentence.values():
+        assert len(scores) == 2 and scores[0] >= scores[1]
+
+
+def test_evaluate_json(model_dir, tmp_path, capsys):
+    src_lines, ref_lines = toy_task("copy", 20, seed=123, max_len=5)
+    src, ref = tmp_path / "test.src", tmp_path / "test.ref"
+    src.write_text("\n".join(src_lines) + "\n", encoding="utf-8")
+    ref.write_text("\n".join(ref_lines) + "\n", encoding="utf-8")
+    hyps = tmp_path / "hyps.txt"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model_dir),
+                "--src",
+                str(src),
+                "--ref",
+                str(ref),
+                "--json",
+                "--beam",
+                "2",
+                "-o",
+                str(hyps),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["sentences"] == 20 and report["beam"] == 2
+    assert 0 <= report["bleu"] <= 100 and 0 <= report["chrf"] <= 100
+    assert report["ppl"] >= 1.0
+    assert report["bleu_signature"].startswith("nrefs:1") and "tok:13a" in report["bleu_signature"]
+    assert "chrF" in report["chrf_signature"] or "nc:" in report["chrf_signature"]
+    assert len(hyps.read_text(encoding="utf-8").splitlines()) == 20
+    # the plain report too
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref)]) == 0
+    assert "BLEU" in capsys.readouterr().out
+
+
+def test_metric_signatures():
+    """sacreBLEU only knows a signature once the metric has scored something (nrefs); the
+    signature must come from the metric object that produced the score."""
+    from attendo import metrics
+
+    _, bleu_sig = metrics.bleu_with_signature(["a b c d"], ["a b c d"])
+    _, chrf_sig = metrics.chrf_with_signature(["a b c d"], ["a b c d"])
+    assert "tok:13a" in bleu_sig and "nrefs:1" in bleu_sig
+    assert "nc:6" in chrf_sig
+
+
+def test_attend_writes_pngs(model_dir, tmp_path, capsys):
+    out = tmp_path / "pics"
+    assert main(["attend", "--model", str(model_dir), "a b c d", "e a", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name for p in pngs] == ["attention-000.png", "attention-001.png"]
+    assert str(pngs[0]) in stdout
+    import matplotlib.image
+
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = matplotlib.image.imread(p)
+        assert img.shape[0] > 0 and img.shape[1] > 0
+    # sentences from a file; an empty line gets no picture but does not stop the others
+    lines = tmp_path / "s.txt"
+    lines.write_text("a b\n\nc d e\n", encoding="utf-8")
+    out2 = tmp_path / "pics2"
+    assert main(["attend", "--model", str(model_dir), "-i", str(lines), "--out", str(out2)]) == 0
+    assert sorted(p.name for p in out2.glob("*.png")) == ["attention-000.png", "attention-002.png"]
+    assert "empty input" in capsys.readouterr().err
+
+
+def test_attend_on_a_model_without_attention_says_so(tmp_path, capsys):
+    """Without attention there is nothing to draw; 'empty input, no picture' is misleading."""
+    cfg = cli_config(
+        tmp_path / "none.yaml",
+        tmp_path / "none",
+        model={"attention": "none"},
+        train={"max_steps": 4, "valid_every": 4},
+    )
+    assert main(["train", str(cfg)]) == 0
+    capsys.readouterr()
+    rc = main(["attend", "--model", str(tmp_path / "none"), "a b c", "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert "empty input" not in err
+    assert "attention" in err
+    assert rc != 0 or not list((tmp_path / "p").glob("*.png"))
+
+
+def test_data_multi30k_from_local_copy(shared_multi30k, tmp_path, capsys):
+    out = tmp_path / "m30k"
+    assert main(["data", "multi30k", "--from", str(shared_multi30k), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 6
+    for split in ("train", "val", "test_2016_flickr"):
+        for lang in ("de", "en"):
+            name = f"{split}.{lang}"
+            data = (out / name).read_bytes()
+            assert data.count(b"\n") == MULTI30K_FILES[name], name
+    # a second run keeps the verified files
+    assert main(["data", "multi30k", "--from", str(shared_multi30k), "--out", str(out)]) == 0
+
+
+def test_data_multi30k_from_a_missing_folder(tmp_path, capsys):
+    rc = main(
+        ["data", "multi30k", "--from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_missing_config_exits_2(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "no such config file" in err
+
+
+def test_misspelt_key_exits_2_naming_file_and_key(tmp_path, capsys):
+    path = cli_config(tmp_path / "bad.yaml", tmp_path / "run", model={"atention": "dot"})
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "model.atention" in err and "did you mean 'attention'" in err
+    assert not (tmp_path / "run").exists()  # nothing is created for a bad config
+
+
+def test_mismatched_training_files_exit_2(tmp_path, capsys):
+    src, tgt = tmp_path / "train.src", tmp_path / "train.tgt"
+    src.write_text("a b\nc d\ne f\n")
+    tgt.write_text("b a\nd c\n")
+    path = cli_config(
+        tmp_path / "c.yaml",
+        tmp_path / "run",
+        data={"toy": "", "train_src": str(src), "train_tgt": str(tgt)},
+    )
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.src" in err and "3 lines" in err and "train.tgt" in err and "2 lines" in err
+
+
+def test_decode_errors_exit_2(model_dir, tmp_path, capsys):
+    assert main(["translate", "--model", str(tmp_path / "no-model"), "-i", "x"]) == 2
+    assert "not a model directory" in capsys.readouterr().err
+    assert main(["translate", "--model", str(model_dir), "-i", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt" in capsys.readouterr().err
+    src, ref = tmp_path / "s", tmp_path / "r"
+    src.write_text("a\nb\n")
+    ref.write_text("a\n")
+    assert main(["evaluate", "--model", str(model_dir), "--src", str(src), "--ref", str(ref)]) == 2
+    assert "has 2 lines" in capsys.readouterr().err
+
+
+def test_overwrite_and_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = cli_config(
+        tmp_path / "c.yaml",
+        run,
+        train={"max_steps": 20, "valid_every": 5, "log_every": 5, "keep_last": 2},
+    )
+    assert main(["train", str(cfg)]) == 0
+    before = (run / "last.safetensors").read_bytes()
+
+    assert main(["train", str(cfg)]) == 2  # refuses to overwrite
+    msg = capsys.readouterr().err
+    assert str(run) in msg and "--resume" in msg and "--overwrite" in msg
+    assert (run / "last.safetensors").read_bytes() == before
+
+    # --resume on a finished run has nothing left to do
+    assert main(["train", "--resume", str(run)]) == 0
+    assert (run / "last.safetensors").read_bytes() == before
+
+
+def test_resume_with_override_continues(tmp_path):
+    """``attendo train --resume DIR train.max_steps=30`` must extend the run. argparse gives
+    the override to the optional ``config`` positional, so cmd_train silently drops it."""
+    run = tmp_path / "run"
+    cfg = cli_config(tmp_path / "c.yaml", run, train={"max_steps": 10, "valid_every": 5})
+    assert main(["train", str(cfg)]) == 0
+    assert main(["train", "--resume", str(run), "train.max_steps=20"]) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 20
+
+
+def test_overrides_after_options(tmp_path):
+    """``attendo train c.yaml --out DIR train.max_steps=5``: argparse stops filling the
+    overrides positional at the first option, so later overrides are 'unrecognized arguments'
+    (exit 2) unless the parser uses parse_intermixed_args (or collects them itself)."""
+    cfg = cli_config(tmp_path / "c.yaml", tmp_path / "ignored")
+    assert (
+        main(
+            [
+                "train",
+                str(cfg),
+                "--out",
+                str(tmp_path / "run"),
+                "train.max_steps=5",
+                "train.valid_every=5",
+            ]
+        )
+        == 0
+    )
+    steps = [
+        json.loads(x)["step"] for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert max(steps) == 5
+
+
+def test_overwrite_starts_a_clean_run(tmp_path):
+    """After --overwrite the directory must describe the new run only: old step checkpoints
+    with higher step numbers would otherwise survive keep_last pruning (which deletes the new
+    run's checkpoints instead), and metrics.jsonl would mix two runs."""
+    run = tmp_path / "run"
+    cfg = cli_config(
+        tmp_path / "c.yaml",
+        run,
+        train={"max_steps": 20, "valid_every": 5, "log_every": 5, "keep_last": 2},
+    )
+    assert main(["train", str(cfg)]) == 0
+    assert main(["train", str(cfg), "train.max_steps=10", "--overwrite"]) == 0
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step-10.safetensors", "step-5.safetensors"]
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 10
