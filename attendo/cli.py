@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def cmd_train(args) -> int:
                 f"{out} already holds a training run; use --resume {out} to continue it, "
                 "--overwrite to start over, or set train.out_dir"
             )
-        clear_run(out)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches the files
+            clear_run(out)
     Trainer(cfg).run()
     return 0
 

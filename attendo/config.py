@@ -67,8 +67,10 @@ class DataConfig:
 class ModelConfig:
     """The encoder-decoder; see ARCHITECTURE.md for how the parts fit."""
 
-    encoder: Literal["rnn"] = "rnn"
-    decoder: Literal["rnn"] = "rnn"
+    # rnn (below), cnn (ConvS2S: emb_dim embeddings, enc_hidden channels, enc_layers convolutions)
+    # or transformer (d_model, heads, ff_dim; enc_layers / dec_layers deep). Any mix works.
+    encoder: Literal["rnn", "cnn", "transformer"] = "rnn"
+    decoder: Literal["rnn", "transformer"] = "rnn"
     rnn_type: Literal["gru", "lstm"] = "gru"
     emb_dim: int = 128
     enc_hidden: int = 256  # per direction
@@ -84,6 +86,17 @@ class ModelConfig:
     tie_output: bool = False  # share target embeddings with the output layer
     dropout: float = 0.2
     location_max_len: int = 256  # longest source the location scorer can attend over
+    # Transformer parts (Vaswani et al. 2017); the RNN keys above size RNN and CNN parts only
+    d_model: int = 256  # width of embeddings, attention and every layer output
+    heads: int = 4  # attention heads; d_model must divide by heads
+    ff_dim: int = 1024  # inner size of the position-wise feed-forward layers
+    attn_dropout: float = 0.1  # dropout on attention weights (model.dropout: everywhere else)
+    norm: Literal["pre", "post"] = "pre"  # LayerNorm before each sub-layer, or after the residual
+    positions: Literal["sinusoidal", "learned"] = "sinusoidal"  # (the CNN always learns them)
+    max_positions: int = 512  # learned positions: longest sequence they cover
+    attn_layer: int = -1  # decoder layer whose cross-attention (mean over heads) is "the" attention
+    cnn_kernel: int = 3  # CNN encoder: convolution width (odd, so outputs align with inputs)
+    tie_src_tgt: bool = False  # one embedding matrix for both sides (needs data.joint_vocab)
 
     def validate(self) -> None:
         for key in ("emb_dim", "enc_hidden", "enc_layers", "dec_hidden", "dec_layers"):
@@ -93,15 +106,57 @@ class ModelConfig:
             raise ConfigError("model.out_dim: must be >= 0 (0 picks a default)")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
-        if self.tie_output and self.out_dim not in (0, self.emb_dim):
+        if self.decoder == "rnn" and self.tie_output and self.out_dim not in (0, self.emb_dim):
             raise ConfigError(
                 f"model.tie_output: needs out_dim == emb_dim ({self.emb_dim}), got {self.out_dim}"
             )
-        if self.tie_output and self.attention == "none" and self.emb_dim != self.dec_hidden:
+        if (self.decoder == "rnn" and self.tie_output and self.attention == "none"
+                and self.emb_dim != self.dec_hidden):
             raise ConfigError(
                 "model.tie_output: without attention the output layer reads the decoder state, "
                 f"so emb_dim ({self.emb_dim}) must equal dec_hidden ({self.dec_hidden})"
             )
+        self._validate_transformer_and_cnn()
+
+    def _validate_transformer_and_cnn(self) -> None:
+        if "transformer" in (self.encoder, self.decoder):
+            for key in ("d_model", "heads", "ff_dim"):
+                _positive(f"model.{key}", getattr(self, key))
+            if self.d_model % self.heads:
+                raise ConfigError(
+                    f"model.heads: d_model ({self.d_model}) must be divisible by heads "
+                    f"({self.heads})"
+                )
+            if not 0.0 <= self.attn_dropout < 1.0:
+                raise ConfigError(f"model.attn_dropout: must be in [0, 1), got {self.attn_dropout}")
+        _positive("model.max_positions", self.max_positions)
+        if self.encoder == "cnn" and (self.cnn_kernel < 1 or self.cnn_kernel % 2 == 0):
+            raise ConfigError(f"model.cnn_kernel: must be odd and >= 1, got {self.cnn_kernel}")
+        if self.decoder == "transformer":
+            if self.attention == "none":
+                raise ConfigError(
+                    "model.attention: 'none' is for the RNN decoder; the transformer decoder "
+                    "always attends (multi-head cross-attention), so leave model.attention unset"
+                )
+            if not -self.dec_layers <= self.attn_layer < self.dec_layers:
+                raise ConfigError(
+                    f"model.attn_layer: {self.attn_layer} is not a decoder layer "
+                    f"(dec_layers={self.dec_layers}; use 0..{self.dec_layers - 1} or -1 for the last)"
+                )
+        if self.tie_src_tgt and self.src_emb_dim != self.tgt_emb_dim:
+            raise ConfigError(
+                f"model.tie_src_tgt: source embeddings ({self.src_emb_dim}) and target embeddings "
+                f"({self.tgt_emb_dim}) differ in size (transformer parts use d_model, "
+                "RNN and CNN parts emb_dim)"
+            )
+
+    @property
+    def src_emb_dim(self) -> int:
+        return self.d_model if self.encoder == "transformer" else self.emb_dim
+
+    @property
+    def tgt_emb_dim(self) -> int:
+        return self.d_model if self.decoder == "transformer" else self.emb_dim
 
     @property
     def attn_vector_dim(self) -> int:
@@ -118,7 +173,11 @@ class TrainConfig:
     seed: int = 42
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls (weights stay fp32)
+    # fp32 | bf16 (autocast to bfloat16; weights and optimizer stay fp32) | fp16 (CUDA only, with a
+    # gradient scaler) | amp (bf16 where the device supports it, else fp16 + scaler)
+    precision: Literal["fp32", "bf16", "fp16", "amp"] = "fp32"
+    accum_steps: int = 1  # gradient accumulation: batches per optimizer step
+    num_workers: int = 0  # data-loading worker processes (0 = collate in the training process)
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -152,9 +211,10 @@ class TrainConfig:
             raise ConfigError(f"train.betas: expected two numbers in [0, 1), got {self.betas}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        for key in ("batch_size", "log_every", "valid_every", "valid_max_sents"):
+        for key in ("batch_size", "log_every", "valid_every", "valid_max_sents", "accum_steps"):
             _positive(f"train.{key}", getattr(self, key))
-        for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "keep_last", "threads"):
+        for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "keep_last", "threads",
+                    "num_workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
         if self.max_minutes < 0 or self.clip_norm < 0 or self.weight_decay < 0:

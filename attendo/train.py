@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .checkpoint import (
     CKPT_DIR,
     LAST_FILE,
@@ -31,7 +31,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import Config, load_config
-from .data.batching import BatchStream
+from .data.batching import BatchStream, iterate_batches
 from .data.prepare import (
     Codec,
     Corpus,
@@ -76,12 +76,43 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)  # validation results
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is available")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is cuda but no CUDA device is available")
+        return torch.device("cuda", local_rank)
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a gradient scaler is needed) for train.precision."""
+    if precision == "fp32":
+        return None, False
+    if device.type != "cuda":
+        if precision == "fp16":
+            raise ValueError("train.precision: fp16 needs a CUDA device; use bf16 on CPU")
+        return torch.bfloat16, False  # bf16 and amp on CPU
+    if precision == "amp":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16":
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError("train.precision: this GPU has no bf16; use fp16 or amp")
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+class _LossModule(torch.nn.Module):
+    """The training objective as a forward(), so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: Seq2Seq, label_smoothing: float):
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def forward(self, src, src_lens, tgt_in, tgt_out):
+        return self.model.loss(src, src_lens, tgt_in, tgt_out, Vocab.PAD, self.label_smoothing)
 
 
 class Trainer:
@@ -92,8 +123,14 @@ class Trainer:
         tc = cfg.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        wants_cuda = tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
+        self.dist = distributed.init("cuda" if wants_cuda else "cpu")
         torch.manual_seed(tc.seed)
-        self.device = pick_device(tc.device)
+        self.device = pick_device(tc.device, self.dist.local_rank)
+        self.amp_dtype, needs_scaler = resolve_precision(tc.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+        if not self.dist.is_main:
+            log.setLevel(logging.WARNING)  # rank-0-only logging
         self.dir.mkdir(parents=True, exist_ok=True)
         train, self.valid, self.test = load_corpora(cfg.data, seed=tc.seed)
         self._setup_file_log()
@@ -105,12 +142,20 @@ class Trainer:
 
     def _setup(self, cfg: Config, train: Corpus, resume: bool) -> None:
         tc = cfg.train
+        distributed.check_agreement(self.dist, "config", cfg.to_dict())
+        distributed.check_agreement(
+            self.dist, "training data", [len(train), train.src[:50], train.tgt[-50:]]
+        )
         if resume:
             self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
         else:
-            self.src, self.tgt = build_codecs(cfg.data, train, seed=tc.seed)
-            save_codecs(self.dir, self.src, self.tgt)
-            atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+            if self.dist.is_main:  # one rank trains the tokenizers, the others read them
+                self.src, self.tgt = build_codecs(cfg.data, train, seed=tc.seed)
+                save_codecs(self.dir, self.src, self.tgt)
+                atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+            distributed.barrier(self.dist)
+            if not self.dist.is_main:
+                self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
         src_ids, tgt_ids, kept = encode_pairs(
             train, self.src, self.tgt, cfg.data.max_len, cfg.data.max_ratio
         )
@@ -138,14 +183,32 @@ class Trainer:
                 raise FileNotFoundError(f"{last}: nothing to resume from")
             self.state = TrainerState(**load_training_state(last, self.model, self.optimizer))
             log.info("resumed from %s at step %d", last, self.state.step)
+        if self.dist.enabled:
+            # the saved RNG is rank 0's; give each rank its own dropout stream again
+            torch.manual_seed(tc.seed * 1000 + self.dist.rank + self.state.step)
+        self.loss_module: torch.nn.Module = _LossModule(self.model, tc.label_smoothing)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_module = DDP(self.loss_module, device_ids=ids)
         self.stream = BatchStream(
             src_ids, tgt_ids, tc.batch_size, tc.batch_type, tc.seed,
             epoch=self.state.epoch, offset=self.state.offset,
+            rank=self.dist.rank, world_size=self.dist.world_size,
         )
-        self._tb = self._tensorboard()
+        self.batches = iterate_batches(
+            self.stream, tc.num_workers, pin_memory=self.device.type == "cuda"
+        )
+        self._tb = self._tensorboard() if self.dist.is_main else None
+        # last.safetensors is written right after a validation, so a resumed step was validated
+        self._last_valid_step: int | None = self.state.step if resume else None
 
     # -- bookkeeping -------------------------------------------------------------------
     def _setup_file_log(self) -> None:
+        if not self.dist.is_main:
+            self._log_handler = None
+            return
         handler = logging.FileHandler(self.dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
@@ -162,6 +225,8 @@ class Trainer:
         return self.state.elapsed_s + time.time() - self.t0
 
     def _metric(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -179,9 +244,9 @@ class Trainer:
         return lr
 
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # -- the loop ----------------------------------------------------------------------
     def _done(self) -> str | None:
@@ -190,42 +255,75 @@ class Trainer:
             return f"reached train.max_steps={tc.max_steps}"
         if tc.max_epochs and st.epoch >= tc.max_epochs:
             return f"reached train.max_epochs={tc.max_epochs}"
-        if tc.max_minutes and self.elapsed() >= tc.max_minutes * 60:
-            return f"reached train.max_minutes={tc.max_minutes}"
+        if tc.max_minutes:
+            # clocks differ slightly between ranks: stop all of them when any one is out of time
+            out = distributed.any_true(
+                self.dist, self.elapsed() >= tc.max_minutes * 60, self.device
+            )
+            if out:
+                return f"reached train.max_minutes={tc.max_minutes}"
         if tc.patience and st.bad_valids >= tc.patience:
             return f"early stopping: no improvement in {tc.patience} validations"
         return None
 
-    def train_step(self, batch) -> tuple[float, float, int]:
+    def train_step(self, batches) -> tuple[float, float, int]:
+        """One optimizer step over ``batches`` (accum_steps micro-batches on this rank).
+
+        The summed loss is divided by the token (or sentence) count of the whole effective
+        batch, over all micro-batches and all ranks, so N processes x B x accumulation gives the
+        same gradient as one process accumulating the same batches.
+        """
         tc = self.cfg.train
-        batch = batch.to(self.device)
-        with self._autocast():
-            loss, nll, n = self.model.loss(
-                batch.src, batch.src_lens, batch.tgt_in, batch.tgt_out, Vocab.PAD,
-                tc.label_smoothing,
-            )
-        denom = n if tc.normalization == "tokens" else batch.size
+        if not isinstance(batches, list | tuple):
+            batches = [batches]
+        local = sum(b.n_tgt_tokens if tc.normalization == "tokens" else b.size for b in batches)
+        # DDP averages gradients over ranks, so each rank divides by (global count / world)
+        denom = distributed.all_sum(self.dist, float(local), self.device) / self.dist.world_size
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / denom).backward()
+        total_loss = total_nll = 0.0
+        total_n = 0
+        for i, batch in enumerate(batches):
+            batch = batch.to(self.device, non_blocking=True)
+            last = i == len(batches) - 1
+            sync = contextlib.nullcontext()
+            if self.dist.enabled and not last:
+                sync = self.loss_module.no_sync()  # all-reduce once, after the last micro-batch
+            with sync:
+                with self._autocast():
+                    loss, nll, n = self.loss_module(
+                        batch.src, batch.src_lens, batch.tgt_in, batch.tgt_out
+                    )
+                scaled = loss / denom
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total_loss += float(loss.detach())
+            total_nll += float(nll)
+            total_n += n
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if tc.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_norm)
-        self.optimizer.step()
-        return float(loss.detach()), float(nll), n
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return total_loss, total_nll, total_n
 
     def run(self) -> dict[str, Any]:
         tc, st = self.cfg.train, self.state
         self.model.train()
         reason = self._done()
         total = tc.max_steps or None
-        bar = tqdm(total=total, initial=st.step, disable=not tc.progress, unit="step",
+        show = tc.progress and self.dist.is_main
+        bar = tqdm(total=total, initial=st.step, disable=not show, unit="step",
                    dynamic_ncols=True, desc="train")
         win_loss = win_nll = 0.0
         win_tok, win_t0 = 0, time.time()
         try:
             while reason is None:
-                batch = next(self.stream)
+                micro = [next(self.batches) for _ in range(tc.accum_steps)]
                 lr = self._set_lr()
-                loss, nll, n = self.train_step(batch)
+                loss, nll, n = self.train_step(micro)
                 st.step += 1
                 st.tokens += n
                 st.epoch, st.offset = self.stream.epoch, self.stream.offset
@@ -254,7 +352,7 @@ class Trainer:
                     self.validate_and_save()
                     win_t0 = time.time()  # validation time is not training throughput
                 reason = self._done()
-            if st.step % tc.valid_every != 0 or not (self.dir / MODEL_FILE).exists():
+            if self._last_valid_step != st.step:
                 self.validate_and_save()
             log.info("training finished at step %d: %s", st.step, reason)
         finally:
@@ -271,6 +369,8 @@ class Trainer:
             log.removeHandler(handler)
             handler.close()
             self._log_handler = None
+        if getattr(self, "dist", None) is not None and self.dist.enabled:
+            distributed.shutdown()
 
     # -- validation and checkpoints ----------------------------------------------------
     def validate(self) -> dict[str, Any]:
@@ -294,6 +394,19 @@ class Trainer:
         return rec
 
     def validate_and_save(self) -> None:
+        """Rank 0 validates and writes checkpoints; the others wait, then adopt its counters
+        (best, patience, plateau) so every rank stops and decays the lr together."""
+        if self.dist.is_main:
+            self._validate_and_save()
+        self._last_valid_step = self.state.step
+        distributed.barrier(self.dist)
+        if self.dist.enabled:
+            keys = ("best", "bad_valids", "plateau_bad", "lr_scale", "history")
+            shared = distributed.broadcast(self.dist, {k: getattr(self.state, k) for k in keys})
+            for k, v in shared.items():
+                setattr(self.state, k, v)
+
+    def _validate_and_save(self) -> None:
         tc, st = self.cfg.train, self.state
         rec = self.validate()
         rec["elapsed_s"] = round(self.elapsed(), 2)

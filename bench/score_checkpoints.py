@@ -70,7 +70,9 @@ def main() -> None:
             t = time.time()
             hyps = [o.text for o in tr.translate(src, beam=beam)]
             dt = time.time() - t
-            plain = sacrebleu.corpus_bleu(hyps, [ref])
+            bleu = sacrebleu.BLEU()
+            plain = bleu.corpus_score(hyps, [ref])
+            row["sacrebleu_signature"] = str(bleu.get_signature())
             harness = sacrebleu.corpus_bleu([harness_norm(h) for h in hyps], [ref_norm],
                                             tokenize="none")
             row[f"beam{beam}"] = {
@@ -80,7 +82,6 @@ def main() -> None:
                 "sents_per_s": round(len(src) / dt, 1),
                 "avg_len_words": round(sum(len(h.split()) for h in hyps) / len(hyps), 2),
             }
-        row["sacrebleu_signature"] = str(sacrebleu.BLEU().get_signature())
         results.append(row)
     print(json.dumps({"bench": "score_checkpoints", "model_dir": str(args.model_dir),
                       "test": args.src, "results": results}, indent=2))

@@ -91,6 +91,22 @@ class Batch:
             _n_tgt_tokens=self.n_tgt_tokens,
         )
 
+    def pin_memory(self) -> Batch:
+        """Page-locked copy (DataLoader(pin_memory=True) calls this) for async GPU copies."""
+
+        def pin(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return Batch(
+            src=self.src.pin_memory(),
+            src_lens=self.src_lens.pin_memory(),
+            tgt_in=pin(self.tgt_in),
+            tgt_out=pin(self.tgt_out),
+            indices=list(self.indices),
+            tgt_lens=pin(self.tgt_lens),
+            _n_tgt_tokens=self.n_tgt_tokens,
+        )
+
 
 def _pad(seqs: list[list[int]], lens: Tensor, width: int, pad: int) -> Tensor:
     """``(B, width)`` tensor holding ``seqs`` left-aligned, padded with ``pad``.
@@ -273,6 +289,8 @@ class BatchStream:
         seed: int,
         epoch: int = 0,
         offset: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if not src_ids:
             raise ValueError("cannot stream batches from an empty dataset")
@@ -283,6 +301,9 @@ class BatchStream:
         self.batch_size = batch_size
         self.batch_type = batch_type
         self.seed = seed
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of {world_size}")
+        self.rank, self.world_size = rank, world_size
         self._src_lens = [len(s) for s in src_ids]
         self._tgt_lens = [len(t) for t in tgt_ids]
         self.epoch = epoch
@@ -308,6 +329,15 @@ class BatchStream:
                 seed=self.seed,
                 epoch=self.epoch,
             )
+            if self.world_size > 1:
+                # every rank plans the same epoch, then takes every world_size-th batch; the tail
+                # that does not divide evenly is dropped so all ranks take equally many steps
+                n = len(self._plan) // self.world_size * self.world_size
+                if n == 0:
+                    raise ValueError(
+                        f"{len(self._plan)} batches per epoch cannot feed {self.world_size} ranks"
+                    )
+                self._plan = self._plan[:n][self.rank :: self.world_size]
             self._plan_epoch = self.epoch
         return self._plan
 
@@ -337,3 +367,42 @@ class BatchStream:
             raise ValueError(
                 f"offset {self.offset} is outside epoch {self.epoch} ({len(self._plan)} batches)"
             )
+
+
+class _PlanDataset(torch.utils.data.Dataset):
+    """One item per planned batch, collated in the worker process."""
+
+    def __init__(self, plan: list[list[int]], src_ids: list[list[int]], tgt_ids: list[list[int]]):
+        self.plan, self.src_ids, self.tgt_ids = plan, src_ids, tgt_ids
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> Batch:
+        idx = self.plan[i]
+        return collate([self.src_ids[j] for j in idx], [self.tgt_ids[j] for j in idx], idx)
+
+
+def iterate_batches(
+    stream: BatchStream, num_workers: int = 0, pin_memory: bool = False
+) -> Iterator[Batch]:
+    """Yield the stream's batches forever, collated by ``num_workers`` worker processes
+    (0 = in this process) and optionally pinned for fast host-to-GPU copies.
+
+    ``stream.epoch``/``stream.offset`` advance as batches are *consumed*, not as workers
+    prefetch them, so a checkpoint taken between two batches resumes exactly.
+    """
+    while True:
+        plan, start = stream.batches(), stream.offset
+        loader = torch.utils.data.DataLoader(
+            _PlanDataset(plan[start:], stream.src_ids, stream.tgt_ids),
+            batch_size=None,
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+        for batch in loader:
+            stream.offset += 1
+            if stream.offset == len(plan):
+                stream.epoch, stream.offset = stream.epoch + 1, 0
+            yield batch

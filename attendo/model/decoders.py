@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attention, build_scorer
@@ -200,6 +201,26 @@ class RNNDecoder(nn.Module):
                 attns.append(info["attn"])
         out = {"attn": torch.stack(attns, 1)} if attns else {}
         return self.dropout(torch.stack(vecs, 1)), out  # one dropout mask draw for all steps
+
+    def token_loss(
+        self, features: Tensor, info: dict, target: Tensor, keep: Tensor, label_smoothing: float
+    ) -> tuple[Tensor, Tensor]:
+        """Summed (label-smoothed) loss and summed NLL over the positions where keep is True.
+
+        features (B, T, O), target and keep (B, T). The output layer runs only on kept
+        positions: it is the most expensive matrix product of an RNN model. Decoders whose
+        output distribution needs more than the features (copy) override this.
+        """
+        logits = self.logits(features[keep])  # (N, V)
+        gold = target[keep]  # (N,)
+        nll = F.cross_entropy(logits.float(), gold, reduction="sum")
+        if label_smoothing > 0:
+            loss = F.cross_entropy(
+                logits.float(), gold, reduction="sum", label_smoothing=label_smoothing
+            )
+        else:
+            loss = nll
+        return loss, nll
 
     def log_probs(self, features: Tensor, info: dict | None = None) -> Tensor:
         """features (..., O) -> log-probabilities over the target vocabulary (..., V)."""

@@ -6,12 +6,13 @@ Only :func:`build_model` reads the config; modules take explicit arguments.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
+from .cnn import CNNEncoder
 from .decoders import RNNDecoder
 from .encoders import RNNEncoder
+from .transformer import TransformerDecoder, TransformerEncoder
 
 
 class Seq2Seq(nn.Module):
@@ -47,21 +48,47 @@ class Seq2Seq(nn.Module):
         The output layer runs only on non-pad positions: with length-bucketed batches that is
         most of them, but it is still the most expensive matrix product of an RNN model.
         """
-        feats, _ = self(src, src_lens, tgt_in)
+        feats, info = self(src, src_lens, tgt_in)
         keep = tgt_out != pad_id  # (B, T)
-        logits = self.decoder.logits(feats[keep])  # (N, V)
-        target = tgt_out[keep]  # (N,)
-        nll = F.cross_entropy(logits, target, reduction="sum")
-        if label_smoothing > 0:
-            loss = F.cross_entropy(logits, target, reduction="sum", label_smoothing=label_smoothing)
-        else:
-            loss = nll
-        return loss, nll.detach(), int(target.numel())
+        loss, nll = self.decoder.token_loss(feats, info, tgt_out, keep, label_smoothing)
+        return loss, nll.detach(), int(keep.sum())
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0) -> Seq2Seq:
-    encoder = RNNEncoder(
-        src_vocab_size,
+    """Encoder (rnn | cnn | transformer) + decoder (rnn | transformer), any mix.
+
+    RNN parts start from U(-0.1, 0.1); CNN and Transformer parts initialise themselves
+    (``reset_parameters``). ``tie_src_tgt`` makes the encoder use the decoder's embeddings.
+    """
+    if cfg.tie_src_tgt and src_vocab_size != tgt_vocab_size:
+        raise ConfigError(
+            f"model.tie_src_tgt: needs one joint vocabulary (data.joint_vocab: true), but the "
+            f"source vocabulary has {src_vocab_size} entries and the target {tgt_vocab_size}"
+        )
+    encoder = _build_encoder(cfg, src_vocab_size, pad_id)
+    decoder = _build_decoder(cfg, tgt_vocab_size, encoder.out_dim, pad_id)
+    for part in (encoder, decoder):
+        if isinstance(part, RNNEncoder | RNNDecoder):
+            _init_uniform(part, 0.1)
+    if cfg.tie_src_tgt:
+        encoder.embed = decoder.embed
+    return Seq2Seq(encoder, decoder)
+
+
+def _build_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int) -> nn.Module:
+    if cfg.encoder == "transformer":
+        return TransformerEncoder(
+            vocab_size, cfg.d_model, cfg.heads, cfg.ff_dim, layers=cfg.enc_layers,
+            dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
+            positions=cfg.positions, max_positions=cfg.max_positions, pad_id=pad_id,
+        )
+    if cfg.encoder == "cnn":
+        return CNNEncoder(
+            vocab_size, cfg.emb_dim, cfg.enc_hidden, layers=cfg.enc_layers, kernel=cfg.cnn_kernel,
+            dropout=cfg.dropout, max_positions=cfg.max_positions, pad_id=pad_id,
+        )
+    return RNNEncoder(
+        vocab_size,
         cfg.emb_dim,
         cfg.enc_hidden,
         layers=cfg.enc_layers,
@@ -70,12 +97,22 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_
         dropout=cfg.dropout,
         pad_id=pad_id,
     )
-    decoder = RNNDecoder(
-        tgt_vocab_size,
+
+
+def _build_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int) -> nn.Module:
+    if cfg.decoder == "transformer":
+        return TransformerDecoder(
+            vocab_size, enc_dim, cfg.d_model, cfg.heads, cfg.ff_dim, layers=cfg.dec_layers,
+            dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
+            positions=cfg.positions, max_positions=cfg.max_positions, tie_output=cfg.tie_output,
+            attn_layer=cfg.attn_layer, pad_id=pad_id,
+        )
+    return RNNDecoder(
+        vocab_size,
         cfg.emb_dim,
         cfg.dec_hidden,
-        enc_dim=encoder.out_dim,
-        enc_final_dim=encoder.out_dim,
+        enc_dim=enc_dim,
+        enc_final_dim=enc_dim,  # RNN: last state per layer; CNN, Transformer: mean state
         layers=cfg.dec_layers,
         rnn_type=cfg.rnn_type,
         attention=cfg.attention,
@@ -88,9 +125,6 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_
         location_max_len=cfg.location_max_len,
         pad_id=pad_id,
     )
-    model = Seq2Seq(encoder, decoder)
-    _init_uniform(model, 0.1)
-    return model
 
 
 @torch.no_grad()

@@ -1,0 +1,98 @@
+"""Data-parallel training on PyTorch's own engine: torchrun + DistributedDataParallel.
+
+``attendo train cfg.yaml`` runs unchanged under ``torchrun --nproc_per_node=N``: torchrun
+sets RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT, and :func:`init` joins the process
+group (nccl on CUDA, gloo on CPU). Multi-node runs use torchrun's rendezvous arguments
+(``--nnodes``, ``--node_rank``, ``--rdzv_endpoint``); nothing in attendo changes.
+
+Effective batch = processes x train.batch_size x train.accum_steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device_type: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+    return info
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_agreement(info: DistInfo, what: str, obj: Any) -> None:
+    """Fail clearly if ranks disagree on ``obj`` (config, data): every rank raises the same error."""
+    if not info.enabled:
+        return
+    mine = fingerprint(obj)
+    everyone: list[str | None] = [None] * info.world_size
+    dist.all_gather_object(everyone, mine)
+    if len(set(everyone)) > 1:
+        detail = ", ".join(f"rank {r}: {fp}" for r, fp in enumerate(everyone))
+        raise RuntimeError(f"ranks disagree on the {what} ({detail}); start all ranks alike")
+
+
+def all_sum(info: DistInfo, value: float, device: torch.device) -> float:
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def any_true(info: DistInfo, flag: bool, device: torch.device) -> bool:
+    """True if any rank says True (so all ranks stop together)."""
+    return all_sum(info, 1.0 if flag else 0.0, device) > 0
+
+
+def broadcast(info: DistInfo, obj: Any) -> Any:
+    """Rank 0's value of a JSON-able object, on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
