@@ -112,7 +112,7 @@ def test_stopped_two_process_run_resumes_to_the_same_weights(two_process_run, tm
     resumed = _weights(out / MODEL_FILE)
     straight = _weights(two_process_run / MODEL_FILE)
     for k in straight:
-        torch.testing.assert_close(resumed[k], straight[k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(resumed[k], straight[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_ranks_that_disagree_on_config_fail_clearly(tmp_path):

@@ -211,15 +211,14 @@ class RNNDecoder(nn.Module):
         positions: it is the most expensive matrix product of an RNN model. Decoders whose
         output distribution needs more than the features (copy) override this.
         """
-        logits = self.logits(features[keep])  # (N, V)
+        logits = self.logits(features[keep]).float()  # (N, V)
         gold = target[keep]  # (N,)
-        nll = F.cross_entropy(logits.float(), gold, reduction="sum")
-        if label_smoothing > 0:
-            loss = F.cross_entropy(
-                logits.float(), gold, reduction="sum", label_smoothing=label_smoothing
-            )
-        else:
-            loss = nll
+        if label_smoothing == 0:
+            nll = F.cross_entropy(logits, gold, reduction="sum")
+            return nll, nll
+        lp = torch.log_softmax(logits, dim=-1)  # once, for both the NLL and the smoothing term
+        nll = -lp.gather(1, gold.unsqueeze(1)).sum()
+        loss = (1 - label_smoothing) * nll - label_smoothing * lp.mean(-1).sum()
         return loss, nll
 
     def log_probs(self, features: Tensor, info: dict | None = None) -> Tensor:
