@@ -153,6 +153,32 @@ def cmd_attend(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    from safetensors.torch import save as st_save
+
+    from .checkpoint import average_checkpoints, step_checkpoints
+    from .translator import Translator
+    from .utils import atomic_write_bytes
+
+    model_dir = Path(args.model)
+    if args.last < 1:
+        raise CLIError(f"--last must be >= 1, got {args.last}")
+    ckpts = step_checkpoints(model_dir)
+    if not ckpts:
+        raise CLIError(f"{model_dir}: no step checkpoints in {model_dir / 'checkpoints'}")
+    chosen = ckpts[-args.last :]
+    if len(chosen) < args.last:
+        log.warning("only %d step checkpoints in %s; averaging all of them "
+                    "(train.keep_last keeps the newest N; 0 keeps all)", len(chosen), model_dir)
+    out = Path(args.output) if args.output else model_dir / "averaged.safetensors"
+    meta = {"averaged": [p.name for p in chosen]}
+    atomic_write_bytes(out, st_save(average_checkpoints(chosen),
+                                    metadata={"attendo": json.dumps(meta)}))
+    Translator.from_dir(model_dir, weights=out)  # the average must load into the configured model
+    print(f"{out}\taverage of {len(chosen)}: {' '.join(p.name for p in chosen)}")
+    return 0
+
+
 def cmd_data(args) -> int:
     from .data.download import fetch_multi30k
 
@@ -216,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--merge-subwords", action="store_true", help="label words, not pieces")
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=cmd_attend)
+
+    av = sub.add_parser("average", help="average the newest step checkpoints (weights file)")
+    av.add_argument("--model", required=True, help="model directory")
+    av.add_argument("--last", type=int, default=5, help="how many of the newest (default 5)")
+    av.add_argument("--output", "-o", help="weights file (default MODEL/averaged.safetensors)")
+    av.set_defaults(func=cmd_average)
 
     g = sub.add_parser("data", help="fetch a public data set")
     g.add_argument("name", choices=["multi30k"])

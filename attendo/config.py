@@ -260,6 +260,18 @@ class Config:
         self.model.validate()
         self.train.validate()
         self.decode.validate()
+        m = self.model
+        if m.tie_src_tgt and not self.data.joint_vocab:
+            raise ConfigError(
+                "model.tie_src_tgt: needs data.joint_vocab: true (one vocabulary for both sides)"
+            )
+        if m.encoder == "cnn" or (m.positions == "learned" and "transformer" in (m.encoder, m.decoder)):
+            longest = max(self.decode.max_input_tokens, self.decode.max_len, self.data.max_len + 1)
+            if longest > m.max_positions:
+                raise ConfigError(
+                    f"model.max_positions: {m.max_positions} learned positions cannot cover "
+                    f"{longest} tokens (decode.max_input_tokens / decode.max_len / data.max_len + 1)"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -50,9 +50,16 @@ def init(device_type: str) -> DistInfo:
     return info
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. After a clean run all ranks first meet at a barrier: tearing
+    gloo down while a peer still talks to it can abort the process ("terminate called without
+    an active exception"). After an error there is no barrier (the peers may never come)."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:

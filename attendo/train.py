@@ -319,6 +319,7 @@ class Trainer:
                    dynamic_ncols=True, desc="train")
         win_loss = win_nll = 0.0
         win_tok, win_t0 = 0, time.time()
+        clean = False
         try:
             while reason is None:
                 micro = [next(self.batches) for _ in range(tc.accum_steps)]
@@ -355,12 +356,13 @@ class Trainer:
             if self._last_valid_step != st.step:
                 self.validate_and_save()
             log.info("training finished at step %d: %s", st.step, reason)
+            clean = True
         finally:
             bar.close()
-            self._close()
+            self._close(clean)
         return {"step": st.step, "reason": reason, "best": st.best, "history": st.history}
 
-    def _close(self) -> None:
+    def _close(self, clean: bool = False) -> None:
         if getattr(self, "_tb", None) is not None:
             self._tb.close()
             self._tb = None
@@ -370,7 +372,7 @@ class Trainer:
             handler.close()
             self._log_handler = None
         if getattr(self, "dist", None) is not None and self.dist.enabled:
-            distributed.shutdown()
+            distributed.shutdown(clean)
 
     # -- validation and checkpoints ----------------------------------------------------
     def validate(self) -> dict[str, Any]:

@@ -82,7 +82,12 @@ class Translator:
         pieces = self.tgt.vocab.decode(body, strip=False)
         tokens = pieces + (["</s>"] if ended else [])
         attn = None if h.attn is None else h.attn[: len(tokens), : len(src_pieces)].float().cpu().numpy()
-        info = {k: v[: len(tokens)].float().cpu().numpy() for k, v in h.info.items()}
+        # per-head attention (T, L, H, S) is trimmed to the real source length like attention
+        info = {
+            k: (v[: len(tokens), ..., : len(src_pieces)] if k == "attn_heads" else v[: len(tokens)])
+            .float().cpu().numpy()
+            for k, v in h.info.items()
+        }
         return Translation(
             self.tgt.tokenizer.decode(self.tgt.vocab.decode(body)),
             src_pieces,

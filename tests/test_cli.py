@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import toy_raw
 
@@ -351,3 +352,24 @@ def test_overwrite_starts_a_clean_run(tmp_path):
     assert ckpts == ["step-10.safetensors", "step-5.safetensors"]
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 10
+
+
+def test_average_checkpoints(model_dir, tmp_path, capsys):
+    """`attendo average` writes the element-wise mean of the newest step checkpoints, and the
+    result loads and translates."""
+    from attendo.checkpoint import read_safetensors, step_checkpoints
+
+    ckpts = step_checkpoints(model_dir)
+    assert len(ckpts) >= 2
+    out = tmp_path / "avg.safetensors"
+    assert main(["average", "--model", str(model_dir), "--last", "2", "-o", str(out)]) == 0
+    avg, meta = read_safetensors(out)
+    a, _ = read_safetensors(ckpts[-1])
+    b, _ = read_safetensors(ckpts[-2])
+    assert meta["averaged"] == [ckpts[-2].name, ckpts[-1].name]
+    for k in a:
+        torch.testing.assert_close(avg[k], (a[k] + b[k]) / 2)
+    src = tmp_path / "in.txt"
+    src.write_text("a b c\n")
+    assert main(["translate", "--model", str(model_dir), "--checkpoint", str(out), "-i", str(src)]) == 0
+    assert main(["average", "--model", str(model_dir), "--last", "0"]) == 2

@@ -423,7 +423,10 @@ def exact_match(trainer: Trainer, n: int | None = None) -> float:
 
 @pytest.mark.parametrize("encoder,decoder", MIXES, ids=[f"{e}-{d}" for e, d in MIXES])
 def test_every_mix_learns_to_reverse(toy_config, encoder, decoder):
-    steps = 250
+    """Held-out exact match after 300 steps (~3 s each). Over seeds 0-4 (transformer-transformer)
+    and 0-2 (the others) every mix reached >= 0.82; without the warm-up the Transformer decoder
+    fell to 0.42 on some seeds, so the schedule warms up over 50 steps and decays linearly."""
+    steps = 300
     cfg = toy_config(
         "data.toy_test_size=100",
         f"model.encoder={encoder}",
@@ -434,6 +437,8 @@ def test_every_mix_learns_to_reverse(toy_config, encoder, decoder):
         "model.enc_layers=2",
         "model.dec_layers=2",
         "model.attn_dropout=0.0",
+        "train.schedule=linear",
+        "train.warmup_steps=50",
         f"train.max_steps={steps}",
         f"train.valid_every={steps}",
         "train.log_every=50",
@@ -445,4 +450,4 @@ def test_every_mix_learns_to_reverse(toy_config, encoder, decoder):
     trainer.run()
     acc = exact_match(trainer)
     assert untrained < 0.05
-    assert acc >= 0.5, f"{encoder}-{decoder}: held-out exact match {acc:.2f} < 0.5"
+    assert acc >= 0.6, f"{encoder}-{decoder}: held-out exact match {acc:.2f} < 0.6"
