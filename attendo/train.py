@@ -33,7 +33,6 @@ from .checkpoint import (
 from .config import Config, load_config
 from .data.batching import BatchStream, iterate_batches
 from .data.prepare import (
-    Codec,
     Corpus,
     build_codecs,
     encode_pairs,
@@ -457,4 +456,4 @@ def resume(model_dir: str | Path, overrides: list[str] | None = None) -> Path:
     return Path(model_dir)
 
 
-__all__ = ["Trainer", "TrainerState", "train", "resume", "lr_factor", "Corpus", "Codec"]
+__all__ = ["Trainer", "TrainerState", "train", "resume", "lr_factor"]

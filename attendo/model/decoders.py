@@ -48,7 +48,40 @@ class RNNDecoderState(DecoderState):
     src_pad_mask: Tensor  # (B, S) True at padding
 
 
-class RNNDecoder(nn.Module):
+class OutputLayer:
+    """The output distribution shared by the decoders: a linear layer ``self.out`` over the
+    decoder features. Decoders whose distribution needs more than the features (copy)
+    override :meth:`token_loss` and :meth:`log_probs`."""
+
+    out: nn.Linear
+
+    def token_loss(
+        self, features: Tensor, info: dict, target: Tensor, keep: Tensor, label_smoothing: float
+    ) -> tuple[Tensor, Tensor]:
+        """Summed (label-smoothed) loss and summed NLL over the positions where keep is True.
+
+        features (B, T, O), target and keep (B, T). The output layer runs only on kept
+        positions: it is the most expensive matrix product of an RNN model.
+        """
+        logits = self.logits(features[keep]).float()  # (N, V)
+        gold = target[keep]  # (N,)
+        if label_smoothing == 0:
+            nll = F.cross_entropy(logits, gold, reduction="sum")
+            return nll, nll
+        lp = torch.log_softmax(logits, dim=-1)  # once, for both the NLL and the smoothing term
+        nll = -lp.gather(1, gold.unsqueeze(1)).sum()
+        loss = (1 - label_smoothing) * nll - label_smoothing * lp.mean(-1).sum()
+        return loss, nll
+
+    def log_probs(self, features: Tensor, info: dict | None = None) -> Tensor:
+        """features (..., O) -> log-probabilities over the target vocabulary (..., V)."""
+        return torch.log_softmax(self.out(features), dim=-1)
+
+    def logits(self, features: Tensor) -> Tensor:
+        return self.out(features)
+
+
+class RNNDecoder(OutputLayer, nn.Module):
     """Recurrent decoder with optional attention (Bahdanau et al. 2015; Luong et al. 2015).
 
     attention == "none": P(y_i | ...) = softmax(W s_i), the plain encoder-decoder whose
@@ -201,29 +234,3 @@ class RNNDecoder(nn.Module):
                 attns.append(info["attn"])
         out = {"attn": torch.stack(attns, 1)} if attns else {}
         return self.dropout(torch.stack(vecs, 1)), out  # one dropout mask draw for all steps
-
-    def token_loss(
-        self, features: Tensor, info: dict, target: Tensor, keep: Tensor, label_smoothing: float
-    ) -> tuple[Tensor, Tensor]:
-        """Summed (label-smoothed) loss and summed NLL over the positions where keep is True.
-
-        features (B, T, O), target and keep (B, T). The output layer runs only on kept
-        positions: it is the most expensive matrix product of an RNN model. Decoders whose
-        output distribution needs more than the features (copy) override this.
-        """
-        logits = self.logits(features[keep]).float()  # (N, V)
-        gold = target[keep]  # (N,)
-        if label_smoothing == 0:
-            nll = F.cross_entropy(logits, gold, reduction="sum")
-            return nll, nll
-        lp = torch.log_softmax(logits, dim=-1)  # once, for both the NLL and the smoothing term
-        nll = -lp.gather(1, gold.unsqueeze(1)).sum()
-        loss = (1 - label_smoothing) * nll - label_smoothing * lp.mean(-1).sum()
-        return loss, nll
-
-    def log_probs(self, features: Tensor, info: dict | None = None) -> Tensor:
-        """features (..., O) -> log-probabilities over the target vocabulary (..., V)."""
-        return torch.log_softmax(self.out(features), dim=-1)
-
-    def logits(self, features: Tensor) -> Tensor:
-        return self.out(features)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decoders import DecoderState, RNNDecoder
+from .decoders import DecoderState, OutputLayer
 from .encoders import EncoderOutput
 
 # --------------------------------------------------------------------------- attention
@@ -406,7 +406,7 @@ class TransformerDecoderState(DecoderState):
     t: int = 0  # tokens decoded so far = position of the next one (all rows advance together)
 
 
-class TransformerDecoder(_EmbeddedTokens):
+class TransformerDecoder(OutputLayer, _EmbeddedTokens):
     """Masked self-attention + cross-attention decoder behind attendo's step interface.
 
     ``step`` runs one position for the whole batch with cached keys/values; ``forward`` runs
@@ -416,11 +416,6 @@ class TransformerDecoder(_EmbeddedTokens):
     """
 
     use_attn = True
-
-    # the output layer and the loss are the RNN decoder's: both read only self.out
-    token_loss = RNNDecoder.token_loss
-    log_probs = RNNDecoder.log_probs
-    logits = RNNDecoder.logits
 
     def __init__(
         self,
