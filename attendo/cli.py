@@ -95,7 +95,8 @@ def cmd_translate(args) -> int:
     from .translator import Translator
     from .utils import atomic_write_text
 
-    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device)
+    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device,
+                                     overrides=args.overrides)
     texts = _read_input(args.input)
     out = translator.translate(
         texts, beam=args.beam, n_best=args.n_best, batch_size=args.batch_size,
@@ -121,9 +122,19 @@ def cmd_evaluate(args) -> int:
     from .translator import Translator
     from .utils import atomic_write_text
 
-    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device)
+    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device,
+                                     overrides=args.overrides)
+    if args.align_gold and not getattr(translator.model.decoder, "use_attn", True):
+        raise CLIError(f"{args.model}: --align-gold needs attention, and this model has none")
+    if not 0.0 < args.align_threshold <= 1.0:
+        raise CLIError(f"--align-threshold must be in (0, 1], got {args.align_threshold}")
+    if args.rare_max_count < 0:
+        raise CLIError(f"--rare-max-count must be >= 0, got {args.rare_max_count}")
     report, hyps = evaluate(translator, args.src, args.ref, beam=args.beam,
-                            batch_size=args.batch_size, length_penalty=args.length_penalty)
+                            batch_size=args.batch_size, length_penalty=args.length_penalty,
+                            diagnostics=not args.no_diagnostics, align_gold=args.align_gold,
+                            align_method=args.align_method, align_threshold=args.align_threshold,
+                            rare_max_count=args.rare_max_count)
     if args.output:
         atomic_write_text(args.output, "".join(h + "\n" for h in hyps))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -131,8 +142,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_attend(args) -> int:
+    from .explorer import explorer_data, explorer_page
     from .translator import Translator
-    from .viz import plot_attention
+    from .utils import atomic_write_text
+    from .viz import draw_translation
 
     translator = Translator.from_dir(args.model, device=args.device)
     if not getattr(translator.model.decoder, "use_attn", True):
@@ -140,16 +153,53 @@ def cmd_attend(args) -> int:
     texts = _read_input(args.input) if args.input else list(args.sentences)
     if not texts:
         raise CLIError("give sentences as arguments or --input FILE")
-    outs = translator.translate(texts, beam=args.beam, return_attention=True)
-    out_dir = Path(args.out)
-    for i, (src, o) in enumerate(zip(texts, outs)):
-        if o.attention is None or o.attention.size == 0:
-            print(f"{i}: empty input, no picture", file=sys.stderr)
-            continue
-        path = plot_attention(o.attention, o.src_tokens, o.tgt_tokens,
-                              out_dir / f"attention-{i:03d}.png", title=f"{src} -> {o.text}",
-                              merge=args.merge_subwords)
-        print(f"{path}\t{o.text}")
+    beam = translator.cfg.decode.beam_size if args.beam is None else args.beam
+    n_best = args.n_best or (min(beam, 5) if args.html else 1)
+    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=True)
+    selfs = translator.encoder_self_attention([o.src_tokens for o in outs])
+    if args.out is not None or not args.html:  # with --html alone, no PNGs
+        out_dir = Path(args.out or "attention")
+        for i, (src, o, sa) in enumerate(zip(texts, outs, selfs)):
+            if o.attention is None or o.attention.size == 0:
+                print(f"{i}: empty input, no picture", file=sys.stderr)
+                continue
+            title = f"{src} -> {o.text}"
+            paths = draw_translation(
+                o, out_dir, f"attention-{i:03d}", title[:120] + ("..." if len(title) > 120 else ""),
+                merge=args.merge_subwords, layer=args.layer, head=args.head, self_attention=sa,
+                dpi=args.dpi,
+            )
+            for path in paths:
+                print(f"{path}\t{o.text}")
+    if args.html:
+        name = Path(args.model).resolve().name
+        data = explorer_data(translator, texts, outs, args.merge_subwords, name, selfs)
+        atomic_write_text(args.html, explorer_page(data, title=f"attendo explorer: {name}"))
+        print(f"{args.html}\texplorer of {len(texts)} sentence(s)")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    try:
+        from .server import ServeLimits, serve
+    except ImportError as e:
+        raise CLIError(
+            f"attendo serve needs FastAPI and uvicorn (missing: {e.name}); install them with "
+            "pip install 'attendo[serve]'"
+        ) from None
+    limits = ServeLimits(
+        max_body_bytes=args.max_body_kb * 1024, max_sentences=args.max_sentences,
+        max_chars=args.max_chars, max_tokens=args.max_tokens, max_beam=args.max_beam,
+        timeout_s=args.timeout,
+    )
+    try:
+        limits.validate()
+    except ValueError as e:
+        raise CLIError(f"limits: {e}") from None
+    if args.max_batch < 1 or args.max_wait_ms < 0:
+        raise CLIError("--max-batch must be >= 1 and --max-wait-ms >= 0")
+    serve(args.model, args.host, args.port, args.device, args.threads, args.max_batch,
+          args.max_wait_ms, limits, args.log_level)
     return 0
 
 
@@ -176,6 +226,22 @@ def cmd_average(args) -> int:
                                     metadata={"attendo": json.dumps(meta)}))
     Translator.from_dir(model_dir, weights=out)  # the average must load into the configured model
     print(f"{out}\taverage of {len(chosen)}: {' '.join(p.name for p in chosen)}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from .study import describe, load_study, run_study
+
+    study = load_study(args.study, args.overrides)
+    if args.check:
+        print(describe(study))
+        return 0
+    try:
+        print(run_study(study))
+    except KeyboardInterrupt:
+        print(f"attendo study: run the same command again to resume ({study.out})",
+              file=sys.stderr)
+        raise
     return 0
 
 
@@ -217,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--batch-size", type=int, default=None, help="sentences per batch")
         q.add_argument("--length-penalty", type=float, default=None, help="GNMT alpha")
         q.add_argument("--device", default="cpu")
+        q.add_argument("overrides", nargs="*",
+                       help="decode settings, e.g. decode.block_ngram_repeat=3 "
+                            "decode.coverage_penalty=0.2")
 
     tr = sub.add_parser("translate", help="translate stdin to stdout, or --input/--output")
     decode_args(tr)
@@ -225,29 +294,77 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--n-best", type=int, default=1, help="print N best as 'i ||| text ||| score'")
     tr.set_defaults(func=cmd_translate)
 
-    e = sub.add_parser("evaluate", help="BLEU, chrF and perplexity on a test set")
+    e = sub.add_parser("evaluate", help="BLEU, chrF, perplexity and diagnostics on a test set")
     decode_args(e)
     e.add_argument("--src", required=True)
     e.add_argument("--ref", required=True)
     e.add_argument("--output", "-o", help="also write the hypotheses here")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("--no-diagnostics", action="store_true",
+                   help="only BLEU, chrF and perplexity (no length/repetition/rare/attention)")
+    e.add_argument("--align-gold", metavar="FILE",
+                   help="gold word alignments, one line per sentence: 'i-j' sure, 'i?j' possible "
+                        "(0-based source-reference word indices); adds AER")
+    e.add_argument("--align-method", choices=["argmax", "threshold"], default="argmax",
+                   help="links from attention: each reference word's most attended source word, "
+                        "or every weight >= --align-threshold")
+    e.add_argument("--align-threshold", type=float, default=0.5)
+    e.add_argument("--rare-max-count", type=int, default=5,
+                   help="a source word seen at most this many times in training is rare (5)")
     e.set_defaults(func=cmd_evaluate)
 
-    a = sub.add_parser("attend", help="PNG heatmaps of what the model attended to")
+    a = sub.add_parser("attend", help="attention heatmaps (PNG) and the HTML explorer")
     a.add_argument("--model", required=True)
     a.add_argument("sentences", nargs="*")
     a.add_argument("--input", "-i", help="file of sentences")
-    a.add_argument("--out", default="attention", help="output folder (default ./attention)")
+    a.add_argument("--out", default=None,
+                   help="folder for PNGs (default ./attention; with --html, PNGs only if given)")
+    a.add_argument("--html", metavar="FILE",
+                   help="write the interactive explorer of all sentences as one HTML file")
     a.add_argument("--beam", type=int, default=None)
+    a.add_argument("--n-best", type=int, default=None,
+                   help="hypotheses kept per sentence (default: min(beam, 5) with --html, else 1)")
+    a.add_argument("--layer", type=int, default=None,
+                   help="Transformer: draw only this layer (0-based, -1 = last)")
+    a.add_argument("--head", type=int, default=None,
+                   help="Transformer: draw only this head (0-based, -1 = last)")
     a.add_argument("--merge-subwords", action="store_true", help="label words, not pieces")
+    a.add_argument("--dpi", type=int, default=100, help="PNG resolution (default 100)")
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=cmd_attend)
+
+    sv = sub.add_parser("serve", help="HTTP translation server with the live explorer page")
+    sv.add_argument("--model", required=True, help="model directory")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--device", default="cpu")
+    sv.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    sv.add_argument("--max-batch", type=int, default=32,
+                    help="sentences merged into one translator call (1 = no batching)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="how long the first request waits for others to join its batch")
+    sv.add_argument("--max-sentences", type=int, default=64, help="sentences per request")
+    sv.add_argument("--max-chars", type=int, default=2000, help="characters per sentence")
+    sv.add_argument("--max-tokens", type=int, default=256, help="source pieces per sentence")
+    sv.add_argument("--max-beam", type=int, default=10)
+    sv.add_argument("--max-body-kb", type=int, default=256, help="request body size")
+    sv.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    sv.add_argument("--log-level", default="info",
+                    choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=cmd_serve)
 
     av = sub.add_parser("average", help="average the newest step checkpoints (weights file)")
     av.add_argument("--model", required=True, help="model directory")
     av.add_argument("--last", type=int, default=5, help="how many of the newest (default 5)")
     av.add_argument("--output", "-o", help="weights file (default MODEL/averaged.safetensors)")
     av.set_defaults(func=cmd_average)
+
+    st = sub.add_parser("study", help="train variants of a config, evaluate them, write a report")
+    st.add_argument("study", help="study YAML (base config, variants, budget, test set)")
+    st.add_argument("overrides", nargs="*", help="study overrides, e.g. budget.steps=100")
+    st.add_argument("--check", action="store_true",
+                    help="validate the study and list its variants; train nothing")
+    st.set_defaults(func=cmd_study)
 
     g = sub.add_parser("data", help="fetch a public data set")
     g.add_argument("name", choices=["multi30k"])

@@ -97,6 +97,9 @@ class ModelConfig:
     attn_layer: int = -1  # decoder layer whose cross-attention (mean over heads) is "the" attention
     cnn_kernel: int = 3  # CNN encoder: convolution width (odd, so outputs align with inputs)
     tie_src_tgt: bool = False  # one embedding matrix for both sides (needs data.joint_vocab)
+    # coverage vector fed to the attention scorer (Tu et al. 2016; See et al. 2017; RNN decoder)
+    coverage: bool = False
+    copy: bool = False  # pointer-generator: copy source words, incl. unknown ones (See et al. 2017)
 
     def validate(self) -> None:
         for key in ("emb_dim", "enc_hidden", "enc_layers", "dec_hidden", "dec_layers"):
@@ -117,6 +120,20 @@ class ModelConfig:
                 f"so emb_dim ({self.emb_dim}) must equal dec_hidden ({self.dec_hidden})"
             )
         self._validate_transformer_and_cnn()
+        self._validate_coverage_and_copy()
+
+    def _validate_coverage_and_copy(self) -> None:
+        if self.coverage and self.decoder == "transformer":
+            raise ConfigError(
+                "model.coverage: the coverage vector feeds the RNN decoder's attention scorer; "
+                "the transformer decoder has none (decode.coverage_penalty works with any model)"
+            )
+        if self.decoder == "rnn" and self.attention == "none":
+            for key in ("coverage", "copy"):
+                if getattr(self, key):
+                    raise ConfigError(
+                        f"model.{key}: needs attention, but model.attention is 'none'"
+                    )
 
     def _validate_transformer_and_cnn(self) -> None:
         if "transformer" in (self.encoder, self.decoder):
@@ -203,6 +220,8 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement (0 = never)
     keep_last: int = 3  # step checkpoints kept besides best and last (0 = keep all)
     progress: bool = True  # tqdm progress bar
+    # lambda of the coverage loss sum_j min(a_ij, cov_ij) (See et al. 2017); needs model.coverage
+    coverage_loss: float = 0.0
 
     def validate(self) -> None:
         if self.lr <= 0:
@@ -225,6 +244,8 @@ class TrainConfig:
             raise ConfigError("train.max_steps: the linear schedule decays to 0 at max_steps; set it")
         if self.schedule == "inverse_sqrt" and self.warmup_steps == 0:
             raise ConfigError("train.warmup_steps: inverse_sqrt needs warmup_steps > 0")
+        if self.coverage_loss < 0:
+            raise ConfigError(f"train.coverage_loss: must be >= 0, got {self.coverage_loss}")
 
 
 @dataclass
@@ -238,6 +259,12 @@ class DecodeConfig:
     max_len: int = 250  # ... and never more than this
     batch_size: int = 64  # sentences per decoding batch
     max_input_tokens: int = 400  # longer inputs are truncated with a warning
+    # GNMT beta: score + beta * sum_j log(min(sum_i a_ij, 1)) for finished hypotheses; 0 = off
+    coverage_penalty: float = 0.0
+    block_ngram_repeat: int = 0  # forbid repeating any n-gram of this size (0 = off)
+    # bf16: matrix products in bfloat16 while searching (autocast; scores stay fp32). Fast on
+    # CPUs with AVX512-BF16/AMX and on GPUs; outputs can differ slightly from fp32.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
     def validate(self) -> None:
         for key in ("beam_size", "n_best", "max_len", "batch_size", "max_input_tokens"):
@@ -246,6 +273,12 @@ class DecodeConfig:
             raise ConfigError(f"decode.n_best: must be <= beam_size ({self.beam_size})")
         if self.max_len_ratio <= 0:
             raise ConfigError("decode.max_len_ratio: must be > 0")
+        if self.coverage_penalty < 0:
+            raise ConfigError(f"decode.coverage_penalty: must be >= 0, got {self.coverage_penalty}")
+        if self.block_ngram_repeat < 0:
+            raise ConfigError(
+                f"decode.block_ngram_repeat: must be >= 0 (0 = off), got {self.block_ngram_repeat}"
+            )
 
 
 @dataclass
@@ -261,6 +294,11 @@ class Config:
         self.train.validate()
         self.decode.validate()
         m = self.model
+        if self.train.coverage_loss > 0 and not m.coverage:
+            raise ConfigError(
+                "train.coverage_loss: needs model.coverage: true (the loss is on the coverage "
+                "vector the decoder carries)"
+            )
         if m.tie_src_tgt and not self.data.joint_vocab:
             raise ConfigError(
                 "model.tie_src_tgt: needs data.joint_vocab: true (one vocabulary for both sides)"

@@ -34,17 +34,28 @@ def chrf_with_signature(hyps: list[str], refs: list[str]):
 @torch.no_grad()
 def corpus_nll(
     model, src_ids: list[list[int]], tgt_ids: list[list[int]], batch_size: int = 64,
-    device: torch.device | str = "cpu",
+    device: torch.device | str = "cpu", copy: list | None = None,
 ) -> tuple[float, int]:
-    """Summed teacher-forced NLL (nats) over all target tokens (incl. EOS), and their count."""
+    """Summed teacher-forced NLL (nats) over all target tokens (incl. EOS), and their count.
+
+    A copy model needs ``copy``: each pair's :class:`~attendo.data.batching.CopyIds`
+    (``attendo.data.prepare.encode_copy`` of the same pairs)."""
+    if getattr(model, "copies", False) and copy is None:
+        raise ValueError(
+            "corpus_nll: this model copies from the source (model.copy); pass "
+            "copy=encode_copy(corpus, src_codec, tgt_codec, kept) for the same pairs"
+        )
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     plans = make_batches([len(s) for s in src_ids], [len(t) for t in tgt_ids],
                          batch_size=batch_size, batch_type="sentences", shuffle=False)
     for plan in plans:
-        b = collate([src_ids[i] for i in plan], [tgt_ids[i] for i in plan], plan).to(device)
-        _, nll, n = model.loss(b.src, b.src_lens, b.tgt_in, b.tgt_out, Vocab.PAD)
+        ext = None if copy is None else [copy[i] for i in plan]
+        b = collate([src_ids[i] for i in plan], [tgt_ids[i] for i in plan], plan, copy=ext)
+        b = b.to(device)
+        _, nll, n = model.loss(b.src, b.src_lens, b.tgt_in, b.loss_target, Vocab.PAD,
+                               src_ext=b.src_ext)
         total += float(nll)
         count += n
     model.train(was_training)

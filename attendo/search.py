@@ -4,6 +4,14 @@ Search only calls ``decoder.step(y_prev, state) -> (log_probs, state, info)`` an
 ``state.index_select(idx)``; it never asks which decoder it holds. Finished sentences are
 pruned from the batch with ``index_select`` so long tails do not cost the whole batch.
 Penalties are small pure functions.
+
+Two decode-time options work with any attention model, trained with coverage or not:
+
+- ``coverage_penalty`` (GNMT beta, Wu et al. 2016, sec. 7): a finished hypothesis scores
+  log P / lp(|Y|) + beta * sum_j log(min(sum_i a_ij, 1)) over the real source positions j,
+  which favours outputs that attended to every source word.
+- ``block_ngram_repeat`` n: a hypothesis may not contain the same n-gram twice (the next
+  token that would repeat one gets probability 0; EOS is never blocked).
 """
 
 from __future__ import annotations
@@ -28,6 +36,45 @@ def length_penalty(length: int | Tensor, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
+COVERAGE_FLOOR = 1e-10  # sum_i a_ij is floored here: an unattended word costs beta * log(1e-10)
+
+
+def coverage_penalty(attn_sum: Tensor, src_pad_mask: Tensor | None, beta: float) -> Tensor:
+    """GNMT coverage penalty beta * sum_j log(min(sum_i a_ij, 1)) (Wu et al. 2016, sec. 7).
+
+    attn_sum (N, S): attention each source position received over the whole output;
+    src_pad_mask (N, S) True at padding (not counted), or None. Returns (N,), <= 0.
+    """
+    logs = attn_sum.float().clamp(min=COVERAGE_FLOOR, max=1.0).log()  # (N, S)
+    if src_pad_mask is not None:
+        logs = logs.masked_fill(src_pad_mask, 0.0)
+    return beta * logs.sum(-1)
+
+
+def block_repeats(lp: Tensor, hist: Tensor, n: int, eos: int) -> Tensor:
+    """Forbid the tokens that would repeat an n-gram of each row's history.
+
+    lp (N, V) next-token log-probabilities; hist (N, t) tokens so far. A token w is blocked in
+    row r when hist[r] ends with n-1 tokens that were followed by w before. Returns lp with
+    -inf there (EOS never blocked).
+    """
+    t = hist.size(1)
+    if n < 1 or t < n:
+        return lp
+    windows = hist.unfold(1, n, 1)  # (N, t-n+1, n)
+    last = hist[:, t - n + 1 :]  # (N, n-1)
+    match = (windows[:, :, : n - 1] == last.unsqueeze(1)).all(-1)  # (N, t-n+1)
+    blocked = torch.zeros_like(lp).scatter_reduce_(
+        1, windows[:, :, n - 1], match.to(lp.dtype), reduce="amax"
+    )  # (N, V) 1 where blocked
+    blocked[:, eos] = 0
+    return lp.masked_fill(blocked > 0, float("-inf"))
+
+
+def _src_pad_mask(state) -> Tensor | None:
+    return getattr(state, "src_pad_mask", None)
+
+
 @torch.no_grad()
 def greedy_search(
     decoder,
@@ -37,8 +84,13 @@ def greedy_search(
     eos: int,
     max_lens: Tensor | int,
     return_info: bool = True,
+    block_ngram_repeat: int = 0,
+    coverage_penalty: float = 0.0,
 ) -> list[Hypothesis]:
-    """Pick the most probable token at each step. max_lens: (B,) or int, output length caps."""
+    """Pick the most probable token at each step. max_lens: (B,) or int, output length caps.
+
+    block_ngram_repeat and coverage_penalty: see the module docstring (the penalty does not
+    change greedy choices, only the reported score)."""
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)
     alive = list(range(batch_size))  # original sentence of each live row
@@ -46,14 +98,19 @@ def greedy_search(
     hist = torch.empty(batch_size, 0, dtype=torch.long, device=device)  # (n, t)
     logp = torch.zeros(batch_size, device=device)
     hist_info: dict[str, Tensor] = {}  # name -> (n, t, ...)
+    attn_sum: Tensor | None = None  # (n, S) attention received so far, for coverage_penalty
     out: list[Hypothesis | None] = [None] * batch_size
     for t in range(max(max_lens)):
         lp, state, info = decoder.step(y, state)
+        if block_ngram_repeat:
+            lp = block_repeats(lp, hist, block_ngram_repeat, eos)
         best_lp, y = lp.max(-1)  # (n,)
         logp = logp + best_lp
         hist = torch.cat([hist, y.unsqueeze(1)], 1)
         if return_info:
             hist_info = _append_info(hist_info, info)
+        if coverage_penalty and "attn" in info:
+            attn_sum = info["attn"] if attn_sum is None else attn_sum + info["attn"]
         ys = y.tolist()
         keep = []
         for r, s in enumerate(alive):
@@ -62,7 +119,8 @@ def greedy_search(
                 continue
             full = {name: v[r] for name, v in hist_info.items()}
             lpr = float(logp[r])
-            out[s] = Hypothesis(hist[r].tolist(), lpr, lpr, attn=full.pop("attn", None), info=full)
+            score = lpr + _penalty(attn_sum, state, r, coverage_penalty)
+            out[s] = Hypothesis(hist[r].tolist(), score, lpr, attn=full.pop("attn", None), info=full)
         if not keep:
             break
         if len(keep) < len(alive):
@@ -71,8 +129,18 @@ def greedy_search(
                 state.index_select(idx), y[idx], hist[idx], logp[idx],
             )
             hist_info = {name: v[idx] for name, v in hist_info.items()}
+            if attn_sum is not None:
+                attn_sum = attn_sum[idx]
             alive = [alive[r] for r in keep]
     return out  # type: ignore[return-value]
+
+
+def _penalty(attn_sum: Tensor | None, state, r: int, beta: float) -> float:
+    """Coverage penalty of live row r (0 when off or without attention)."""
+    if not beta or attn_sum is None:
+        return 0.0
+    mask = _src_pad_mask(state)
+    return float(coverage_penalty(attn_sum[r : r + 1], None if mask is None else mask[r : r + 1], beta))
 
 
 def _device(state) -> torch.device:
@@ -106,14 +174,17 @@ def beam_search(
     n_best: int = 1,
     alpha: float = 0.0,
     return_info: bool = True,
+    block_ngram_repeat: int = 0,
+    coverage_penalty: float = 0.0,
 ) -> list[list[Hypothesis]]:
     """Batched beam search keeping ``beam_size`` live hypotheses per sentence.
 
     At each step the 2k best continuations are ranked; those ending in EOS among the top k
-    are finished (scored with the length penalty), the best k others stay live. A sentence
-    is done when it has ``beam_size`` finished hypotheses or reaches its length cap (then its
-    live hypotheses are finished as they are). Returns ``n_best`` hypotheses per sentence,
-    best first.
+    are finished (scored with the length penalty, plus the coverage penalty when set), the
+    best k others stay live. A sentence is done when it has ``beam_size`` finished hypotheses
+    or reaches its length cap (then its live hypotheses are finished as they are). Returns
+    ``n_best`` hypotheses per sentence, best first. block_ngram_repeat and coverage_penalty:
+    see the module docstring.
     """
     k = beam_size
     device = _device(state)
@@ -127,9 +198,15 @@ def beam_search(
     hist_info: dict[str, Tensor] = {}  # name -> (N, t, ...)
     sent = list(range(batch_size))  # original sentence of each live group
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+    attn_sum: Tensor | None = None  # (N, S) attention received so far, for coverage_penalty
 
     for t in range(max(max_lens)):
         lp, state, info = decoder.step(y, state)  # (n*k, V)
+        if block_ngram_repeat:
+            lp = block_repeats(lp, hist, block_ngram_repeat, eos)
+        step_sum = None
+        if coverage_penalty and "attn" in info:
+            step_sum = info["attn"] if attn_sum is None else attn_sum + info["attn"]  # (N, S)
         V = lp.size(-1)
         n = len(sent)
         cand = (scores.unsqueeze(-1) + lp.view(n, k, V)).view(n, k * V)
@@ -147,7 +224,8 @@ def beam_search(
                 toks = hist[r].tolist() + [eos]
                 h = Hypothesis(
                     toks,
-                    float(top_scores[g, j]) / length_penalty(len(toks), alpha),
+                    float(top_scores[g, j]) / length_penalty(len(toks), alpha)
+                    + _penalty(step_sum, state, r, coverage_penalty),
                     float(top_scores[g, j]),
                 )
                 full = {
@@ -168,8 +246,10 @@ def beam_search(
             {name: v.index_select(0, new_rows) for name, v in hist_info.items()},
             {name: v.index_select(0, new_rows) for name, v in step_info.items()},
         )
-        state = state.index_select(new_rows)
+        state = state.index_select(new_rows, same_source=True)  # rows stay in their sentence
         scores, y = new_scores, new_tok
+        if step_sum is not None:
+            attn_sum = step_sum.index_select(0, new_rows)
 
         # which sentences are done: enough finished, or at their length cap
         done = []
@@ -183,7 +263,9 @@ def beam_search(
                         continue
                     toks = hist[r].tolist()
                     h = Hypothesis(
-                        toks, float(scores[g, b]) / length_penalty(len(toks), alpha),
+                        toks,
+                        float(scores[g, b]) / length_penalty(len(toks), alpha)
+                        + _penalty(attn_sum, state, r, coverage_penalty),
                         float(scores[g, b]),
                     )
                     full = {name: v[r] for name, v in hist_info.items()}
@@ -200,6 +282,8 @@ def beam_search(
             ridx = (gidx.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
             state, y, hist = state.index_select(ridx), y.index_select(0, ridx), hist.index_select(0, ridx)
             hist_info = {name: v.index_select(0, ridx) for name, v in hist_info.items()}
+            if attn_sum is not None:
+                attn_sum = attn_sum.index_select(0, ridx)
             scores = scores.index_select(0, gidx)
             sent = [sent[g] for g in keep_groups]
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]

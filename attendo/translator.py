@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from .checkpoint import MODEL_FILE, load_weights
-from .config import Config, DecodeConfig, load_config
+from .config import Config, ConfigError, DecodeConfig, load_config
 from .data.batching import collate, make_batches
-from .data.prepare import Codec, load_codecs
+from .data.prepare import Codec, copy_ids, load_codecs
 from .data.vocab import Vocab
 from .model.seq2seq import Seq2Seq, build_model
 from .search import Hypothesis, beam_search, greedy_search
@@ -36,6 +36,10 @@ class Translation:
     attention: np.ndarray | None = None  # (len(tgt_tokens), len(src_tokens)), rows sum to 1
     info: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. p_gen: (len(tgt_tokens),)
     nbest: list[Translation] = field(default_factory=list)  # all n-best, best first (incl. this)
+    # copy models: p_gen of each output token (len(tgt_tokens),), 1 = generated, 0 = copied
+    p_gen: np.ndarray | None = None
+    # coverage models: coverage before each output token (len(tgt_tokens), len(src_tokens))
+    coverage: np.ndarray | None = None
 
     def to_dict(self, with_attention: bool = True) -> dict:
         d = {
@@ -46,6 +50,10 @@ class Translation:
         }
         if with_attention and self.attention is not None:
             d["attention"] = np.round(self.attention, 4).tolist()
+        if self.p_gen is not None:
+            d["p_gen"] = np.round(self.p_gen, 4).tolist()
+        if with_attention and self.coverage is not None:
+            d["coverage"] = np.round(self.coverage, 4).tolist()
         if self.nbest and len(self.nbest) > 1:
             d["nbest"] = [{"text": h.text, "score": h.score} for h in self.nbest]
         return d
@@ -63,42 +71,83 @@ class Translator:
 
     @classmethod
     def from_dir(
-        cls, model_dir: str | Path, weights: str | Path | None = None, device: str = "cpu"
+        cls,
+        model_dir: str | Path,
+        weights: str | Path | None = None,
+        device: str = "cpu",
+        overrides: list[str] | None = None,
     ) -> Translator:
-        """Load a trained model directory (config, tokenizers, vocabularies, best weights)."""
+        """Load a trained model directory (config, tokenizers, vocabularies, best weights).
+
+        ``overrides``: dotted ``decode.*`` settings (e.g. ``decode.block_ngram_repeat=3``)."""
         model_dir = Path(model_dir)
         if not (model_dir / "config.yaml").exists():
             raise FileNotFoundError(f"{model_dir}: not a model directory (no config.yaml)")
-        cfg = load_config(model_dir / "config.yaml")
+        for item in overrides or []:
+            if not item.strip().startswith("decode."):
+                raise ConfigError(
+                    f"override {item!r}: only decode.* settings can change for a trained model"
+                )
+        cfg = load_config(model_dir / "config.yaml", overrides)
         src, tgt = load_codecs(model_dir, cfg.data.lowercase)
         model = build_model(cfg.model, len(src.vocab), len(tgt.vocab))
         load_weights(weights or model_dir / MODEL_FILE, model)
         return cls(model, src, tgt, cfg, device)
 
-    def _hyp_to_translation(self, h: Hypothesis, src_pieces: list[str]) -> Translation:
+    def _hyp_to_translation(
+        self, h: Hypothesis, src_pieces: list[str], oovs: list[str] | None = None
+    ) -> Translation:
         ids = h.tokens
         ended = bool(ids) and ids[-1] == Vocab.EOS
         body = ids[:-1] if ended else ids
-        pieces = self.tgt.vocab.decode(body, strip=False)
+        if oovs is None:
+            pieces = self.tgt.vocab.decode(body, strip=False)
+            text = self.tgt.tokenizer.decode(self.tgt.vocab.decode(body))
+        else:
+            pieces, text = self._decode_copy(body, oovs)
         tokens = pieces + (["</s>"] if ended else [])
         attn = None if h.attn is None else h.attn[: len(tokens), : len(src_pieces)].float().cpu().numpy()
-        # per-head attention (T, L, H, S) is trimmed to the real source length like attention
+        # per-head attention (T, L, H, S) and coverage (T, S) are trimmed to the real source
+        # length like attention
         info = {
-            k: (v[: len(tokens), ..., : len(src_pieces)] if k == "attn_heads" else v[: len(tokens)])
+            k: (v[: len(tokens), ..., : len(src_pieces)] if k in ("attn_heads", "coverage")
+                else v[: len(tokens)])
             .float().cpu().numpy()
             for k, v in h.info.items()
         }
         return Translation(
-            self.tgt.tokenizer.decode(self.tgt.vocab.decode(body)),
+            text,
             src_pieces,
             tokens,
             h.score,
             h.log_prob,
             attn,
             info,
+            p_gen=info.get("p_gen"),
+            coverage=info.get("coverage"),
         )
 
-    @torch.no_grad()
+    def _decode_copy(self, body: list[int], oovs: list[str]) -> tuple[list[str], str]:
+        """Output pieces and text of a copy model: id V + k is the source-only piece oovs[k],
+        written verbatim."""
+        vocab, V = self.tgt.vocab, len(self.tgt.vocab)
+        unk = Vocab.SPECIALS[Vocab.UNK]
+        pieces = [vocab.itos[i] if i < V else (oovs[i - V] if i - V < len(oovs) else unk)
+                  for i in body]
+        kept = []  # what vocab.decode(strip=True) keeps: stop at EOS, drop PAD/BOS
+        for i, piece in zip(body, pieces):
+            if i == Vocab.EOS:
+                break
+            if i not in (Vocab.PAD, Vocab.BOS):
+                kept.append(piece)
+        text = self.tgt.tokenizer.decode(kept)
+        if any(i >= V for i in body) and self.tgt.tokenizer.kind in ("bpe", "unigram"):
+            # sentencepiece writes pieces it does not know as they are, word-boundary mark
+            # included: turn the marks of copied pieces into spaces
+            text = " ".join(text.replace("\u2581", " ").split())
+        return pieces, text
+
+    @torch.inference_mode()
     def translate(
         self,
         texts: list[str],
@@ -107,12 +156,17 @@ class Translator:
         return_attention: bool = False,
         length_penalty: float | None = None,
         batch_size: int | None = None,
+        coverage_penalty: float | None = None,
+        block_ngram_repeat: int | None = None,
     ) -> list[Translation]:
         """Translate sentences; empty input gives empty output; over-long input is truncated
-        to decode.max_input_tokens pieces (with a warning)."""
+        to decode.max_input_tokens pieces (with a warning). Options left None come from
+        the decode config. A copy model writes source words it copies verbatim."""
         cfg = self.cfg.decode
         beam = cfg.beam_size if beam is None else beam
         alpha = cfg.length_penalty if length_penalty is None else length_penalty
+        beta = cfg.coverage_penalty if coverage_penalty is None else coverage_penalty
+        ngram = cfg.block_ngram_repeat if block_ngram_repeat is None else block_ngram_repeat
         if beam < 1 or n_best < 1 or n_best > beam:
             raise ValueError(f"need 1 <= n_best ({n_best}) <= beam ({beam})")
         pieces = [self.src.pieces(t) for t in texts]
@@ -130,25 +184,53 @@ class Translator:
             if not x:
                 results[i] = Translation("", [], [], 0.0, 0.0, np.zeros((0, 0)) if return_attention else None)
         lens = [len(ids[i]) for i in todo]
+        bf16 = cfg.precision == "bf16"
         for plan in make_batches(lens, None, batch_size=batch_size or cfg.batch_size,
                                  batch_type="sentences", shuffle=False):
             rows = [todo[j] for j in plan]
-            batch = collate([ids[r] for r in rows], None, rows).to(self.device)
-            state = self.model.start(batch.src, batch.src_lens)
+            copy = None
+            if self.model.copies:
+                copy = [copy_ids(pieces[r], None, self.tgt.vocab) for r in rows]
+            batch = collate([ids[r] for r in rows], None, rows, copy=copy).to(self.device)
             caps = max_output_lengths(batch.src_lens, cfg)
-            if beam == 1:
-                hyps = [[h] for h in greedy_search(
-                    self.model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps,
-                    return_info=return_attention)]
-            else:
-                hyps = beam_search(
-                    self.model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps,
-                    beam_size=beam, n_best=n_best, alpha=alpha, return_info=return_attention)
-            for r, hs in zip(rows, hyps):
-                ts = [self._hyp_to_translation(h, pieces[r]) for h in hs]
+            opts = dict(return_info=return_attention, block_ngram_repeat=ngram,
+                        coverage_penalty=beta)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+                state = self.model.start(batch.src, batch.src_lens, batch.src_ext, batch.n_ext)
+                if beam == 1:
+                    hyps = [[h] for h in greedy_search(
+                        self.model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps, **opts)]
+                else:
+                    hyps = beam_search(
+                        self.model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps,
+                        beam_size=beam, n_best=n_best, alpha=alpha, **opts)
+            for b, (r, hs) in enumerate(zip(rows, hyps)):
+                oovs = None if batch.src_oovs is None else batch.src_oovs[b]
+                ts = [self._hyp_to_translation(h, pieces[r], oovs) for h in hs]
                 ts[0].nbest = ts
                 results[r] = ts[0]
         return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def encoder_self_attention(self, src_tokens: list[list[str]]) -> list[np.ndarray | None]:
+        """Encoder self-attention (L, H, S, S) of each source, given as the pieces the model
+        saw (``Translation.src_tokens``); None for an empty source or an encoder without
+        self-attention (RNN, CNN). For pictures: it encodes once more, with weights."""
+        out: list[np.ndarray | None] = [None] * len(src_tokens)
+        encoder = self.model.encoder
+        if not hasattr(encoder, "self_attention"):
+            return out
+        todo = [i for i, p in enumerate(src_tokens) if p]
+        step = self.cfg.decode.batch_size
+        for k in range(0, len(todo), step):
+            rows = todo[k : k + step]
+            batch = collate([self.src.vocab.encode(src_tokens[r]) for r in rows], None, rows)
+            batch = batch.to(self.device)
+            w = encoder.self_attention(batch.src, batch.src_lens)  # (B, L, H, S, S)
+            for b, r in enumerate(rows):
+                n = len(src_tokens[r])
+                out[r] = w[b, :, :, :n, :n].float().cpu().numpy()
+        return out
 
 
 def load(model_dir: str | Path, device: str = "cpu") -> Translator:

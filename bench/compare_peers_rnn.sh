@@ -10,7 +10,7 @@ PEER=${1:-onmt}
 PEERS=${PEERS:-$HOME/peers}
 PY=${PY:-python}
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PEERS_DATA=$PEERS/data
-peer=$(PEERS=$PEERS bash bench/peer_rnn_throughput.sh "$PEER")
+peer=$(PEERS=$PEERS bash bench/peer_throughput.sh "$PEER" rnn)
 fp32=$($PY bench/train_throughput.py bench/rnn_reference.yaml train.precision=fp32 2>/dev/null | tail -1)
 bf16=$($PY bench/train_throughput.py bench/rnn_reference.yaml train.precision=bf16 2>/dev/null | tail -1)
 $PY - "$peer" "$fp32" "$bf16" <<'PY'

@@ -30,10 +30,12 @@ def main() -> None:
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", help="write the hypotheses to OUT.beamN.txt")
+    ap.add_argument("overrides", nargs="*", help="decode.* overrides, e.g. decode.max_len=100")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t = time.time()
-    tr = Translator.from_dir(args.model)
+    tr = Translator.from_dir(args.model, overrides=args.overrides)
     load_s = time.time() - t
     src = read_lines(args.src)
     rows = {}
@@ -41,6 +43,9 @@ def main() -> None:
         t = time.time()
         out = tr.translate(src, beam=beam, batch_size=args.batch_size)
         dt = time.time() - t
+        if args.out:
+            with open(f"{args.out}.beam{beam}.txt", "w", encoding="utf-8") as f:
+                f.writelines(o.text + "\n" for o in out)
         rows[f"beam{beam}"] = {
             "sents_per_s": round(len(src) / dt, 1),
             "seconds": round(dt, 2),
@@ -48,7 +53,7 @@ def main() -> None:
         }
     print(json.dumps({
         "bench": "decode_throughput", "model": args.model, "sentences": len(src),
-        "batch_size": args.batch_size, "load_s": round(load_s, 2), **rows,
+        "batch_size": args.batch_size, "overrides": args.overrides, "load_s": round(load_s, 2), **rows,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus", "date": date.today().isoformat(),

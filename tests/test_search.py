@@ -339,3 +339,36 @@ def test_translator_n_best_and_caps():
     assert caps.tolist() == [16, 12, tr.cfg.decode.max_len]
     with pytest.raises(ValueError, match="n_best"):
         tr.translate(texts, beam=2, n_best=3)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"attention": "additive"},
+        {"encoder": "transformer", "decoder": "transformer", "d_model": 16, "heads": 2,
+         "ff_dim": 32, "enc_layers": 2, "dec_layers": 2},
+    ],
+    ids=["rnn", "transformer"],
+)
+def test_beam_reorder_keeps_per_source_fields(monkeypatch, kw):
+    """Beam search skips re-selecting per-source state fields (encoder memory, cross K/V)
+    when it reorders within a sentence's beam; the hypotheses must be exactly those of a
+    search that copies every field."""
+    torch.manual_seed(0)
+    model = make_model(vocab=17, **kw)
+    src = torch.randint(4, 17, (3, 7))
+    lens = torch.tensor([7, 5, 3])
+
+    def run():
+        with torch.no_grad():
+            state = model.start(src, lens)
+            return beam_search(model.decoder, state, 3, BOS, EOS, 12, beam_size=4, n_best=4)
+
+    fast = run()
+    state_cls = type(model.start(src, lens))
+    assert state_cls.PER_SOURCE, "the decoder state declares its per-source fields"
+    monkeypatch.setattr(state_cls, "PER_SOURCE", frozenset())
+    slow = run()
+    for a, b in zip(fast, slow):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b])

@@ -2,6 +2,10 @@
 
 Everything is batch-first. Masks are named for their polarity: ``src_pad_mask`` is True at
 padding.
+
+For copy models (pointer-generator, See et al. 2017) each example also comes with its
+:class:`CopyIds`: source and target ids in the target vocabulary extended with the example's
+source-only words, so a batch carries ``src_ext``, ``tgt_out_ext`` and the words themselves.
 """
 
 from __future__ import annotations
@@ -23,6 +27,22 @@ BATCH_TYPES = ("sentences", "tokens")
 CHUNK_BATCHES = 100
 
 
+@dataclass(slots=True)
+class CopyIds:
+    """One example in the extended (copy) vocabulary of a target vocabulary of size V.
+
+    ``oovs`` are the example's source words missing from the target vocabulary, in order of
+    first appearance; word ``oovs[k]`` has id V + k. ``src_ext``: every source token as a target
+    id, or its extended id. ``tgt_ext``: the target ``y`` (no BOS/EOS) as target ids, where an
+    unknown word that also occurs in the source gets its extended id (else <unk>); None at
+    inference.
+    """
+
+    src_ext: list[int]
+    tgt_ext: list[int] | None
+    oovs: list[str]
+
+
 @dataclass
 class Batch:
     """A padded batch of examples.
@@ -34,6 +54,9 @@ class Batch:
         tgt_out: ``(B, T)`` decoder target ``y EOS``, padded; None at inference.
         indices: position of each example in the dataset, to put outputs back in order.
         tgt_lens: ``(B,)`` lengths of ``tgt_out`` (``len(y) + 1``); None at inference.
+        src_ext: ``(B, S)`` source ids in the extended vocabulary (copy models), padded; else None.
+        tgt_out_ext: ``(B, T)`` ``tgt_out`` in the extended vocabulary (copy models), else None.
+        src_oovs: per example, the source-only words with extended ids V, V+1, ... (copy models).
     """
 
     src: Tensor
@@ -44,6 +67,19 @@ class Batch:
     tgt_lens: Tensor | None = None
     # Computed while the lengths are still on the CPU, so reading it never waits on a GPU.
     _n_tgt_tokens: int | None = field(default=None, repr=False, compare=False)
+    src_ext: Tensor | None = None
+    tgt_out_ext: Tensor | None = None
+    src_oovs: list[list[str]] | None = None
+
+    @property
+    def n_ext(self) -> int:
+        """Size of the batch's vocabulary extension: the most source-only words of any example."""
+        return max((len(o) for o in self.src_oovs), default=0) if self.src_oovs else 0
+
+    @property
+    def loss_target(self) -> Tensor | None:
+        """The training target: ``tgt_out_ext`` for copy batches, else ``tgt_out``."""
+        return self.tgt_out_ext if self.tgt_out_ext is not None else self.tgt_out
 
     @property
     def size(self) -> int:
@@ -89,6 +125,9 @@ class Batch:
             indices=list(self.indices),
             tgt_lens=move(self.tgt_lens),
             _n_tgt_tokens=self.n_tgt_tokens,
+            src_ext=move(self.src_ext),
+            tgt_out_ext=move(self.tgt_out_ext),
+            src_oovs=self.src_oovs,
         )
 
     def pin_memory(self) -> Batch:
@@ -105,6 +144,9 @@ class Batch:
             indices=list(self.indices),
             tgt_lens=pin(self.tgt_lens),
             _n_tgt_tokens=self.n_tgt_tokens,
+            src_ext=pin(self.src_ext),
+            tgt_out_ext=pin(self.tgt_out_ext),
+            src_oovs=self.src_oovs,
         )
 
 
@@ -127,13 +169,15 @@ def collate(
     pad: int = Vocab.PAD,
     bos: int = Vocab.BOS,
     eos: int = Vocab.EOS,
+    copy: list[CopyIds] | None = None,
 ) -> Batch:
     """Pad a list of examples into a :class:`Batch`.
 
     The source is used as given. The target ``y`` becomes ``tgt_in = BOS y`` and
     ``tgt_out = y EOS`` (teacher forcing: position t of ``tgt_in`` predicts position t of
     ``tgt_out``). An empty source gives a row of padding with length 0; models must cope with it
-    or callers must avoid it.
+    or callers must avoid it. With ``copy`` (one :class:`CopyIds` per example) the batch also
+    gets ``src_ext``, ``tgt_out_ext`` (``tgt_ext`` then EOS) and ``src_oovs``.
     """
     if not src_ids:
         raise ValueError("cannot collate an empty batch")
@@ -142,20 +186,34 @@ def collate(
             f"collate got {len(src_ids)} sources, "
             f"{'no' if tgt_ids is None else len(tgt_ids)} targets and {len(indices)} indices"
         )
+    if copy is not None and len(copy) != len(src_ids):
+        raise ValueError(f"collate got {len(src_ids)} sources but {len(copy)} copy entries")
     src_lens = torch.tensor([len(s) for s in src_ids], dtype=torch.long)
     # At least one column, so that shapes stay valid even if every source is empty.
-    src = _pad(src_ids, src_lens, max(1, int(src_lens.max())), pad)
+    S = max(1, int(src_lens.max()))
+    src = _pad(src_ids, src_lens, S, pad)
+    ext: dict = {}
+    if copy is not None:
+        ext["src_ext"] = _pad([c.src_ext for c in copy], src_lens, S, pad)
+        ext["src_oovs"] = [list(c.oovs) for c in copy]
     if tgt_ids is None:
-        return Batch(src, src_lens, None, None, list(indices))
+        return Batch(src, src_lens, None, None, list(indices), **ext)
     y_lens = torch.tensor([len(t) for t in tgt_ids], dtype=torch.long)
     width = int(y_lens.max()) + 1  # room for BOS (in tgt_in) / EOS (in tgt_out)
     y = _pad(tgt_ids, y_lens, width, pad)  # (B, T): y, then padding
+    rows = torch.arange(len(tgt_ids))
     tgt_out = y.clone()
-    tgt_out[torch.arange(len(tgt_ids)), y_lens] = eos
+    tgt_out[rows, y_lens] = eos
     tgt_in = torch.full_like(y, pad)
     tgt_in[:, 0] = bos
     tgt_in[:, 1:] = y[:, :-1]
     tgt_lens = y_lens + 1
+    if copy is not None:
+        if any(c.tgt_ext is None or len(c.tgt_ext) != n for c, n in zip(copy, y_lens.tolist())):
+            raise ValueError("collate: each copy entry needs tgt_ext as long as its target")
+        tgt_out_ext = _pad([c.tgt_ext for c in copy], y_lens, width, pad)  # type: ignore[misc]
+        tgt_out_ext[rows, y_lens] = eos
+        ext["tgt_out_ext"] = tgt_out_ext
     return Batch(
         src,
         src_lens,
@@ -164,6 +222,7 @@ def collate(
         list(indices),
         tgt_lens=tgt_lens,
         _n_tgt_tokens=int(tgt_lens.sum()),
+        **ext,
     )
 
 
@@ -291,13 +350,17 @@ class BatchStream:
         offset: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        copy: list[CopyIds] | None = None,
     ) -> None:
         if not src_ids:
             raise ValueError("cannot stream batches from an empty dataset")
         if len(src_ids) != len(tgt_ids):
             raise ValueError(f"got {len(src_ids)} sources but {len(tgt_ids)} targets")
+        if copy is not None and len(copy) != len(src_ids):
+            raise ValueError(f"got {len(src_ids)} sources but {len(copy)} copy entries")
         self.src_ids = src_ids
         self.tgt_ids = tgt_ids
+        self.copy = copy  # per-example extended-vocabulary ids (copy models), else None
         self.batch_size = batch_size
         self.batch_type = batch_type
         self.seed = seed
@@ -353,7 +416,7 @@ class BatchStream:
         self.offset += 1
         if self.offset == len(self._plan):
             self.epoch, self.offset = self.epoch + 1, 0
-        return collate([self.src_ids[i] for i in idx], [self.tgt_ids[i] for i in idx], idx)
+        return _collate_plan(idx, self.src_ids, self.tgt_ids, self.copy)
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch": ..., "offset": ...}`` of the next batch (plain ints, JSON-safe)."""
@@ -369,18 +432,37 @@ class BatchStream:
             )
 
 
+def _collate_plan(
+    idx: list[int],
+    src_ids: list[list[int]],
+    tgt_ids: list[list[int]],
+    copy: list[CopyIds] | None,
+) -> Batch:
+    return collate(
+        [src_ids[i] for i in idx],
+        [tgt_ids[i] for i in idx],
+        idx,
+        copy=None if copy is None else [copy[i] for i in idx],
+    )
+
+
 class _PlanDataset(torch.utils.data.Dataset):
     """One item per planned batch, collated in the worker process."""
 
-    def __init__(self, plan: list[list[int]], src_ids: list[list[int]], tgt_ids: list[list[int]]):
-        self.plan, self.src_ids, self.tgt_ids = plan, src_ids, tgt_ids
+    def __init__(
+        self,
+        plan: list[list[int]],
+        src_ids: list[list[int]],
+        tgt_ids: list[list[int]],
+        copy: list[CopyIds] | None = None,
+    ):
+        self.plan, self.src_ids, self.tgt_ids, self.copy = plan, src_ids, tgt_ids, copy
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int) -> Batch:
-        idx = self.plan[i]
-        return collate([self.src_ids[j] for j in idx], [self.tgt_ids[j] for j in idx], idx)
+        return _collate_plan(self.plan[i], self.src_ids, self.tgt_ids, self.copy)
 
 
 def iterate_batches(
@@ -395,7 +477,7 @@ def iterate_batches(
     while True:
         plan, start = stream.batches(), stream.offset
         loader = torch.utils.data.DataLoader(
-            _PlanDataset(plan[start:], stream.src_ids, stream.tgt_ids),
+            _PlanDataset(plan[start:], stream.src_ids, stream.tgt_ids, stream.copy),
             batch_size=None,
             shuffle=False,
             num_workers=num_workers,

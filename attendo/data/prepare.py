@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
+from .batching import CopyIds
 from .corpus import length_filter, read_parallel
 from .tokenizers import Tokenizer, build_vocab, load_tokenizer, save_tokenizer, train_tokenizer
 from .toy import split_toy, toy_task
@@ -44,6 +45,35 @@ class Codec:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(self.vocab.decode(ids))
+
+
+def copy_ids(src_pieces: list[str], tgt_pieces: list[str] | None, tgt_vocab: Vocab) -> CopyIds:
+    """Source (and target) pieces in ``tgt_vocab`` extended with the source's own unknown
+    pieces, for copy models (See et al. 2017, sec. 2.2): the k-th distinct source piece that
+    the target vocabulary lacks gets id len(tgt_vocab) + k; a target piece the vocabulary lacks
+    gets that id when it occurs in the source, else <unk>."""
+    V = len(tgt_vocab)
+    index: dict[str, int] = {}  # source-only piece -> extended id
+    src_ext = tgt_vocab.encode(src_pieces)
+    for j, (piece, i) in enumerate(zip(src_pieces, src_ext)):
+        if i == Vocab.UNK and piece != Vocab.SPECIALS[Vocab.UNK]:
+            src_ext[j] = index.setdefault(piece, V + len(index))
+    tgt_ext = None
+    if tgt_pieces is not None:
+        tgt_ext = tgt_vocab.encode(tgt_pieces)
+        for j, (piece, i) in enumerate(zip(tgt_pieces, tgt_ext)):
+            if i == Vocab.UNK:
+                tgt_ext[j] = index.get(piece, Vocab.UNK)
+    return CopyIds(src_ext, tgt_ext, list(index))
+
+
+def encode_copy(
+    corpus: Corpus, src: Codec, tgt: Codec, keep: list[int] | None = None
+) -> list[CopyIds]:
+    """:func:`copy_ids` of the pairs of ``corpus`` (only those at ``keep``, e.g. the indices
+    :func:`encode_pairs` kept), aligned with what :func:`encode_pairs` returns for them."""
+    rows = range(len(corpus)) if keep is None else keep
+    return [copy_ids(src.pieces(corpus.src[i]), tgt.pieces(corpus.tgt[i]), tgt.vocab) for i in rows]
 
 
 def load_corpora(cfg: DataConfig, seed: int = 0) -> tuple[Corpus, Corpus | None, Corpus | None]:

@@ -6,7 +6,17 @@ a_ij = softmax_j(e_ij) over non-padding positions and c_i = sum_j a_ij h_j
 
 Each scorer has two parts so that per-step work stays small during decoding:
 ``prepare(keys)`` runs once per source batch (e.g. W_2 h_j for the additive scorer) and
-``score(query, prepared)`` runs at every step. Weights are returned, never stored.
+``score(query, prepared, cov)`` runs at every step. Weights are returned, never stored.
+
+Coverage (Tu et al. 2016; See et al. 2017, sec. 2.3). With ``model.coverage`` the decoder
+passes cov_ij = sum_{i' < i} a_i'j, the attention source position j has received so far, to
+the scorer (after :meth:`Scorer.add_coverage`), so that it can learn to look elsewhere:
+
+- additive: inside the tanh, e_ij = v_a^T tanh(W_1 s_i + W_2 h_j + w_c cov_ij) with a learned
+  vector w_c (See et al. 2017, eq. 11);
+- dot, scaled_dot, general, location: these have no hidden layer to put it in, so a learned
+  scalar is added to the score, e_ij = f(s_i, h_j) + w_c cov_ij (w_c < 0 steers attention
+  away from positions already covered; w_c = 0 ignores coverage).
 """
 
 from __future__ import annotations
@@ -28,15 +38,32 @@ def masked_softmax(scores: Tensor, src_pad_mask: Tensor) -> Tensor:
 
 
 class Scorer(nn.Module):
-    """Base class: e = f(query, keys). Subclasses define prepare and score."""
+    """Base class: e = f(query, keys). Subclasses define prepare and score.
+
+    ``score`` takes an optional coverage ``cov`` (B, Tq, S); it is used only after
+    :meth:`add_coverage` created the weight ``w_c``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_parameter("w_c", None)  # the coverage weight, see add_coverage
 
     def prepare(self, keys: Tensor) -> Tensor:
         """keys: (B, S, Dk) -> per-batch precomputation (B, S, *)."""
         return keys
 
-    def score(self, query: Tensor, prepared: Tensor) -> Tensor:
-        """query: (B, Tq, Dq); prepared: from prepare -> scores (B, Tq, S)."""
+    def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
+        """query: (B, Tq, Dq); prepared: from prepare; cov (B, Tq, S) -> scores (B, Tq, S)."""
         raise NotImplementedError
+
+    def add_coverage(self) -> None:
+        """Let coverage enter the scores: e_ij + w_c cov_ij with a learned scalar w_c."""
+        self.w_c = nn.Parameter(torch.zeros(()))
+
+    def _with_coverage(self, scores: Tensor, cov: Tensor | None) -> Tensor:
+        if cov is None or self.w_c is None:
+            return scores
+        return scores + self.w_c * cov  # (B, Tq, S)
 
 
 class DotScorer(Scorer):
@@ -51,8 +78,9 @@ class DotScorer(Scorer):
     def prepare(self, keys: Tensor) -> Tensor:
         return keys if self.key_proj is None else self.key_proj(keys)  # (B, S, Dq)
 
-    def score(self, query: Tensor, prepared: Tensor) -> Tensor:
-        return torch.bmm(query, prepared.transpose(1, 2)) * self.scale  # (B, Tq, S)
+    def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
+        e = torch.bmm(query, prepared.transpose(1, 2)) * self.scale  # (B, Tq, S)
+        return self._with_coverage(e, cov)
 
 
 class ScaledDotScorer(DotScorer):
@@ -72,12 +100,13 @@ class GeneralScorer(Scorer):
     def prepare(self, keys: Tensor) -> Tensor:
         return self.W_a(keys)  # (B, S, Dq)
 
-    def score(self, query: Tensor, prepared: Tensor) -> Tensor:
-        return torch.bmm(query, prepared.transpose(1, 2))  # (B, Tq, S)
+    def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
+        return self._with_coverage(torch.bmm(query, prepared.transpose(1, 2)), cov)  # (B, Tq, S)
 
 
 class AdditiveScorer(Scorer):
-    """Bahdanau additive / concat / MLP: e_ij = v_a^T tanh(W_1 s_i + W_2 h_j)."""
+    """Bahdanau additive / concat / MLP: e_ij = v_a^T tanh(W_1 s_i + W_2 h_j), with coverage
+    v_a^T tanh(W_1 s_i + W_2 h_j + w_c cov_ij) (See et al. 2017, eq. 11)."""
 
     def __init__(self, query_dim: int, key_dim: int, attn_dim: int | None = None):
         super().__init__()
@@ -89,10 +118,15 @@ class AdditiveScorer(Scorer):
     def prepare(self, keys: Tensor) -> Tensor:
         return self.W_2(keys)  # (B, S, A)
 
-    def score(self, query: Tensor, prepared: Tensor) -> Tensor:
+    def add_coverage(self) -> None:
+        self.w_c = nn.Parameter(torch.zeros(self.v_a.in_features))  # (A,)
+
+    def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
         q = self.W_1(query)  # (B, Tq, A)
-        hidden = torch.tanh(q.unsqueeze(2) + prepared.unsqueeze(1))  # (B, Tq, S, A)
-        return self.v_a(hidden).squeeze(-1)  # (B, Tq, S)
+        pre = q.unsqueeze(2) + prepared.unsqueeze(1)  # (B, Tq, S, A)
+        if cov is not None and self.w_c is not None:
+            pre = pre + cov.unsqueeze(-1) * self.w_c  # (B, Tq, S, A)
+        return self.v_a(torch.tanh(pre)).squeeze(-1)  # (B, Tq, S)
 
 
 class LocationScorer(Scorer):
@@ -110,12 +144,14 @@ class LocationScorer(Scorer):
     def prepare(self, keys: Tensor) -> Tensor:
         return keys
 
-    def score(self, query: Tensor, prepared: Tensor) -> Tensor:
+    def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
         S = prepared.size(1)
         e = self.W_a(query)  # (B, Tq, max_len)
         if S <= self.max_len:
-            return e[..., :S]
-        return F.pad(e, (0, S - self.max_len), value=float("-inf"))  # (B, Tq, S)
+            e = e[..., :S]
+        else:
+            e = F.pad(e, (0, S - self.max_len), value=float("-inf"))  # (B, Tq, S)
+        return self._with_coverage(e, cov)
 
 
 SCORERS: dict[str, type[Scorer]] = {
@@ -127,12 +163,18 @@ SCORERS: dict[str, type[Scorer]] = {
 }
 
 
-def build_scorer(name: str, query_dim: int, key_dim: int, location_max_len: int = 256) -> Scorer:
+def build_scorer(
+    name: str, query_dim: int, key_dim: int, location_max_len: int = 256, coverage: bool = False
+) -> Scorer:
     if name not in SCORERS:
         raise ValueError(f"unknown attention scorer {name!r}; choose one of {sorted(SCORERS)}")
     if name == "location":
-        return LocationScorer(query_dim, key_dim, location_max_len)
-    return SCORERS[name](query_dim, key_dim)
+        scorer: Scorer = LocationScorer(query_dim, key_dim, location_max_len)
+    else:
+        scorer = SCORERS[name](query_dim, key_dim)
+    if coverage:
+        scorer.add_coverage()
+    return scorer
 
 
 class Attention(nn.Module):
@@ -146,8 +188,14 @@ class Attention(nn.Module):
         return self.scorer.prepare(keys)
 
     def forward(
-        self, query: Tensor, prepared: Tensor, values: Tensor, src_pad_mask: Tensor
+        self,
+        query: Tensor,
+        prepared: Tensor,
+        values: Tensor,
+        src_pad_mask: Tensor,
+        cov: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """query (B, Tq, Dq), values (B, S, Dv) -> context (B, Tq, Dv), weights (B, Tq, S)."""
-        weights = masked_softmax(self.scorer.score(query, prepared), src_pad_mask)
+        """query (B, Tq, Dq), values (B, S, Dv), coverage cov (B, Tq, S) or None
+        -> context (B, Tq, Dv), weights (B, Tq, S)."""
+        weights = masked_softmax(self.scorer.score(query, prepared, cov), src_pad_mask)
         return torch.bmm(weights, values), weights

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout
 from .encoders import EncoderOutput
 from .transformer import LearnedPositions, mean_pool
 
@@ -59,7 +60,7 @@ class CNNEncoder(nn.Module):
             [nn.Conv1d(channels, 2 * channels, kernel, padding=kernel // 2) for _ in range(layers)]
         )
         self.W_out = nn.Linear(channels, emb_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.p = dropout
         self.out_dim = emb_dim
         self.reset_parameters()

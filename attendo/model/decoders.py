@@ -10,28 +10,63 @@ Every decoder implements
 where ``info`` is a dict of per-step tensors (at least ``"attn"``: (B, S) from step,
 (B, T, S) from forward) and ``state`` has ``index_select(idx)`` so beam search can reorder
 and prune it without knowing which decoder it holds.
+
+Coverage (``model.coverage``, RNN decoder): the state carries cov_i = sum_{i'<i} a_i' (B, S),
+which the scorer sees (see :mod:`attendo.model.attention`); ``info["coverage"]`` is cov_i,
+the coverage *before* step i's attention is added.
+
+Copy (``model.copy``, See et al. 2017, sec. 2.2): the decoder also gives
+p_gen = sigmoid(w_c . c_i + w_s . s_i + w_x . x_i + b) (``info["p_gen"]``), and the output is
+P(w) = p_gen P_vocab(w) + (1 - p_gen) sum_{j: x_j = w} a_ij over the target vocabulary
+extended with the sentence's source-only words (ids V, V+1, ...; ``src_ext`` in the state
+and the batch). ``step`` then returns log-probabilities over V + n_ext and maps an extended
+``y_prev`` back to <unk> before embedding it. ``forward`` also returns ``"p_gen_logit"``
+(B, T) and ``"src_ext"`` (B, S), which :meth:`OutputLayer.token_loss` and
+:meth:`OutputLayer.log_probs` need. The mixture is computed in log space, so a saturated
+p_gen (0 or 1) gives no NaN.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attention, build_scorer
+from .dropout import Dropout
 from .encoders import EncoderOutput
+from .loss import smoothed_cross_entropy
+
+# log(0) stand-in where a gradient must flow: log(TINY) = -87.3 (float32's smallest normal)
+TINY = torch.finfo(torch.float32).tiny
 
 
 class DecoderState:
-    """Base for decoder states: every tensor field is batch-first and reorders together."""
+    """Base for decoder states: every tensor field is batch-first and reorders together.
 
-    def index_select(self, idx: Tensor):
-        """Keep/reorder/duplicate batch rows: row k of the result is row idx[k] of self."""
+    ``PER_SOURCE`` names the fields that depend only on the source sentence of a row (encoder
+    memory and what is precomputed from it). Beam search reorders rows within each
+    sentence's beam at every step; it passes ``same_source=True`` so those fields, identical
+    across a sentence's beams, are not copied again (for a Transformer they are the
+    cross-attention keys and values of every layer: the largest part of the state).
+    """
+
+    PER_SOURCE: ClassVar[frozenset[str]] = frozenset()
+
+    def index_select(self, idx: Tensor, same_source: bool = False):
+        """Keep/reorder/duplicate batch rows: row k of the result is row idx[k] of self.
+
+        same_source: the caller promises that row idx[k] has the same source as row k (a
+        reorder within each sentence's beam), so PER_SOURCE fields are kept as they are.
+        """
         changes = {}
         for f in dataclasses.fields(self):
+            if same_source and f.name in self.PER_SOURCE:
+                continue
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
                 changes[f.name] = value.index_select(0, idx)
@@ -46,14 +81,47 @@ class RNNDecoderState(DecoderState):
     memory: Tensor  # (B, S, D_enc) encoder states h_j
     keys: Tensor | None  # (B, S, *) scorer-prepared keys
     src_pad_mask: Tensor  # (B, S) True at padding
+    cov: Tensor | None = None  # (B, S) coverage sum_{i'<i} a_i' (model.coverage), else None
+    src_ext: Tensor | None = None  # (B, S) source ids in the extended vocabulary (model.copy)
+    n_ext: int = 0  # extra (source-only) words in the extended vocabulary of this batch
+
+    PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"memory", "keys", "src_pad_mask", "src_ext"})
+
+
+def copy_log_probs(
+    lp_vocab: Tensor, p_gen_logit: Tensor, attn: Tensor, src_ext: Tensor, n_ext: int
+) -> Tensor:
+    """The pointer-generator distribution in log space (See et al. 2017, eq. 9).
+
+    log P(w) = log(p_gen P_vocab(w) + (1 - p_gen) sum_{j: src_ext_j = w} a_j) over the extended
+    vocabulary V + n_ext. lp_vocab (..., V), p_gen_logit (...), attn and src_ext (..., S)
+    -> (..., V + n_ext). Words neither in the vocabulary nor in the source get exactly -inf.
+    log p_gen and log(1 - p_gen) come from logsigmoid of the logit, so they stay finite when
+    p_gen saturates. For decoding and inspection; the training loss uses
+    :meth:`OutputLayer.token_loss`, whose gradients stay finite everywhere.
+    """
+    width = lp_vocab.size(-1) + n_ext
+    gen = F.logsigmoid(p_gen_logit).unsqueeze(-1) + lp_vocab  # (..., V)
+    gen = F.pad(gen, (0, n_ext), value=float("-inf"))  # (..., V + n_ext)
+    mass = attn.new_zeros(*attn.shape[:-1], width).scatter_add_(-1, src_ext, attn)
+    copy = F.logsigmoid(-p_gen_logit).unsqueeze(-1) + mass.log()  # -inf where no mass
+    return torch.logaddexp(gen, copy)
+
+
+def coverage_loss(attn: Tensor, cov: Tensor, keep: Tensor) -> Tensor:
+    """sum_i sum_j min(a_ij, cov_ij) over the target positions where keep is True
+    (See et al. 2017, eq. 12). attn, cov (B, T, S); keep (B, T) -> scalar."""
+    return torch.minimum(attn, cov).sum(-1)[keep].sum()
 
 
 class OutputLayer:
     """The output distribution shared by the decoders: a linear layer ``self.out`` over the
-    decoder features. Decoders whose distribution needs more than the features (copy)
-    override :meth:`token_loss` and :meth:`log_probs`."""
+    decoder features, mixed with the copy distribution when ``self.copy`` (the mixture needs
+    ``info`` from :meth:`forward`: attention, p_gen logit and ``src_ext``)."""
 
     out: nn.Linear
+    vocab_size: int
+    copy: bool = False
 
     def token_loss(
         self, features: Tensor, info: dict, target: Tensor, keep: Tensor, label_smoothing: float
@@ -63,19 +131,62 @@ class OutputLayer:
         features (B, T, O), target and keep (B, T). The output layer runs only on kept
         positions: it is the most expensive matrix product of an RNN model.
         """
-        logits = self.logits(features[keep]).float()  # (N, V)
-        gold = target[keep]  # (N,)
+        if self.copy:
+            return self._copy_token_loss(features, info, target, keep, label_smoothing)
+        logits = self.logits(features[keep])  # (N, V)
+        return smoothed_cross_entropy(logits, target[keep], label_smoothing)
+
+    def _copy_token_loss(
+        self, features: Tensor, info: dict, target: Tensor, keep: Tensor, label_smoothing: float
+    ) -> tuple[Tensor, Tensor]:
+        """token_loss of the pointer-generator: target holds extended ids (Batch.tgt_out_ext).
+
+        Only the gold word's probability is mixed: log P(y) = logaddexp(log p_gen +
+        log P_vocab(y), log(1 - p_gen) + log copy(y)), with copy(y) clamped at TINY so no
+        gradient meets log(0). Label smoothing spreads its mass over the fixed target
+        vocabulary of the final (mixed) distribution: -mean_{w < V} log P(w); the
+        sentence's extra source-only words get none.
+        """
+        V = self.vocab_size
+        lp = torch.log_softmax(self.logits(features[keep]).float(), dim=-1)  # (N, V)
+        gold = target[keep]  # (N,) extended ids
+        attn = info["attn"][keep].float()  # (N, S)
+        src_ext = info["src_ext"].unsqueeze(1).expand(-1, keep.size(1), -1)[keep]  # (N, S)
+        logit = info["p_gen_logit"][keep].float()  # (N,)
+        log_gen, log_cp = F.logsigmoid(logit), F.logsigmoid(-logit)  # log p_gen, log(1 - p_gen)
+        gen_gold = lp.gather(1, gold.clamp(max=V - 1).unsqueeze(1)).squeeze(1)
+        gen_gold = torch.where(gold < V, gen_gold, float("-inf")) + log_gen
+        copy_gold = (attn * (src_ext == gold.unsqueeze(1))).sum(-1)  # (N,)
+        nll = -torch.logaddexp(gen_gold, log_cp + copy_gold.clamp_min(TINY).log()).sum()
         if label_smoothing == 0:
-            nll = F.cross_entropy(logits, gold, reduction="sum")
             return nll, nll
-        lp = torch.log_softmax(logits, dim=-1)  # once, for both the NLL and the smoothing term
-        nll = -lp.gather(1, gold.unsqueeze(1)).sum()
-        loss = (1 - label_smoothing) * nll - label_smoothing * lp.mean(-1).sum()
+        # copy mass on the fixed vocabulary; extended ids all land in the dropped column V
+        mass = attn.new_zeros(attn.size(0), V + 1).scatter_add_(1, src_ext.clamp(max=V), attn)
+        mix = torch.logaddexp(
+            lp + log_gen.unsqueeze(1), log_cp.unsqueeze(1) + mass[:, :V].clamp_min(TINY).log()
+        )  # (N, V)
+        loss = (1 - label_smoothing) * nll - label_smoothing * mix.mean(-1).sum()
         return loss, nll
 
     def log_probs(self, features: Tensor, info: dict | None = None) -> Tensor:
-        """features (..., O) -> log-probabilities over the target vocabulary (..., V)."""
-        return torch.log_softmax(self.out(features), dim=-1)
+        """features (..., O) -> log-probabilities over the target vocabulary (..., V); with
+        copy, over the extended vocabulary (..., V + n_ext), info from :meth:`forward`."""
+        lp = torch.log_softmax(self.out(features).float(), dim=-1)  # fp32 even under autocast
+        if not self.copy:
+            return lp
+        assert info is not None, "a copy decoder needs info (attention, p_gen) for log_probs"
+        attn, src_ext = info["attn"], info["src_ext"]  # (..., S), (B, S)
+        if attn.dim() == 3:
+            src_ext = src_ext.unsqueeze(1).expand_as(attn)  # (B, T, S)
+        n_ext = max(0, int(src_ext.max()) + 1 - self.vocab_size) if src_ext.numel() else 0
+        return copy_log_probs(lp, info["p_gen_logit"], attn, src_ext, n_ext)
+
+    def _step_log_probs(self, features: Tensor, info: dict, src_ext, n_ext: int) -> Tensor:
+        """log_probs for one decoding step; with copy, consumes info["p_gen_logit"]."""
+        lp = torch.log_softmax(self.out(features).float(), dim=-1)  # (B, V) fp32 even under autocast
+        if not self.copy:
+            return lp
+        return copy_log_probs(lp, info.pop("p_gen_logit"), info["attn"], src_ext, n_ext)
 
     def logits(self, features: Tensor) -> Tensor:
         return self.out(features)
@@ -92,6 +203,10 @@ class RNNDecoder(OutputLayer, nn.Module):
     style "bahdanau": query = s_{i-1}; c_i is part of the RNN input for step i.
     style "luong": query = s_i (the RNN runs first). With input feeding (Luong sec. 3.3)
     h~_{i-1} is concatenated to the RNN input in either style.
+
+    coverage: the scorer also sees cov_i = sum_{i'<i} a_i' (Tu et al. 2016; See et al. 2017).
+    copy: pointer-generator output with p_gen = sigmoid(W_gen [c_i; s_i; x_i]), x_i the
+    embedded y_{i-1} and s_i the top RNN output (See et al. 2017, eq. 8).
     """
 
     def __init__(
@@ -112,9 +227,15 @@ class RNNDecoder(OutputLayer, nn.Module):
         dropout: float = 0.0,
         location_max_len: int = 256,
         pad_id: int = 0,
+        coverage: bool = False,
+        copy: bool = False,
+        unk_id: int = 1,
     ):
         super().__init__()
+        if (coverage or copy) and attention == "none":
+            raise ValueError("coverage and copy need attention (attention='none' given)")
         self.vocab_size = vocab_size
+        self.coverage, self.copy, self.unk_id = coverage, copy, unk_id
         self.hidden = hidden
         self.layers = layers
         self.rnn_type = rnn_type
@@ -137,9 +258,13 @@ class RNNDecoder(OutputLayer, nn.Module):
         self.bridge_h = nn.Linear(enc_final_dim, hidden) if bridge else None
         self.bridge_c = nn.Linear(enc_final_dim, hidden) if bridge and rnn_type == "lstm" else None
         if self.use_attn:
-            self.attention = Attention(build_scorer(attention, hidden, enc_dim, location_max_len))
+            self.attention = Attention(
+                build_scorer(attention, hidden, enc_dim, location_max_len, coverage=coverage)
+            )
             self.W_c = nn.Linear(enc_dim + hidden, self.out_dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        if copy:
+            self.W_gen = nn.Linear(enc_dim + hidden + emb_dim, 1)  # [w_c; w_s; w_x], b_ptr
+        self.dropout = Dropout(dropout)
         self.out = nn.Linear(self.out_dim, vocab_size)
         if tie_output:
             if self.out_dim != emb_dim:
@@ -147,8 +272,14 @@ class RNNDecoder(OutputLayer, nn.Module):
             self.out.weight = self.embed.weight
 
     # -- state -------------------------------------------------------------------------
-    def init_state(self, enc: EncoderOutput) -> RNNDecoderState:
-        B = enc.out.size(0)
+    def init_state(
+        self, enc: EncoderOutput, src_ext: Tensor | None = None, n_ext: int = 0
+    ) -> RNNDecoderState:
+        """The state before the first step. src_ext (B, S) and n_ext: the source in the
+        extended vocabulary, needed (only) by a copy decoder."""
+        B, S = enc.src_pad_mask.shape
+        if self.copy and src_ext is None:
+            raise ValueError("a copy decoder needs src_ext, the source in the extended vocabulary")
         zeros = enc.out.new_zeros(B, self.layers, self.hidden)
         h, c = zeros, (zeros if self.rnn_type == "lstm" else None)
         if self.bridge_h is not None and enc.final_h is not None:
@@ -162,6 +293,9 @@ class RNNDecoder(OutputLayer, nn.Module):
             memory=enc.out,
             keys=self.attention.prepare(enc.out) if self.use_attn else None,
             src_pad_mask=enc.src_pad_mask,
+            cov=enc.out.new_zeros(B, S) if self.coverage else None,
+            src_ext=src_ext if self.copy else None,
+            n_ext=n_ext if self.copy else 0,
         )
 
     def _match_layers(self, final: Tensor) -> Tensor:
@@ -191,7 +325,10 @@ class RNNDecoder(OutputLayer, nn.Module):
 
     def _attend(self, query: Tensor, state: RNNDecoderState) -> tuple[Tensor, Tensor]:
         """query (B, H) -> context (B, D_enc), weights (B, S)."""
-        ctx, a = self.attention(query.unsqueeze(1), state.keys, state.memory, state.src_pad_mask)
+        cov = None if state.cov is None else state.cov.unsqueeze(1)  # (B, 1, S)
+        ctx, a = self.attention(
+            query.unsqueeze(1), state.keys, state.memory, state.src_pad_mask, cov
+        )
         return ctx.squeeze(1), a.squeeze(1)
 
     def _advance(self, emb: Tensor, state: RNNDecoderState) -> tuple[Tensor, RNNDecoderState, dict]:
@@ -205,32 +342,49 @@ class RNNDecoder(OutputLayer, nn.Module):
         if self.input_feeding:
             parts.append(state.attn_vec)
         s, h, c = self._rnn(torch.cat(parts, -1), state.h, state.c)
-        if self.use_attn:
-            if self.style == "luong":
-                ctx, a = self._attend(s, state)
-            vec = torch.tanh(self.W_c(torch.cat([ctx, s], -1)))  # (B, O)
-            info["attn"] = a
-        else:
-            vec = s
-        state = dataclasses.replace(state, h=h, c=c, attn_vec=vec)
+        if not self.use_attn:
+            return s, dataclasses.replace(state, h=h, c=c, attn_vec=s), info
+        if self.style == "luong":
+            ctx, a = self._attend(s, state)
+        vec = torch.tanh(self.W_c(torch.cat([ctx, s], -1)))  # (B, O)
+        info["attn"] = a
+        cov = state.cov
+        if self.coverage:
+            info["coverage"] = cov  # before this step's attention
+            cov = cov + a
+        if self.copy:
+            logit = self.W_gen(torch.cat([ctx, s, emb], -1)).squeeze(-1)  # (B,)
+            info["p_gen"] = torch.sigmoid(logit)
+            info["p_gen_logit"] = logit
+        state = dataclasses.replace(state, h=h, c=c, attn_vec=vec, cov=cov)
         return vec, state, info
 
     def step(self, y_prev: Tensor, state: RNNDecoderState) -> tuple[Tensor, RNNDecoderState, dict]:
-        """y_prev (B,) -> log P(y_i | ...) (B, V), new state, {"attn": (B, S)}."""
+        """y_prev (B,) -> log P(y_i | ...) (B, V) (B, V + n_ext with copy), new state,
+        {"attn": (B, S)} (+ "coverage" (B, S), "p_gen" (B,))."""
+        if self.copy:  # a copied source-only word is fed back as <unk>
+            y_prev = y_prev.masked_fill(y_prev >= self.vocab_size, self.unk_id)
         emb = self.dropout(self.embed(y_prev))  # (B, E)
         vec, state, info = self._advance(emb, state)
-        return self.log_probs(self.dropout(vec), info), state, info
+        return self._step_log_probs(self.dropout(vec), info, state.src_ext, state.n_ext), state, info
 
     # -- teacher forcing ---------------------------------------------------------------
     def forward(self, tgt_in: Tensor, state: RNNDecoderState) -> tuple[Tensor, dict]:
-        """tgt_in (B, T) -> features (B, T, O), {"attn": (B, T, S)} (the same as T steps)."""
+        """tgt_in (B, T) -> features (B, T, O), {"attn": (B, T, S)} (+ "coverage" (B, T, S),
+        "p_gen" (B, T) and, for the loss, "p_gen_logit" (B, T), "src_ext" (B, S)): the same
+        as T steps."""
+        if self.copy:
+            tgt_in = tgt_in.masked_fill(tgt_in >= self.vocab_size, self.unk_id)
         emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
-        vecs, attns = [], []
+        vecs: list[Tensor] = []
+        infos: dict[str, list[Tensor]] = {}
         # unbind once: slicing emb[:, t] per step would make backward allocate T full-size grads
         for emb_t in emb.unbind(1):
             vec, state, info = self._advance(emb_t, state)
             vecs.append(vec)
-            if "attn" in info:
-                attns.append(info["attn"])
-        out = {"attn": torch.stack(attns, 1)} if attns else {}
+            for name, value in info.items():
+                infos.setdefault(name, []).append(value)
+        out = {name: torch.stack(values, 1) for name, values in infos.items()}
+        if self.copy:
+            out["src_ext"] = state.src_ext
         return self.dropout(torch.stack(vecs, 1)), out  # one dropout mask draw for all steps

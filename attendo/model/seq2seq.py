@@ -5,34 +5,98 @@ Only :func:`build_model` reads the config; modules take explicit arguments.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
 from ..config import ConfigError, ModelConfig
 from .cnn import CNNEncoder
-from .decoders import RNNDecoder
+from .decoders import RNNDecoder, coverage_loss
 from .encoders import RNNEncoder
 from .transformer import TransformerDecoder, TransformerEncoder
 
 
+class LossParts(NamedTuple):
+    loss: Tensor  # summed training objective: (label-smoothed) NLL + lambda * coverage loss
+    nll: Tensor  # summed NLL (detached)
+    cov: Tensor | None  # summed coverage loss sum_ij min(a_ij, cov_ij) (detached), or None
+    n_tokens: int  # non-pad target tokens
+
+
 class Seq2Seq(nn.Module):
+    """Encoder + decoder. With ``model.copy`` every entry point takes ``src_ext`` (B, S), the
+    source in the extended vocabulary (``Batch.src_ext``), and targets are extended ids
+    (``Batch.tgt_out_ext``); ``n_ext`` (extra words in the batch) is computed when omitted."""
+
     def __init__(self, encoder: nn.Module, decoder: nn.Module):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
 
-    def start(self, src: Tensor, src_lens: Tensor):
+    @property
+    def copies(self) -> bool:
+        """Whether the decoder is a pointer-generator (needs src_ext)."""
+        return bool(getattr(self.decoder, "copy", False))
+
+    def start(
+        self, src: Tensor, src_lens: Tensor, src_ext: Tensor | None = None, n_ext: int | None = None
+    ):
         """Encode a batch and return the decoder's initial (reorderable) state."""
-        return self.decoder.init_state(self.encoder(src, src_lens))
+        enc = self.encoder(src, src_lens)
+        if not self.copies:
+            return self.decoder.init_state(enc)
+        if src_ext is None:
+            raise ValueError(
+                "model.copy: this model copies from the source and needs src_ext, the source in "
+                "the extended vocabulary (Batch.src_ext; collate(..., copy=...) builds it)"
+            )
+        if n_ext is None:
+            n_ext = max(0, int(src_ext.max()) + 1 - self.decoder.vocab_size) if src_ext.numel() else 0
+        return self.decoder.init_state(enc, src_ext, n_ext)
 
-    def forward(self, src: Tensor, src_lens: Tensor, tgt_in: Tensor) -> tuple[Tensor, dict]:
-        """Teacher-forced pass: features (B, T, O) and info ({"attn": (B, T, S)})."""
-        return self.decoder(tgt_in, self.start(src, src_lens))
+    def forward(
+        self, src: Tensor, src_lens: Tensor, tgt_in: Tensor, src_ext: Tensor | None = None
+    ) -> tuple[Tensor, dict]:
+        """Teacher-forced pass: features (B, T, O) and info ({"attn": (B, T, S)}, ...)."""
+        return self.decoder(tgt_in, self.start(src, src_lens, src_ext, 0))
 
-    def log_probs(self, src: Tensor, src_lens: Tensor, tgt_in: Tensor) -> tuple[Tensor, dict]:
-        """Full log-probabilities (B, T, V) for every target position, and info."""
-        feats, info = self(src, src_lens, tgt_in)
+    def log_probs(
+        self, src: Tensor, src_lens: Tensor, tgt_in: Tensor, src_ext: Tensor | None = None
+    ) -> tuple[Tensor, dict]:
+        """Full log-probabilities (B, T, V) for every target position (V + n_ext with copy),
+        and info."""
+        feats, info = self(src, src_lens, tgt_in, src_ext)
         return self.decoder.log_probs(feats, info), info
+
+    def losses(
+        self,
+        src: Tensor,
+        src_lens: Tensor,
+        tgt_in: Tensor,
+        tgt_out: Tensor,
+        pad_id: int,
+        label_smoothing: float = 0.0,
+        coverage_weight: float = 0.0,
+        src_ext: Tensor | None = None,
+    ) -> LossParts:
+        """Summed (label-smoothed) loss, NLL and coverage loss over non-pad targets, and their
+        count. ``coverage_weight`` is train.coverage_loss (lambda, See et al. 2017, eq. 13);
+        the coverage loss is measured whenever the decoder has coverage.
+
+        The output layer runs only on non-pad positions: with length-bucketed batches that is
+        most of them, but it is still the most expensive matrix product of an RNN model.
+        """
+        feats, info = self(src, src_lens, tgt_in, src_ext)
+        keep = tgt_out != pad_id  # (B, T)
+        loss, nll = self.decoder.token_loss(feats, info, tgt_out, keep, label_smoothing)
+        cov = None
+        if "coverage" in info:
+            cov = coverage_loss(info["attn"].float(), info["coverage"].float(), keep)
+            if coverage_weight:
+                loss = loss + coverage_weight * cov
+            cov = cov.detach()
+        return LossParts(loss, nll.detach(), cov, int(keep.sum()))
 
     def loss(
         self,
@@ -42,16 +106,14 @@ class Seq2Seq(nn.Module):
         tgt_out: Tensor,
         pad_id: int,
         label_smoothing: float = 0.0,
+        src_ext: Tensor | None = None,
+        coverage_weight: float = 0.0,
     ) -> tuple[Tensor, Tensor, int]:
-        """Summed (label-smoothed) loss and summed NLL over non-pad targets, and their count.
-
-        The output layer runs only on non-pad positions: with length-bucketed batches that is
-        most of them, but it is still the most expensive matrix product of an RNN model.
-        """
-        feats, info = self(src, src_lens, tgt_in)
-        keep = tgt_out != pad_id  # (B, T)
-        loss, nll = self.decoder.token_loss(feats, info, tgt_out, keep, label_smoothing)
-        return loss, nll.detach(), int(keep.sum())
+        """(loss, detached NLL, token count) of :meth:`losses`."""
+        parts = self.losses(
+            src, src_lens, tgt_in, tgt_out, pad_id, label_smoothing, coverage_weight, src_ext
+        )
+        return parts.loss, parts.nll, parts.n_tokens
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0) -> Seq2Seq:
@@ -105,7 +167,7 @@ def _build_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int)
             vocab_size, enc_dim, cfg.d_model, cfg.heads, cfg.ff_dim, layers=cfg.dec_layers,
             dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
             positions=cfg.positions, max_positions=cfg.max_positions, tie_output=cfg.tie_output,
-            attn_layer=cfg.attn_layer, pad_id=pad_id,
+            attn_layer=cfg.attn_layer, pad_id=pad_id, copy=cfg.copy,
         )
     return RNNDecoder(
         vocab_size,
@@ -124,6 +186,8 @@ def _build_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int)
         dropout=cfg.dropout,
         location_max_len=cfg.location_max_len,
         pad_id=pad_id,
+        coverage=cfg.coverage,
+        copy=cfg.copy,
     )
 
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .decoders import DecoderState, OutputLayer
+from .dropout import Dropout
 from .encoders import EncoderOutput
 
 # --------------------------------------------------------------------------- attention
@@ -207,7 +209,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.W_1 = nn.Linear(d_model, ff_dim)
         self.W_2 = nn.Linear(ff_dim, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.W_2(self.dropout(F.relu(self.W_1(x))))
@@ -223,7 +225,7 @@ class _Residual(nn.Module):
         if norm not in ("pre", "post"):
             raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         self.pre_norm = norm == "pre"
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _in(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
         return norm(x) if self.pre_norm else x
@@ -275,13 +277,14 @@ class TransformerDecoderLayer(_Residual):
         past_k: Tensor | None = None,
         past_v: Tensor | None = None,
         need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
         """x (B, T, D); cross_k, cross_v (B, H, S, d) of the encoder states.
 
         past_k, past_v None: teacher forcing, x is the whole prefix and self-attention is causal.
         Otherwise (B, H, t, d) cached keys/values of the t earlier positions, which x follows.
-        Returns x (B, T, D), self-attention keys and values incl. x's (B, H, t+T, d), and
-        cross-attention weights (B, H, T, S) when need_weights.
+        Returns x (B, T, D), self-attention keys and values incl. x's (B, H, t+T, d),
+        cross-attention weights (B, H, T, S) when need_weights, and the cross-attention
+        sub-layer's output (B, T, D) (its context, W_o [heads], which copy's p_gen reads).
         """
         q, k, v = self.self_attn.project_qkv(self._in(x, self.norm_self))  # (B, H, T, d) each
         if past_k is not None:
@@ -289,10 +292,10 @@ class TransformerDecoderLayer(_Residual):
         y, _ = self.self_attn.attend(q, k, v, causal=past_k is None)
         x = self._out(x, y, self.norm_self)
         q = self.cross_attn.project_q(self._in(x, self.norm_cross))
-        y, w = self.cross_attn.attend(q, cross_k, cross_v, src_pad_mask, need_weights=need_weights)
-        x = self._out(x, y, self.norm_cross)
+        ctx, w = self.cross_attn.attend(q, cross_k, cross_v, src_pad_mask, need_weights=need_weights)
+        x = self._out(x, ctx, self.norm_cross)
         x = self._out(x, self.ff(self._in(x, self.norm_ff)), self.norm_ff)
-        return x, k, v, w
+        return x, k, v, w, ctx
 
 
 class _EmbeddedTokens(nn.Module):
@@ -304,7 +307,7 @@ class _EmbeddedTokens(nn.Module):
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.pos = build_positions(positions, d_model, max_positions)
         self.scale = math.sqrt(d_model)
-        self.emb_dropout = nn.Dropout(dropout)
+        self.emb_dropout = Dropout(dropout)
 
     def _embed(self, ids: Tensor, offset: int = 0) -> Tensor:
         """ids (B, T) -> (B, T, D) for positions offset .. offset+T-1."""
@@ -404,6 +407,10 @@ class TransformerDecoderState(DecoderState):
     cross_v: Tensor  # (B, L, H, S, d) ... and values
     src_pad_mask: Tensor  # (B, S) True at padding
     t: int = 0  # tokens decoded so far = position of the next one (all rows advance together)
+    src_ext: Tensor | None = None  # (B, S) source ids in the extended vocabulary (model.copy)
+    n_ext: int = 0  # extra (source-only) words in the extended vocabulary of this batch
+
+    PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"cross_k", "cross_v", "src_pad_mask", "src_ext"})
 
 
 class TransformerDecoder(OutputLayer, _EmbeddedTokens):
@@ -413,6 +420,11 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
     the whole target prefix at once under a causal mask (teacher forcing); both give the same
     outputs (tested). ``info["attn"]`` is the cross-attention of layer ``attn_layer`` averaged
     over heads; ``step`` also returns ``info["attn_heads"]`` (B, L, H, S), every layer and head.
+
+    copy (See et al. 2017 on cross-attention): the copy distribution is ``info["attn"]`` (layer
+    ``attn_layer``, mean over heads) and p_gen = sigmoid(W_gen [c_i; s_i; x_i]) with c_i that
+    layer's cross-attention output (the heads' contexts projected by W_o), s_i the decoder
+    output (after the final LayerNorm) and x_i the input embedding (scaled, plus position).
     """
 
     use_attn = True
@@ -433,11 +445,14 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         tie_output: bool = False,
         attn_layer: int = -1,
         pad_id: int = 0,
+        copy: bool = False,
+        unk_id: int = 1,
     ):
         super().__init__(vocab_size, d_model, positions, max_positions, dropout, pad_id)
         if not -layers <= attn_layer < layers:
             raise ValueError(f"attn_layer {attn_layer} is not one of {layers} layers")
         self.vocab_size = vocab_size
+        self.copy, self.unk_id = copy, unk_id
         self.layers = nn.ModuleList(
             [TransformerDecoderLayer(d_model, heads, ff_dim, enc_dim, dropout, attn_dropout, norm)
              for _ in range(layers)]
@@ -446,6 +461,8 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         self.out = nn.Linear(d_model, vocab_size)
         if tie_output:
             self.out.weight = self.embed.weight
+        if copy:
+            self.W_gen = nn.Linear(3 * d_model, 1)  # p_gen from [c_i; s_i; x_i]
         self.heads, self.d_head = heads, d_model // heads
         self.attn_layer = attn_layer % layers
         self.d_model = self.out_dim = d_model
@@ -455,50 +472,80 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         _init_transformer(self, self.d_model)
 
     # -- state -------------------------------------------------------------------------
-    def init_state(self, enc: EncoderOutput) -> TransformerDecoderState:
+    def init_state(
+        self, enc: EncoderOutput, src_ext: Tensor | None = None, n_ext: int = 0
+    ) -> TransformerDecoderState:
+        """The state before the first step; src_ext (B, S) and n_ext are for copy only."""
+        if self.copy and src_ext is None:
+            raise ValueError("a copy decoder needs src_ext, the source in the extended vocabulary")
         ks, vs = zip(*(layer.cross_attn.project_kv(enc.out) for layer in self.layers))
         cross_k, cross_v = torch.stack(ks, 1), torch.stack(vs, 1)  # (B, L, H, S, d)
         B, L, H, _, d = cross_k.shape
         empty = cross_k.new_zeros(B, L, H, 0, d)  # no tokens decoded yet
-        return TransformerDecoderState(empty, empty, cross_k, cross_v, enc.src_pad_mask)
+        if not self.copy:
+            return TransformerDecoderState(empty, empty, cross_k, cross_v, enc.src_pad_mask)
+        return TransformerDecoderState(
+            empty, empty, cross_k, cross_v, enc.src_pad_mask, src_ext=src_ext, n_ext=n_ext
+        )
 
     def _top(self, x: Tensor) -> Tensor:
         return x if self.final_norm is None else self.final_norm(x)
 
+    def _p_gen(self, info: dict, ctx: Tensor, top: Tensor, emb: Tensor) -> None:
+        """Put p_gen and its logit into info: ctx, top, emb (..., D) -> (...)."""
+        logit = self.W_gen(torch.cat([ctx, top, emb], -1)).squeeze(-1)
+        info["p_gen"] = torch.sigmoid(logit)
+        info["p_gen_logit"] = logit
+
     # -- one step ----------------------------------------------------------------------
     def step(self, y_prev: Tensor, state: TransformerDecoderState
              ) -> tuple[Tensor, TransformerDecoderState, dict]:
-        """y_prev (B,) -> log P(y_t | ...) (B, V), new state,
-        {"attn": (B, S), "attn_heads": (B, L, H, S)}."""
-        x = self._embed(y_prev.unsqueeze(1), state.t)  # (B, 1, D)
+        """y_prev (B,) -> log P(y_t | ...) (B, V) (B, V + n_ext with copy), new state,
+        {"attn": (B, S), "attn_heads": (B, L, H, S)} (+ "p_gen" (B,) with copy)."""
+        if self.copy:  # a copied source-only word is fed back as <unk>
+            y_prev = y_prev.masked_fill(y_prev >= self.vocab_size, self.unk_id)
+        x = emb = self._embed(y_prev.unsqueeze(1), state.t)  # (B, 1, D)
         ks, vs, ws = [], [], []
         for i, layer in enumerate(self.layers):
-            x, k, v, w = layer(
+            x, k, v, w, ctx = layer(
                 x, state.cross_k[:, i], state.cross_v[:, i], state.src_pad_mask,
                 state.self_k[:, i], state.self_v[:, i], need_weights=True,
             )
             ks.append(k)
             vs.append(v)
             ws.append(w.squeeze(2))  # (B, H, S)
+            if i == self.attn_layer:
+                attn_ctx = ctx
         heads = torch.stack(ws, 1)  # (B, L, H, S)
         info = {"attn": heads[:, self.attn_layer].mean(1), "attn_heads": heads}
         state = dataclasses.replace(
             state, self_k=torch.stack(ks, 1), self_v=torch.stack(vs, 1), t=state.t + 1
         )  # (B, L, H, t+1, d)
-        return self.log_probs(self._top(x.squeeze(1)), info), state, info
+        top = self._top(x.squeeze(1))  # (B, D)
+        if self.copy:
+            self._p_gen(info, attn_ctx.squeeze(1), top, emb.squeeze(1))
+        return self._step_log_probs(top, info, state.src_ext, state.n_ext), state, info
 
     # -- teacher forcing ---------------------------------------------------------------
     def forward(self, tgt_in: Tensor, state: TransformerDecoderState) -> tuple[Tensor, dict]:
         """tgt_in (B, T) -> features (B, T, D), {"attn": (B, T, S)}: all positions at once,
-        each seeing only the earlier ones (causal mask). ``state`` must be fresh."""
+        each seeing only the earlier ones (causal mask). ``state`` must be fresh. With copy,
+        info also has "p_gen" (B, T) and, for the loss, "p_gen_logit" (B, T), "src_ext" (B, S)."""
         if state.t != 0:
             raise ValueError("forward() needs a fresh state from init_state (no decoded tokens)")
-        x = self._embed(tgt_in)  # (B, T, D)
+        if self.copy:
+            tgt_in = tgt_in.masked_fill(tgt_in >= self.vocab_size, self.unk_id)
+        x = emb = self._embed(tgt_in)  # (B, T, D)
         attn = None
         for i, layer in enumerate(self.layers):
             need = i == self.attn_layer
-            x, _, _, w = layer(x, state.cross_k[:, i], state.cross_v[:, i], state.src_pad_mask,
-                               need_weights=need)
+            x, _, _, w, ctx = layer(x, state.cross_k[:, i], state.cross_v[:, i],
+                                    state.src_pad_mask, need_weights=need)
             if need:
-                attn = w.mean(1)  # (B, T, S)
-        return self._top(x), {"attn": attn}
+                attn, attn_ctx = w.mean(1), ctx  # (B, T, S), (B, T, D)
+        top = self._top(x)
+        info = {"attn": attn}
+        if self.copy:
+            self._p_gen(info, attn_ctx, top, emb)
+            info["src_ext"] = state.src_ext
+        return top, info

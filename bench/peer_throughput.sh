@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# bench/peer_rnn_throughput.sh TOOLKIT      (TOOLKIT: onmt | joeynmt)
+# bench/peer_throughput.sh TOOLKIT [CONFIG]   (TOOLKIT: onmt | joeynmt; CONFIG: rnn (default) | transformer)
 # Needs the peers venvs and prepared data in $PEERS (../shared/peers/scripts/setup_venvs.sh,
 # then prep.py into $PEERS/data).
 #
-# Training-throughput measurement of a peer toolkit's RNN config, defined exactly
+# Training-throughput measurement of a peer toolkit's RNN or Transformer config, defined exactly
 # as /work/shared/peers/scripts/analyze.py defines it:
 #     sents/s = (350-50)*64 / (wall time between the log lines of update 50 and 350)
 #     tgt tok/s = sents/s * 14.13 (mean target length of train.en incl. EOS)
@@ -11,7 +11,7 @@
 #                            log lines with 50 < step <= 350 (analyze.py's rule)
 #
 # The run config is made the way scripts/train.sh makes it (same sed), from the
-# unmodified /work/shared/peers/configs/<toolkit>/rnn.yaml, except that the
+# unmodified ../shared/peers/configs/<toolkit>/<config>.yaml, except that the
 # max-steps field (onmt train_steps / joey updates, which train.sh itself
 # substitutes for short runs) is set to STEPS (default 360): the run ends by
 # itself shortly after update 350 and never reaches the first validation /
@@ -24,19 +24,22 @@
 # the 1-min load average is sampled every 15 s and reported in the JSON.
 #
 # Env knobs: PEERS (/root/peers), STEPS (360), CAP_S (hard timeout, 900),
-#            OUTDIR (default $PEERS/runs/measure_<toolkit>_rnn; wiped first).
+#            OUTDIR (default $PEERS/runs/measure_<toolkit>_<config>; wiped first).
+#            With STEPS > 400 the run also writes checkpoints (every 400 updates, outside
+#            the 50..350 window), which bench/compare_peers_transformer.sh decodes.
 #            Dry runs only (leave unset for a real measurement): W0, W1,
 #            ONMT_EXTRA_ARGS.
 # Output: one JSON line on stdout; everything else goes to stderr / OUTDIR.
 set -uo pipefail
-T=${1:?usage: measure_peer_rnn.sh onmt|joeynmt}
+T=${1:?usage: peer_throughput.sh onmt|joeynmt [rnn|transformer]}
+C=${2:-rnn}
 PEERS=${PEERS:-$HOME/peers}
 BENCH=${BENCH:-$(cd "$(dirname "$0")/../../shared/peers" && pwd)}
 STEPS=${STEPS:-360}
 CAP_S=${CAP_S:-900}
 W0=${W0:-50}; W1=${W1:-350}; BATCH=64; TGT_LEN=14.13   # W0/W1 overrides: dry runs only
-D=${OUTDIR:-$PEERS/runs/measure_${T}_rnn}
-CFG=$BENCH/configs/$T/rnn.yaml
+D=${OUTDIR:-$PEERS/runs/measure_${T}_${C}}
+CFG=$BENCH/configs/$T/$C.yaml
 
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 export CUDA_VISIBLE_DEVICES=""
@@ -51,7 +54,7 @@ joeynmt)
   grep -q "updates: $STEPS\$" "$D/run.yaml" || { echo "updates substitution failed" >&2; exit 2; }
   CMD=("$PEERS/joeynmt/bin/python" -m joeynmt train "$D/run.yaml" --skip-test) ;;
 onmt)
-  sed -e "s#train_steps: 1000000#train_steps: $STEPS#; s#@PEERS@/runs/onmt_rnn/#$D/#; s#@PEERS@#$PEERS#g" "$CFG" > "$D/run.yaml"
+  sed -e "s#train_steps: 1000000#train_steps: $STEPS#; s#@PEERS@/runs/onmt_$C/#$D/#; s#@PEERS@#$PEERS#g" "$CFG" > "$D/run.yaml"
   grep -q "train_steps: $STEPS\$" "$D/run.yaml" || { echo "train_steps substitution failed" >&2; exit 2; }
   # ONMT_EXTRA_ARGS: extra CLI overrides, for smoke/dry runs only (e.g. "-bucket_size 4096")
   CMD=("$PEERS/onmt/bin/onmt_train" -config "$D/run.yaml" ${ONMT_EXTRA_ARGS:-}) ;;
@@ -70,10 +73,10 @@ T_END=$(date +%s.%N)
 kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null
 echo "end   $(date '+%F %T') $(load1) rc=$RC" >> "$D/load.txt"
 
-python3 - "$T" "$D" "$RC" "$W0" "$W1" "$BATCH" "$TGT_LEN" "$T_START" "$T_END" <<'PY'
+python3 - "$T" "$C" "$D" "$RC" "$W0" "$W1" "$BATCH" "$TGT_LEN" "$T_START" "$T_END" <<'PY'
 import json, re, statistics, sys
 from datetime import datetime
-tk, d, rc, w0, w1, batch, L, t_start, t_end = sys.argv[1:]
+tk, cfgname, d, rc, w0, w1, batch, L, t_start, t_end = sys.argv[1:]
 rc, w0, w1, batch, L = int(rc), int(w0), int(w1), int(batch), float(L)
 
 def ts(s):  # analyze.py's ts()
@@ -105,7 +108,7 @@ sl = step_lines(tk, log)
 st = {s: (t, own) for s, t, own in sl}
 loads = [float(x.split()[3]) for x in open(f"{d}/load.txt") if len(x.split()) >= 4]
 rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(f"{d}/time.txt").read() or "")
-r = {"toolkit": tk, "updates_window": [w0, w1]}
+r = {"toolkit": tk, "config": cfgname, "updates_window": [w0, w1]}
 if w0 in st and w1 in st:
     sec = st[w1][0] - st[w0][0]
     sps = (w1 - w0) * batch / sec

@@ -1,0 +1,156 @@
+"""The attention explorer: one self-contained HTML page (inline CSS, JS and JSON data; no
+network) with the translation, a heatmap to hover, a layer/head selector, the n-best list,
+and p_gen/coverage where the model has them.
+
+The same page and script serve two uses:
+
+- ``attendo attend --html out.html``: :func:`write_explorer` embeds the records of a file of
+  sentences as JSON (``mode: "file"``).
+- ``attendo serve``: :func:`explorer_page` with ``live=True`` adds a form; the script posts
+  to ``translate`` (same origin) and draws the records the server sends back.
+
+:func:`sentence_record` turns a :class:`~attendo.translator.Translation` into the record both
+use, so a file and the server agree on the format. Weights are rounded to 3 decimals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .utils import atomic_write_text
+from .viz import merge_matrix, merge_subwords
+
+DIGITS = 3
+
+
+def _round(x: np.ndarray) -> Any:
+    """Nested lists of floats with DIGITS decimals (JSON has no NaN: non-finite values -> 0)."""
+    a = np.nan_to_num(np.asarray(x, dtype=float), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.round(a, DIGITS).tolist()
+
+
+def _num(x: float) -> float | None:
+    return round(float(x), 4) if math.isfinite(x) else None
+
+
+def _hyp_record(t, n_src: int, src_groups, merge: bool, heads: bool) -> dict:
+    """One hypothesis: text, score, output tokens, and what the model returned per token."""
+    tgt = list(t.tgt_tokens)
+    rec: dict[str, Any] = {"text": t.text, "score": _num(t.score), "tgt_tokens": tgt}
+    tgt_groups = None
+    if merge:
+        tgt_words, tgt_groups = merge_subwords(tgt)
+        rec["tgt_tokens"] = tgt_words
+    T = len(tgt)
+    if t.attention is not None and T and n_src:
+        rec["attention"] = _round(merge_matrix(t.attention[:T, :n_src], tgt_groups, src_groups))
+    strips, matrices = {}, {}
+    for name, v in (t.info or {}).items():
+        v = np.asarray(v, dtype=float)
+        if name == "attn_heads":
+            if heads and v.ndim == 4 and T and n_src:  # (T, L, H, S) -> (L, H, T, S)
+                w = v[:T, :, :, :n_src].transpose(1, 2, 0, 3)
+                rec["heads"] = _round(merge_matrix(w, tgt_groups, src_groups))
+        elif v.ndim == 1 and len(v) >= T:  # per output token, e.g. p_gen
+            v = v[:T]
+            rec_v = np.array([v[g].mean() for g in tgt_groups]) if merge else v
+            strips[name] = _round(rec_v)
+        elif v.ndim == 2 and v.shape[0] >= T and v.shape[1] >= n_src and T and n_src:
+            matrices[name] = _round(merge_matrix(v[:T, :n_src], tgt_groups, src_groups))
+    if strips:
+        rec["strips"] = strips
+    if matrices:
+        rec["matrices"] = matrices  # e.g. coverage (T, S), before each step's attention
+    return rec
+
+
+def sentence_record(source: str, t, self_attention: np.ndarray | None = None,
+                    merge: bool = False, all_heads: bool = False) -> dict:
+    """The explorer's record of one translated sentence (JSON-ready).
+
+    t: a Translation (its n-best in ``t.nbest``); self_attention: encoder self-attention
+    (L, H, S, S) or None. merge: label words instead of pieces (weights merged as in
+    :func:`attendo.viz.merge_attention`). Per-head cross-attention is kept for the best
+    hypothesis only, unless all_heads, to keep files of many sentences small.
+    """
+    src = list(t.src_tokens)
+    src_groups = None
+    rec: dict[str, Any] = {"source": source, "src_tokens": src, "text": t.text,
+                           "score": _num(t.score)}
+    if merge:
+        rec["src_tokens"], src_groups = merge_subwords(src)
+    hyps = t.nbest or [t]
+    rec["hyps"] = [_hyp_record(h, len(src), src_groups, merge, all_heads or k == 0)
+                   for k, h in enumerate(hyps)]
+    if self_attention is not None and len(src):
+        w = np.asarray(self_attention)[..., : len(src), : len(src)]
+        rec["self_attention"] = _round(merge_matrix(w, src_groups, src_groups))
+    return rec
+
+
+def model_summary(translator, name: str = "") -> dict:
+    """What the page shows about the model: its name and shape."""
+    m = translator.cfg.model
+    out: dict[str, Any] = {"name": name, "encoder": m.encoder, "decoder": m.decoder}
+    if m.decoder == "transformer":
+        out.update(layers=m.dec_layers, heads=m.heads, attn_layer=m.attn_layer % m.dec_layers)
+    else:
+        out["attention"] = m.attention
+    if m.encoder == "transformer":
+        out.update(enc_layers=m.enc_layers, heads=m.heads)
+    return out
+
+
+def _asset(name: str) -> str:
+    return resources.files("attendo").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside <script>: no '<', '>' or '&' can end the element or open a comment."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def explorer_page(data: dict | None = None, live: bool = False, title: str = "attendo explorer"
+                  ) -> str:
+    """The explorer as one HTML string. data: {"model": ..., "sentences": [records]}; live:
+    the page posts to ``translate`` on its own server instead of showing fixed data."""
+    payload = {"mode": "live" if live else "file", **(data or {"sentences": []})}
+    html = _asset("explorer.html")
+    for key, value in (("{{TITLE}}", _escape(title)), ("{{CSS}}", _asset("explorer.css")),
+                       ("{{JS}}", _asset("explorer.js"))):
+        html = html.replace(key, value)
+    return html.replace("{{DATA}}", _script_json(payload))  # last: data may hold any text
+
+
+def _escape(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def explorer_data(translator, texts: list[str], outs: list, merge: bool = False,
+                  name: str = "", selfs: list | None = None) -> dict:
+    """The page's data for translated texts (outs from ``translate(..., return_attention=True)``):
+    the model summary and one record per sentence, with encoder self-attention if it has any
+    (selfs: ``translator.encoder_self_attention`` of outs, when the caller has it already)."""
+    if selfs is None:
+        selfs = translator.encoder_self_attention([o.src_tokens for o in outs])
+    records = [sentence_record(s, o, a, merge) for s, o, a in zip(texts, outs, selfs)]
+    return {"model": model_summary(translator, name), "sentences": records}
+
+
+def write_explorer(path: str | Path, translator, texts: list[str], beam: int | None = None,
+                   n_best: int | None = None, merge: bool = False, name: str = "") -> Path:
+    """Translate texts and write the explorer of all of them to path (atomically)."""
+    beam = translator.cfg.decode.beam_size if beam is None else beam
+    n_best = min(beam, 5) if n_best is None else n_best
+    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=True)
+    data = explorer_data(translator, texts, outs, merge, name)
+    atomic_write_text(path, explorer_page(data, title=f"attendo explorer: {name}" if name
+                                          else "attendo explorer"))
+    return Path(path)

@@ -1,0 +1,347 @@
+"""``attendo serve``: a translation server (FastAPI + uvicorn) with the live explorer page.
+
+- ``POST /translate`` ``{"text": "..." | ["...", ...], "beam": 5, "n_best": 1,
+  "return_attention": false}`` -> ``{"translations": [record, ...], "time_ms": ...}``, one
+  record per sentence in the format of :func:`attendo.explorer.sentence_record`.
+- ``GET /health``: status, the model, batching settings, limits and counters.
+- ``GET /``: the explorer page, posting to ``/translate``.
+
+Concurrent requests are batched (:class:`MicroBatcher`): the first waiting request opens a
+window of ``max_wait_ms``; requests arriving in it join until ``max_batch`` sentences, and
+each group with the same decoding options becomes one translator call in a worker thread.
+Batched beam search costs little more per step for 32 sentences than for one, so this is
+where the throughput comes from. ``max_batch=1`` turns batching off (one request per call).
+
+Every limit (:class:`ServeLimits`) and every malformed request is answered with a 4xx and
+``{"error": "..."}``; an unexpected failure is a 500 with the same shape, and the server
+goes on serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .explorer import explorer_page, model_summary, sentence_record
+
+log = logging.getLogger("attendo")
+
+REQUEST_KEYS = ("text", "beam", "n_best", "return_attention")
+
+
+@dataclass
+class ServeLimits:
+    """What one request may ask for; each violation is a 4xx naming the limit."""
+
+    max_body_bytes: int = 256 * 1024  # request body (413)
+    max_sentences: int = 64  # sentences per request (413)
+    max_chars: int = 2000  # characters per sentence (413)
+    max_tokens: int = 256  # source pieces per sentence (413)
+    max_beam: int = 10  # beam size (422)
+    timeout_s: float = 60.0  # queueing + translation of one request (408)
+    max_queue: int = 1024  # sentences waiting for the worker; more -> 429 (busy)
+
+    def validate(self) -> None:
+        for name, value in asdict(self).items():
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status and a message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@dataclass
+class _Job:
+    texts: list[str]
+    key: tuple  # decoding options; only jobs with equal keys share a translator call
+    future: Future = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """Merge concurrent requests into few calls of ``run(texts, *key) -> list`` (one result
+    per text), made one at a time by a worker thread.
+
+    The first job waits at most ``max_wait_ms`` for others; a window closes early once it
+    holds ``max_batch`` sentences (a job that would overflow it starts the next window; a
+    single larger job goes alone). Jobs of a window are grouped by key, one call per group.
+    A job whose future was cancelled before its call (the client gave up) is skipped.
+    """
+
+    def __init__(self, run: Callable[..., list], max_batch: int = 32, max_wait_ms: float = 5.0):
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError(f"need max_batch >= 1 and max_wait_ms >= 0, got {max_batch}, "
+                             f"{max_wait_ms}")
+        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000.0
+        self.calls = self.jobs = self.sentences = 0  # counters, for /health and tests
+        self.queued = 0  # sentences submitted and not yet answered
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._carry: _Job | None = None
+        self._thread = threading.Thread(target=self._loop, name="attendo-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, texts: list[str], key: tuple = ()) -> Future:
+        job = _Job(list(texts), key)
+        with self._lock:
+            self.queued += len(job.texts)
+        self._queue.put(job)
+        return job.future
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _next_window(self) -> tuple[list[_Job], bool]:
+        """Block for a first job, then gather more for max_wait; (jobs, stop requested)."""
+        first = self._carry if self._carry is not None else self._queue.get()
+        self._carry = None
+        if first is None:
+            return [], True
+        jobs, n = [first], len(first.texts)
+        deadline = time.monotonic() + self.max_wait
+        while n < self.max_batch:
+            try:
+                job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            if n + len(job.texts) > self.max_batch:
+                self._carry = job
+                break
+            jobs.append(job)
+            n += len(job.texts)
+        return jobs, False
+
+    def _loop(self) -> None:
+        while True:
+            jobs, stop = self._next_window()
+            groups: dict[tuple, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.key, []).append(job)
+            for key, group in groups.items():
+                self._run_group(key, group)
+            if stop:
+                return
+
+    def _run_group(self, key: tuple, group: list[_Job]) -> None:
+        live = [j for j in group if j.future.set_running_or_notify_cancel()]
+        texts = [t for j in live for t in j.texts]
+        try:
+            if live:
+                results = self.run(texts, *key)
+                if len(results) != len(texts):
+                    raise RuntimeError(f"translator gave {len(results)} results for {len(texts)}")
+                with self._lock:
+                    self.calls += 1
+                    self.jobs += len(live)
+                    self.sentences += len(texts)
+                k = 0
+                for j in live:
+                    j.future.set_result(results[k : k + len(j.texts)])
+                    k += len(j.texts)
+        except Exception as e:  # the caller answers 500; the worker goes on
+            log.exception("translation failed")
+            for j in live:
+                if not j.future.done():
+                    j.future.set_exception(e)
+        finally:
+            with self._lock:
+                self.queued -= sum(len(j.texts) for j in group)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
+                  count_tokens: Callable[[str], int]) -> tuple[list[str], int, int, bool]:
+    """Check a /translate body -> (texts, beam, n_best, return_attention); RequestError if not."""
+    try:
+        req = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise RequestError(400, f"the body is not valid JSON: {e}") from None
+    if not isinstance(req, dict):
+        raise RequestError(422, 'expected a JSON object like {"text": "a sentence"}')
+    unknown = sorted(set(req) - set(REQUEST_KEYS))
+    if unknown:
+        raise RequestError(422, f"unknown key {unknown[0]!r}; allowed: {', '.join(REQUEST_KEYS)}")
+    if "text" not in req:
+        raise RequestError(422, '"text" is required: a string or a list of strings')
+    text = req["text"]
+    texts = [text] if isinstance(text, str) else text
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise RequestError(422, '"text" must be a string or a list of strings')
+    if not texts:
+        raise RequestError(422, '"text" is an empty list; give at least one sentence')
+    if len(texts) > limits.max_sentences:
+        raise RequestError(413, f"{len(texts)} sentences; at most {limits.max_sentences} "
+                                "per request")
+    for i, t in enumerate(texts):
+        if len(t) > limits.max_chars:
+            raise RequestError(413, f"sentence {i}: {len(t)} characters; at most "
+                                    f"{limits.max_chars}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(422, f"sentence {i}: not valid Unicode (a lone surrogate)") from None
+    beam = req.get("beam", default_beam)
+    if not _is_int(beam) or not 1 <= beam <= limits.max_beam:
+        raise RequestError(422, f'"beam" must be an integer from 1 to {limits.max_beam}, '
+                                f"got {beam!r}")
+    n_best = req.get("n_best", 1)
+    if not _is_int(n_best) or not 1 <= n_best <= beam:
+        raise RequestError(422, f'"n_best" must be an integer from 1 to beam ({beam}), '
+                                f"got {n_best!r}")
+    attn = req.get("return_attention", False)
+    if not isinstance(attn, bool):
+        raise RequestError(422, f'"return_attention" must be true or false, got {attn!r}')
+    for i, t in enumerate(texts):  # last: it tokenizes
+        n = count_tokens(t)
+        if n > limits.max_tokens:
+            raise RequestError(413, f"sentence {i}: {n} tokens; at most {limits.max_tokens}")
+    return texts, beam, n_best, attn
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {declared} bytes; at most {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def translate_records(translator, texts: list[str], beam: int, n_best: int,
+                      return_attention: bool) -> list[dict]:
+    """One translator call -> explorer records (with attention when asked)."""
+    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=return_attention)
+    selfs = (translator.encoder_self_attention([o.src_tokens for o in outs])
+             if return_attention else [None] * len(outs))
+    return [sentence_record(s, o, a) for s, o, a in zip(texts, outs, selfs)]
+
+
+def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 32,
+               max_wait_ms: float = 5.0, name: str = "") -> FastAPI:
+    """The FastAPI app around a loaded Translator. ``app.state.batcher`` holds the
+    :class:`MicroBatcher` (its ``calls`` counter shows how requests were merged)."""
+    limits = limits or ServeLimits()
+    limits.validate()
+    batcher = MicroBatcher(lambda *a: translate_records(translator, *a), max_batch, max_wait_ms)
+    summary = model_summary(translator, name)
+    default_beam = min(translator.cfg.decode.beam_size, limits.max_beam)
+    page = explorer_page({"model": summary, "sentences": []}, live=True,
+                         title=f"attendo explorer: {name}" if name else "attendo explorer")
+
+    def count_tokens(text: str) -> int:
+        return len(translator.src.pieces(text))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="attendo", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.batcher, app.state.limits = batcher, limits
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": summary,
+            "batching": {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000},
+            "limits": asdict(limits),
+            "stats": {"requests": batcher.jobs, "sentences": batcher.sentences,
+                      "translator_calls": batcher.calls, "queued_sentences": batcher.queued},
+        }
+
+    @app.post("/translate")
+    async def translate(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        try:
+            body = await _read_body(request, limits.max_body_bytes)
+            texts, beam, n_best, attn = parse_request(body, limits, default_beam, count_tokens)
+            if batcher.queued + len(texts) > limits.max_queue:
+                raise RequestError(429, f"busy: {batcher.queued} sentences are waiting; "
+                                        "try again shortly")
+        except RequestError as e:
+            return _error(e.status, e.message)
+        future = batcher.submit(texts, (beam, n_best, attn))
+        try:
+            records = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
+        except TimeoutError:
+            return _error(408, f"the translation took longer than the {limits.timeout_s:g} s "
+                               "limit per request; send fewer or shorter sentences")
+        return JSONResponse({"translations": records,
+                             "time_ms": round((time.perf_counter() - t0) * 1000, 2)})
+
+    return app
+
+
+def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+          threads: int = 0, max_batch: int = 32, max_wait_ms: float = 5.0,
+          limits: ServeLimits | None = None, log_level: str = "info") -> None:
+    """Load a model directory and serve it until interrupted."""
+    from pathlib import Path
+
+    import torch
+    import uvicorn
+
+    from .translator import Translator
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    translator = Translator.from_dir(model_dir, device=device)
+    app = create_app(translator, limits, max_batch, max_wait_ms,
+                     name=Path(model_dir).resolve().name)
+    log.info("serving %s on http://%s:%d (batches up to %d sentences, %g ms window)",
+             model_dir, host, port, max_batch, max_wait_ms)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

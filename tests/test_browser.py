@@ -1,0 +1,135 @@
+"""End to end in a real browser: headless Chromium (Debian's chromium + chromium-driver,
+driven by Selenium) opens the page ``attendo serve`` serves, submits a sentence, sees the
+translation and a drawn heatmap, and hovering a token changes the highlight.
+
+Skips, saying what to install, where Chromium, its driver, Selenium or FastAPI are missing;
+``.ci/run`` installs the browser so that CI runs it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import toy_raw
+
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+                 if Path(p).exists()), None) or shutil.which("chromium")
+CHROMEDRIVER = "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else (
+    shutil.which("chromedriver"))
+INSTALL = ("install the browser: apt-get install chromium chromium-driver (Debian), and "
+           "pip install -e '.[test]' for selenium, fastapi and uvicorn")
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason=f"no Chromium/chromedriver found; {INSTALL}"
+)
+webdriver = pytest.importorskip("selenium.webdriver", reason=f"no selenium; {INSTALL}")
+pytest.importorskip("fastapi", reason=f"no fastapi; {INSTALL}")
+uvicorn = pytest.importorskip("uvicorn", reason=f"no uvicorn; {INSTALL}")
+
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+import attendo  # noqa: E402
+from attendo.config import config_from_dict  # noqa: E402
+from attendo.server import create_app  # noqa: E402
+from attendo.train import Trainer  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    """A tiny copy-task model (trained for about a second) served by uvicorn in a thread."""
+    out = tmp_path_factory.mktemp("browser") / "model"
+    raw = toy_raw(out)
+    raw["data"].update(toy="copy", toy_train_size=400, toy_valid_size=16, toy_test_size=16,
+                       toy_max_len=5)
+    raw["model"].update(emb_dim=16, enc_hidden=32, dec_hidden=32)
+    raw["train"].update(max_steps=30, valid_every=30, log_every=30)
+    Trainer(config_from_dict(raw)).run()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(attendo.load(out), name="toy"),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1100,800", "--no-first-run", "--disable-extensions"):
+        options.add_argument(arg)
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    except Exception as e:  # e.g. a driver that does not match the browser's version
+        pytest.skip(f"could not start headless Chromium ({type(e).__name__}: {e}); {INSTALL}")
+    yield driver
+    driver.quit()
+
+
+def highlighted(driver, selector: str) -> list[str]:
+    return [e.get_attribute("data-j") or e.get_attribute("data-i")
+            for e in driver.find_elements(By.CSS_SELECTOR, selector)
+            if "hl" in e.get_attribute("class").split()]
+
+
+def test_served_page_translates_draws_and_highlights(server_url, browser):
+    wait = WebDriverWait(browser, 30)
+    browser.get(server_url)
+    wait.until(lambda d: "toy" in d.find_element(By.ID, "model").text)  # GET /health answered
+    assert not browser.find_elements(By.CSS_SELECTOR, "#heatmap .cell")
+    box = browser.find_element(By.ID, "input")
+    box.send_keys("a b c d")
+    browser.find_element(By.ID, "beam").clear()
+    browser.find_element(By.ID, "beam").send_keys("3")
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "translation").text.strip())
+    cells = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heatmap .cell"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#heatmap .row-tok")
+    cols = browser.find_elements(By.CSS_SELECTOR, "#heatmap .col-tok")
+    assert len(cols) == 4 and len(cells) == len(rows) * len(cols)  # a b c d, every output row
+    assert all(c.size["width"] > 5 and c.size["height"] > 5 for c in cells)
+    assert len({c.value_of_css_property("background-color") for c in cells}) > 1
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#nbest li")) == 3  # n-best of beam 3
+    assert highlighted(browser, ".col-tok") == []
+
+    # hover the first output token: the source tokens it attended to light up
+    ActionChains(browser).move_to_element(rows[0]).perform()
+    wait.until(lambda d: highlighted(d, "#heatmap .col-tok"))
+    lit = highlighted(browser, "#source .col-tok")  # the sentence line too
+    assert lit and lit == highlighted(browser, "#heatmap .col-tok")
+    assert "active" in rows[0].get_attribute("class")
+    styled = [e.value_of_css_property("background-color")
+              for e in browser.find_elements(By.CSS_SELECTOR, "#source .col-tok")]
+    assert any(s not in ("rgba(0, 0, 0, 0)", "transparent") for s in styled)
+
+    # hover a source token: the output tokens that attended to it light up instead
+    ActionChains(browser).move_to_element(cols[-1]).perform()
+    wait.until(lambda d: highlighted(d, "#heatmap .row-tok"))
+    assert highlighted(browser, "#heatmap .col-tok") == []
+
+    # a bad request shows the server's error instead of a translation
+    browser.execute_script("arguments[0].value = arguments[1]", box, "x" * 3000)
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: "characters" in d.find_element(By.ID, "status").text)
+    assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
