@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -64,7 +65,7 @@ def test_help_in_a_subprocess():
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    for command in ("train", "translate", "evaluate", "attend", "data", "demo"):
+    for command in ("train", "translate", "evaluate", "attend", "serve", "study", "average", "data", "demo"):
         assert command in r.stdout
 
 
@@ -100,6 +101,26 @@ def test_translate_stdin_to_stdout(model_dir, monkeypatch, capsys):
 
     (t,) = attendo.load(model_dir).translate(["a b c"], beam=1)
     assert lines[0] == t.text
+
+
+def test_translate_bf16_decoding(model_dir, monkeypatch, capsys):
+    """decode.precision=bf16 (autocast while searching) gives valid outputs whose scores stay
+    close to the fp32 ones, and is reachable as a translate override."""
+    from attendo.translator import Translator
+
+    src = ["a b c", "d e a", "c c a b", "e"]
+    fp32 = Translator.from_dir(model_dir).translate(src, beam=3, return_attention=True)
+    bf16 = Translator.from_dir(model_dir, overrides=["decode.precision=bf16"]).translate(
+        src, beam=3, return_attention=True
+    )
+    for a, b in zip(fp32, bf16):
+        assert b.attention.dtype.kind == "f" and np.isfinite(b.score)
+        assert np.allclose(b.attention.sum(-1), 1.0, atol=0.02)
+        if a.tgt_tokens == b.tgt_tokens:  # same hypothesis: nearly the same score
+            assert abs(a.score - b.score) < 0.05 * max(1.0, abs(a.score))
+    set_stdin(monkeypatch, b"a b c\n")
+    assert main(["translate", "--model", str(model_dir), "decode.precision=bf16"]) == 0
+    assert capsys.readouterr().out.strip()
 
 
 def test_translate_stdin_invalid_utf8_names_the_line(model_dir, monkeypatch, capsys):
