@@ -9,7 +9,8 @@
 #      test_2016_flickr (the peers' prep.py copy, 1000 sentences) with its own CLI/API, greedy
 #      and beam 5, 64 sentences a batch, at most 100 output tokens, no length penalty.
 #      The peer's "net" sents/s excludes start-up (a 1-sentence run), as RESULTS.md does;
-#      attendo's is timed inside one process after loading the model (bench/decode_throughput.py).
+#      attendo's is timed inside one process after loading the model (bench/decode_throughput.py),
+#      in fp32 and with decode.precision=bf16.
 #   PEERS=$HOME/peers PY=/work/venv/bin/python bash bench/compare_peers_transformer.sh [onmt]
 # Prints one JSON object. Run it on a quiet machine (nothing else using the CPU). ~15 minutes.
 set -euo pipefail
@@ -46,19 +47,23 @@ p_beam5=$(peer_decode beam5 5 test.de)
 sed "s#\${PEERS_DATA}#$PEERS_DATA#g" bench/transformer_reference.yaml > "$W/attendo.yaml"
 $PY -m attendo train "$W/attendo.yaml" train.out_dir="$W/attendo" train.max_steps="$STEPS" \
   train.valid_every=400 train.valid_bleu=false train.precision=bf16 > "$W/attendo_train.log" 2>&1
+DEC=(decode.max_len=100 decode.max_len_ratio=100 decode.length_penalty=0)
 ours=$($PY bench/decode_throughput.py --model "$W/attendo" --src "$PEERS_DATA/test.de" --beams 1 5 \
-  --out "$W/attendo" decode.max_len=100 decode.max_len_ratio=100 decode.length_penalty=0)
+  --out "$W/attendo" "${DEC[@]}")
+ours_bf16=$($PY bench/decode_throughput.py --model "$W/attendo" --src "$PEERS_DATA/test.de" --beams 1 5 \
+  --out "$W/attendo_bf16" "${DEC[@]}" decode.precision=bf16)
 
 # 1b. attendo training throughput (same window as the peer's)
 fp32=$($PY bench/train_throughput.py bench/transformer_reference.yaml train.precision=fp32 2>/dev/null | tail -1)
 bf16=$($PY bench/train_throughput.py bench/transformer_reference.yaml train.precision=bf16 2>/dev/null | tail -1)
 
-$PY - "$peer" "$fp32" "$bf16" "$ours" "$p_start" "$p_greedy" "$p_beam5" "$W" "$PEERS_DATA/test.en" <<'PY'
+$PY - "$peer" "$fp32" "$bf16" "$ours" "$ours_bf16" "$p_start" "$p_greedy" "$p_beam5" "$W" \
+  "$PEERS_DATA/test.en" <<'PY'
 import json, sys
 import sacrebleu
-peer, fp32, bf16, ours = (json.loads(x) for x in sys.argv[1:5])
-p_start, p_greedy, p_beam5 = (float(x) for x in sys.argv[5:8])
-w, ref_file = sys.argv[8], sys.argv[9]
+peer, fp32, bf16, ours, ours_bf16 = (json.loads(x) for x in sys.argv[1:6])
+p_start, p_greedy, p_beam5 = (float(x) for x in sys.argv[6:9])
+w, ref_file = sys.argv[9], sys.argv[10]
 refs = open(ref_file, encoding="utf-8").read().splitlines()
 def bleu(path):
     hyps = open(path, encoding="utf-8").read().splitlines()
@@ -70,17 +75,21 @@ for name, e2e in (("greedy", p_greedy), ("beam5", p_beam5)):
     b, L = bleu(f"{w}/peer.{name}.en")
     dec[f"peer_{name}"] = {"sents_per_s_net": round(n / (e2e - p_start), 1),
                            "sents_per_s_e2e": round(n / e2e, 1), "bleu_harness": b, "avg_hyp_len": L}
-for name, beam in (("greedy", 1), ("beam5", 5)):
-    b, L = bleu(f"{w}/attendo.beam{beam}.txt")
-    dec[f"attendo_{name}"] = {"sents_per_s_net": ours[f"beam{beam}"]["sents_per_s"],
-                              "bleu_harness": b, "avg_hyp_len": L}
+for tag, run, prefix in (("", ours, "attendo"), ("_bf16", ours_bf16, "attendo_bf16")):
+    for name, beam in (("greedy", 1), ("beam5", 5)):
+        b, L = bleu(f"{w}/{prefix}.beam{beam}.txt")
+        dec[f"attendo{tag}_{name}"] = {"sents_per_s_net": run[f"beam{beam}"]["sents_per_s"],
+                                       "bleu_harness": b, "avg_hyp_len": L}
 key = "tgt_tok_per_s"
 print(json.dumps({
     "peer_train": peer, "attendo_train_fp32": fp32, "attendo_train_bf16": bf16,
     "train_ratio_fp32": round(fp32["tgt_tok_per_s_peers_formula"] / peer[key], 2),
     "train_ratio_bf16": round(bf16["tgt_tok_per_s_peers_formula"] / peer[key], 2),
     "decode": dec, "peer_startup_s": round(p_start, 2), "attendo_decode": ours,
+    "attendo_decode_bf16": ours_bf16,
     "decode_ratio_greedy": round(dec["attendo_greedy"]["sents_per_s_net"] / dec["peer_greedy"]["sents_per_s_net"], 2),
     "decode_ratio_beam5": round(dec["attendo_beam5"]["sents_per_s_net"] / dec["peer_beam5"]["sents_per_s_net"], 2),
+    "decode_ratio_greedy_bf16": round(dec["attendo_bf16_greedy"]["sents_per_s_net"] / dec["peer_greedy"]["sents_per_s_net"], 2),
+    "decode_ratio_beam5_bf16": round(dec["attendo_bf16_beam5"]["sents_per_s_net"] / dec["peer_beam5"]["sents_per_s_net"], 2),
 }, indent=2))
 PY

@@ -243,7 +243,8 @@ def test_state_is_batch_first_and_reorders_consistently():
     with torch.no_grad():
         state = m.start(src, src_lens)
         assert isinstance(state, TransformerDecoderState) and isinstance(state, DecoderState)
-        assert state.cross_k.shape == (4, 2, 4, 5, 4) and state.self_k.shape == (4, 2, 4, 0, 4)
+        assert len(state.cross_k) == len(state.self_k) == 2  # per layer
+        assert state.cross_k[0].shape == (4, 4, 5, 4) and state.self_k[0].shape == (4, 4, 0, 4)
         lp, attn, _ = step_all(m, src, src_lens, tgt_in)
         lp_perm, attn_perm, _ = step_all(m, src, src_lens, tgt_in[idx], state=state.index_select(idx))
         torch.testing.assert_close(lp_perm, lp[idx], atol=1e-5, rtol=0)
@@ -251,7 +252,7 @@ def test_state_is_batch_first_and_reorders_consistently():
         # reorder mid-sequence (what beam search does): the caches follow their rows
         for t in range(2):
             _, state, _ = m.decoder.step(tgt_in[:, t], state)
-        assert state.t == 2 and state.self_k.shape == (4, 2, 4, 2, 4)  # (B, L, H, t, d)
+        assert state.t == 2 and state.self_k[1].shape == (4, 4, 2, 4)  # (B, H, t, d)
         keep = torch.tensor([3, 1, 1])
         pruned = state.index_select(keep)
         assert pruned.t == 2

@@ -46,7 +46,8 @@ TINY = torch.finfo(torch.float32).tiny
 
 
 class DecoderState:
-    """Base for decoder states: every tensor field is batch-first and reorders together.
+    """Base for decoder states: every tensor field (or tuple of tensors, e.g. one per layer)
+    is batch-first and reorders together.
 
     ``PER_SOURCE`` names the fields that depend only on the source sentence of a row (encoder
     memory and what is precomputed from it). Beam search reorders rows within each
@@ -70,6 +71,8 @@ class DecoderState:
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
                 changes[f.name] = value.index_select(0, idx)
+            elif isinstance(value, tuple) and value and isinstance(value[0], Tensor):
+                changes[f.name] = tuple(v.index_select(0, idx) for v in value)  # per layer
         return dataclasses.replace(self, **changes)
 
 

@@ -401,10 +401,12 @@ class TransformerEncoder(_EmbeddedTokens):
 
 @dataclass
 class TransformerDecoderState(DecoderState):
-    self_k: Tensor  # (B, L, H, t, d) self-attention keys of the t tokens decoded so far
-    self_v: Tensor  # (B, L, H, t, d) ... and their values
-    cross_k: Tensor  # (B, L, H, S, d) cross-attention keys of the encoder states (fixed)
-    cross_v: Tensor  # (B, L, H, S, d) ... and values
+    # one contiguous (B, H, *, d) tensor per layer: a slice [:, i] of one (B, L, H, *, d)
+    # tensor would be copied by every matrix product that reads it, at every step
+    self_k: tuple[Tensor, ...]  # L x (B, H, t, d) self-attention keys of the t tokens so far
+    self_v: tuple[Tensor, ...]  # L x (B, H, t, d) ... and their values
+    cross_k: tuple[Tensor, ...]  # L x (B, H, S, d) cross-attention keys of the encoder states
+    cross_v: tuple[Tensor, ...]  # L x (B, H, S, d) ... and values
     src_pad_mask: Tensor  # (B, S) True at padding
     t: int = 0  # tokens decoded so far = position of the next one (all rows advance together)
     src_ext: Tensor | None = None  # (B, S) source ids in the extended vocabulary (model.copy)
@@ -478,10 +480,11 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         """The state before the first step; src_ext (B, S) and n_ext are for copy only."""
         if self.copy and src_ext is None:
             raise ValueError("a copy decoder needs src_ext, the source in the extended vocabulary")
-        ks, vs = zip(*(layer.cross_attn.project_kv(enc.out) for layer in self.layers))
-        cross_k, cross_v = torch.stack(ks, 1), torch.stack(vs, 1)  # (B, L, H, S, d)
-        B, L, H, _, d = cross_k.shape
-        empty = cross_k.new_zeros(B, L, H, 0, d)  # no tokens decoded yet
+        kv = [layer.cross_attn.project_kv(enc.out) for layer in self.layers]
+        cross_k = tuple(k.contiguous() for k, _ in kv)  # L x (B, H, S, d)
+        cross_v = tuple(v.contiguous() for _, v in kv)
+        B, H, _, d = cross_k[0].shape
+        empty = (cross_k[0].new_zeros(B, H, 0, d),) * len(self.layers)  # nothing decoded yet
         if not self.copy:
             return TransformerDecoderState(empty, empty, cross_k, cross_v, enc.src_pad_mask)
         return TransformerDecoderState(
@@ -508,8 +511,8 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         ks, vs, ws = [], [], []
         for i, layer in enumerate(self.layers):
             x, k, v, w, ctx = layer(
-                x, state.cross_k[:, i], state.cross_v[:, i], state.src_pad_mask,
-                state.self_k[:, i], state.self_v[:, i], need_weights=True,
+                x, state.cross_k[i], state.cross_v[i], state.src_pad_mask,
+                state.self_k[i], state.self_v[i], need_weights=True,
             )
             ks.append(k)
             vs.append(v)
@@ -519,8 +522,8 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         heads = torch.stack(ws, 1)  # (B, L, H, S)
         info = {"attn": heads[:, self.attn_layer].mean(1), "attn_heads": heads}
         state = dataclasses.replace(
-            state, self_k=torch.stack(ks, 1), self_v=torch.stack(vs, 1), t=state.t + 1
-        )  # (B, L, H, t+1, d)
+            state, self_k=tuple(ks), self_v=tuple(vs), t=state.t + 1
+        )  # L x (B, H, t+1, d)
         top = self._top(x.squeeze(1))  # (B, D)
         if self.copy:
             self._p_gen(info, attn_ctx.squeeze(1), top, emb.squeeze(1))
@@ -539,7 +542,7 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         attn = None
         for i, layer in enumerate(self.layers):
             need = i == self.attn_layer
-            x, _, _, w, ctx = layer(x, state.cross_k[:, i], state.cross_v[:, i],
+            x, _, _, w, ctx = layer(x, state.cross_k[i], state.cross_v[i],
                                     state.src_pad_mask, need_weights=need)
             if need:
                 attn, attn_ctx = w.mean(1), ctx  # (B, T, S), (B, T, D)
