@@ -42,7 +42,15 @@ import numpy as np
 import yaml
 
 from . import diagnostics as dg
-from .config import Config, ConfigError, _build, apply_overrides, config_from_dict, load_config
+from .config import (
+    Config,
+    ConfigError,
+    _build,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+    read_yaml,
+)
 from .utils import atomic_write_text
 
 log = logging.getLogger("attendo")
@@ -155,12 +163,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     """Read, override (``budget.steps=20``, ``out_dir=...``) and validate a study file; every
     variant's config is built and validated here, before anything trains."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path, "study file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(TOP_KEYS)}")
     try:
@@ -202,11 +205,9 @@ def _base_raw(base: Any) -> dict[str, Any]:
     if isinstance(base, str) and base:
         p = Path(base)
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"base: {p}: no such config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"base: {p}: not valid YAML: {e}") from None
+            raw = read_yaml(p)
+        except ConfigError as e:
+            raise ConfigError(f"base: {e}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"base: {p}: expected a config mapping (data, model, train, decode)")
         return raw

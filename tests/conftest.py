@@ -51,6 +51,28 @@ def toy_raw(out_dir: str | Path) -> dict:
     return raw
 
 
+def train_tiny(out: Path, **model) -> Path:
+    """A copy-task model trained for a few dozen steps (about a second), saved in ``out``."""
+    from attendo.train import Trainer
+
+    raw = toy_raw(out)
+    raw["data"].update(toy="copy", toy_train_size=400, toy_valid_size=16, toy_test_size=16,
+                       toy_max_len=5)
+    raw["model"].update(emb_dim=16, enc_hidden=32, dec_hidden=32, **model)
+    raw["train"].update(max_steps=30, valid_every=30, log_every=30)
+    Trainer(config_from_dict(raw)).run()
+    return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def toy_config(tmp_path):
     """Builder: ``toy_config("model.attention=dot", ..., out_dir=...) -> Config``."""

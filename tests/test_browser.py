@@ -9,13 +9,12 @@ Skips, saying what to install, where Chromium, its driver, Selenium or FastAPI a
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import toy_raw
+from conftest import free_port, train_tiny
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
                  if Path(p).exists()), None) or shutil.which("chromium")
@@ -37,27 +36,14 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 import attendo  # noqa: E402
-from attendo.config import config_from_dict  # noqa: E402
 from attendo.server import create_app  # noqa: E402
-from attendo.train import Trainer  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
     """A tiny copy-task model (trained for about a second) served by uvicorn in a thread."""
     out = tmp_path_factory.mktemp("browser") / "model"
-    raw = toy_raw(out)
-    raw["data"].update(toy="copy", toy_train_size=400, toy_valid_size=16, toy_test_size=16,
-                       toy_max_len=5)
-    raw["model"].update(emb_dim=16, enc_hidden=32, dec_hidden=32)
-    raw["train"].update(max_steps=30, valid_every=30, log_every=30)
-    Trainer(config_from_dict(raw)).run()
+    train_tiny(out)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(attendo.load(out), name="toy"),
                                            host="127.0.0.1", port=port, log_level="warning"))

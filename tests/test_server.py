@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import toy_raw
+from conftest import free_port, train_tiny
 
 pytest.importorskip("fastapi", reason="attendo serve needs fastapi: pip install 'attendo[serve]'")
 with warnings.catch_warnings():  # newer Starlette prefers httpx2; httpx still works
@@ -23,9 +22,7 @@ with warnings.catch_warnings():  # newer Starlette prefers httpx2; httpx still w
 
 import attendo  # noqa: E402
 from attendo.cli import main  # noqa: E402
-from attendo.config import config_from_dict  # noqa: E402
 from attendo.server import MicroBatcher, ServeLimits, create_app  # noqa: E402
-from attendo.train import Trainer  # noqa: E402
 
 LIMITS = ServeLimits(max_body_bytes=4000, max_sentences=4, max_chars=300, max_tokens=20,
                      max_beam=4, timeout_s=20.0)
@@ -33,14 +30,7 @@ LIMITS = ServeLimits(max_body_bytes=4000, max_sentences=4, max_chars=300, max_to
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("serve") / "model"
-    raw = toy_raw(out)
-    raw["data"].update(toy="copy", toy_train_size=400, toy_valid_size=16, toy_test_size=16,
-                       toy_max_len=5)
-    raw["model"].update(emb_dim=16, enc_hidden=32, dec_hidden=32)
-    raw["train"].update(max_steps=30, valid_every=30, log_every=30)
-    Trainer(config_from_dict(raw)).run()
-    return out
+    return train_tiny(tmp_path_factory.mktemp("serve") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -238,12 +228,6 @@ def test_batcher_survives_a_failing_call_and_skips_cancelled_jobs():
 
 
 # --------------------------------------------------------------------------- real server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,10 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import toy_raw
+from conftest import train_tiny
 
 from attendo.cli import main
-from attendo.config import config_from_dict
 from attendo.explorer import explorer_page, sentence_record
-from attendo.train import Trainer
 from attendo.translator import Translation
 from attendo.viz import (
     draw_translation,
@@ -29,17 +27,6 @@ from attendo.viz import (
 
 TRANSFORMER = {"encoder": "transformer", "decoder": "transformer", "d_model": 16, "heads": 2,
                "ff_dim": 32, "enc_layers": 2, "dec_layers": 3, "attn_dropout": 0.0}
-
-
-def train_tiny(out: Path, **model) -> Path:
-    """A copy-task model trained for a few dozen steps (about a second)."""
-    raw = toy_raw(out)
-    raw["data"].update(toy="copy", toy_train_size=400, toy_valid_size=16, toy_test_size=16,
-                       toy_max_len=5)
-    raw["model"].update(emb_dim=16, enc_hidden=32, dec_hidden=32, **model)
-    raw["train"].update(max_steps=30, valid_every=30, log_every=30)
-    Trainer(config_from_dict(raw)).run()
-    return out
 
 
 @pytest.fixture(scope="module")
