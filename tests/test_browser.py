@@ -9,12 +9,10 @@ Skips, saying what to install, where Chromium, its driver, Selenium or FastAPI a
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, train_tiny
+from conftest import serve_in_thread, train_tiny
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
                  if Path(p).exists()), None) or shutil.which("chromium")
@@ -44,18 +42,8 @@ def server_url(tmp_path_factory):
     """A tiny copy-task model (trained for about a second) served by uvicorn in a thread."""
     out = tmp_path_factory.mktemp("browser") / "model"
     train_tiny(out)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(attendo.load(out), name="toy"),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(attendo.load(out), name="toy")) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(scope="module")

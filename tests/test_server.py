@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, train_tiny
+from conftest import serve_in_thread, train_tiny
 
 pytest.importorskip("fastapi", reason="attendo serve needs fastapi: pip install 'attendo[serve]'")
 with warnings.catch_warnings():  # newer Starlette prefers httpx2; httpx still works
@@ -233,21 +233,8 @@ def test_batcher_survives_a_failing_call_and_skips_cancelled_jobs():
 @pytest.fixture(scope="module")
 def live_server(translator):
     """A real uvicorn server in a thread: (host, port)."""
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(create_app(translator, LIMITS), host="127.0.0.1", port=port,
-                            log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    yield "127.0.0.1", port
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(translator, LIMITS)) as port:
+        yield "127.0.0.1", port
 
 
 def test_real_server_over_http(live_server):
