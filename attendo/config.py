@@ -263,8 +263,9 @@ class DecodeConfig:
     coverage_penalty: float = 0.0
     block_ngram_repeat: int = 0  # forbid repeating any n-gram of this size (0 = off)
     # bf16: matrix products in bfloat16 while searching (autocast; scores stay fp32). Fast on
-    # CPUs with AVX512-BF16/AMX and on GPUs; outputs can differ slightly from fp32.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    # CPUs with AVX512-BF16/AMX and on GPUs. int8 (CPU only): linear layers dynamically
+    # quantized to int8 (about twice as fast as fp32 on CPU). Outputs can differ slightly.
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
     def validate(self) -> None:
         for key in ("beam_size", "n_best", "max_len", "batch_size", "max_input_tokens"):

@@ -1,7 +1,9 @@
 """Greedy and beam search over the decoder step interface.
 
-Search only calls ``decoder.step(y_prev, state) -> (log_probs, state, info)`` and
-``state.index_select(idx)``; it never asks which decoder it holds. Finished sentences are
+Search only calls ``decoder.step(y_prev, state, need_info) -> (log_probs, state, info)`` and
+``state.index_select(idx)``; it never asks which decoder it holds. ``need_info=False`` (no
+attention asked for and no coverage penalty) lets a decoder skip computing what only
+``info`` needs, e.g. the Transformer's per-head weights. Finished sentences are
 pruned from the batch with ``index_select`` so long tails do not cost the whole batch.
 Penalties are small pure functions.
 
@@ -93,6 +95,7 @@ def greedy_search(
     change greedy choices, only the reported score)."""
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)
+    need_info = return_info or bool(coverage_penalty)
     alive = list(range(batch_size))  # original sentence of each live row
     y = torch.full((batch_size,), bos, dtype=torch.long, device=device)
     hist = torch.empty(batch_size, 0, dtype=torch.long, device=device)  # (n, t)
@@ -101,7 +104,7 @@ def greedy_search(
     attn_sum: Tensor | None = None  # (n, S) attention received so far, for coverage_penalty
     out: list[Hypothesis | None] = [None] * batch_size
     for t in range(max(max_lens)):
-        lp, state, info = decoder.step(y, state)
+        lp, state, info = decoder.step(y, state, need_info=need_info)
         if block_ngram_repeat:
             lp = block_repeats(lp, hist, block_ngram_repeat, eos)
         best_lp, y = lp.max(-1)  # (n,)
@@ -176,19 +179,28 @@ def beam_search(
     return_info: bool = True,
     block_ngram_repeat: int = 0,
     coverage_penalty: float = 0.0,
+    early_stop: bool = True,
 ) -> list[list[Hypothesis]]:
     """Batched beam search keeping ``beam_size`` live hypotheses per sentence.
 
     At each step the 2k best continuations are ranked; those ending in EOS among the top k
     are finished (scored with the length penalty, plus the coverage penalty when set), the
-    best k others stay live. A sentence is done when it has ``beam_size`` finished hypotheses
-    or reaches its length cap (then its live hypotheses are finished as they are). Returns
-    ``n_best`` hypotheses per sentence, best first. block_ngram_repeat and coverage_penalty:
-    see the module docstring.
+    best k others stay live. A sentence is done when it has ``beam_size`` finished
+    hypotheses, or reaches its length cap (then its live hypotheses are finished as they
+    are), or when no live hypothesis can still beat its ``n_best``-th finished one. That last
+    test is exact, so it never changes the result: a live score (a sum of log-probabilities)
+    only falls as the hypothesis grows, the length penalty divides it by at most
+    lp(length cap), and the coverage penalty is <= 0; so the best a live hypothesis can still
+    reach is its score / lp(cap). Without a length penalty this stops a sentence as soon as
+    its best candidate ends (OpenNMT-py's rule) instead of waiting for ``beam_size`` endings.
+    ``early_stop=False`` turns that last test off (for comparison; the results are the same,
+    only slower). Returns ``n_best`` hypotheses per sentence, best first. block_ngram_repeat
+    and coverage_penalty: see the module docstring.
     """
     k = beam_size
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)
+    need_info = return_info or bool(coverage_penalty)
     state = state.index_select(torch.arange(batch_size, device=device).repeat_interleave(k))
     # live rows are (sentence, beam) pairs; only beam 0 starts alive so the k copies don't tie
     scores = torch.full((batch_size, k), float("-inf"), device=device)
@@ -201,7 +213,7 @@ def beam_search(
     attn_sum: Tensor | None = None  # (N, S) attention received so far, for coverage_penalty
 
     for t in range(max(max_lens)):
-        lp, state, info = decoder.step(y, state)  # (n*k, V)
+        lp, state, info = decoder.step(y, state, need_info=need_info)  # (n*k, V)
         if block_ngram_repeat:
             lp = block_repeats(lp, hist, block_ngram_repeat, eos)
         step_sum = None
@@ -251,10 +263,17 @@ def beam_search(
         if step_sum is not None:
             attn_sum = step_sum.index_select(0, new_rows)
 
-        # which sentences are done: enough finished, or at their length cap
+        # which sentences are done: enough finished, no live hypothesis can still win, or at
+        # their length cap
         done = []
+        best_live = scores.max(-1).values.tolist()  # (n,) raw log-probabilities
         for g, s in enumerate(sent):
-            if len(finished[s]) >= k:
+            if len(finished[s]) >= k or (
+                early_stop
+                and len(finished[s]) >= n_best
+                and best_live[g] / length_penalty(max_lens[s], alpha)
+                <= sorted((h.score for h in finished[s]), reverse=True)[n_best - 1]
+            ):
                 done.append(g)
             elif t + 1 >= max_lens[s]:
                 for b in range(k):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,22 @@ class Translator:
     def __init__(self, model: Seq2Seq, src: Codec, tgt: Codec, cfg: Config, device: str = "cpu"):
         self.model = model.to(device).eval()
         self.src, self.tgt, self.cfg, self.device = src, tgt, cfg, torch.device(device)
+        self._int8: tuple[tuple, Seq2Seq] | None = None  # (weights' identity and versions, copy)
+
+    def search_model(self, precision: str = "fp32") -> Seq2Seq:
+        """The model to search with: ``self.model`` for fp32 and bf16 (autocast); for int8 a
+        copy whose linear layers are dynamically quantized (int8 weights, activations
+        quantized per batch, as CTranslate2 does on CPU), made once and made again only when
+        the weights change (training updates them in place, which bumps their version
+        counters). Recurrent cells and embeddings stay fp32; log-probabilities are fp32."""
+        if precision != "int8":
+            return self.model
+        if self.device.type != "cpu":
+            raise ConfigError("decode.precision: int8 (dynamic quantization) runs on CPU only")
+        key = tuple((id(p), p._version) for p in self.model.parameters())
+        if self._int8 is None or self._int8[0] != key:
+            self._int8 = (key, quantize_linear_int8(self.model))
+        return self._int8[1]
 
     @classmethod
     def from_dir(
@@ -184,25 +201,26 @@ class Translator:
             if not x:
                 results[i] = Translation("", [], [], 0.0, 0.0, np.zeros((0, 0)) if return_attention else None)
         lens = [len(ids[i]) for i in todo]
+        model = self.search_model(cfg.precision)
         bf16 = cfg.precision == "bf16"
         for plan in make_batches(lens, None, batch_size=batch_size or cfg.batch_size,
                                  batch_type="sentences", shuffle=False):
             rows = [todo[j] for j in plan]
             copy = None
-            if self.model.copies:
+            if model.copies:
                 copy = [copy_ids(pieces[r], None, self.tgt.vocab) for r in rows]
             batch = collate([ids[r] for r in rows], None, rows, copy=copy).to(self.device)
             caps = max_output_lengths(batch.src_lens, cfg)
             opts = dict(return_info=return_attention, block_ngram_repeat=ngram,
                         coverage_penalty=beta)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
-                state = self.model.start(batch.src, batch.src_lens, batch.src_ext, batch.n_ext)
+                state = model.start(batch.src, batch.src_lens, batch.src_ext, batch.n_ext)
                 if beam == 1:
                     hyps = [[h] for h in greedy_search(
-                        self.model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps, **opts)]
+                        model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps, **opts)]
                 else:
                     hyps = beam_search(
-                        self.model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps,
+                        model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps,
                         beam_size=beam, n_best=n_best, alpha=alpha, **opts)
             for b, (r, hs) in enumerate(zip(rows, hyps)):
                 oovs = None if batch.src_oovs is None else batch.src_oovs[b]
@@ -231,6 +249,17 @@ class Translator:
                 n = len(src_tokens[r])
                 out[r] = w[b, :, :, :n, :n].float().cpu().numpy()
         return out
+
+
+def quantize_linear_int8(model: Seq2Seq) -> Seq2Seq:
+    """A copy of model whose nn.Linear layers compute in int8 (PyTorch's dynamic
+    quantization: each weight matrix quantized once with one scale, activations quantized
+    on the fly per call; fbgemm kernels on x86). The copy is for inference only."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # PyTorch warns that quantized tensors will move to torchao
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False).eval()
 
 
 def load(model_dir: str | Path, device: str = "cpu") -> Translator:

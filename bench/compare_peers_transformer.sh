@@ -10,7 +10,7 @@
 #      and beam 5, 64 sentences a batch, at most 100 output tokens, no length penalty.
 #      The peer's "net" sents/s excludes start-up (a 1-sentence run), as RESULTS.md does;
 #      attendo's is timed inside one process after loading the model (bench/decode_throughput.py),
-#      in fp32 and with decode.precision=bf16.
+#      in fp32, with decode.precision=bf16 and with decode.precision=int8.
 #   PEERS=$HOME/peers PY=/work/venv/bin/python bash bench/compare_peers_transformer.sh [onmt]
 # Prints one JSON object. Run it on a quiet machine (nothing else using the CPU). ~15 minutes.
 set -euo pipefail
@@ -52,18 +52,20 @@ ours=$($PY bench/decode_throughput.py --model "$W/attendo" --src "$PEERS_DATA/te
   --out "$W/attendo" "${DEC[@]}")
 ours_bf16=$($PY bench/decode_throughput.py --model "$W/attendo" --src "$PEERS_DATA/test.de" --beams 1 5 \
   --out "$W/attendo_bf16" "${DEC[@]}" decode.precision=bf16)
+ours_int8=$($PY bench/decode_throughput.py --model "$W/attendo" --src "$PEERS_DATA/test.de" --beams 1 5 \
+  --out "$W/attendo_int8" "${DEC[@]}" decode.precision=int8)
 
 # 1b. attendo training throughput (same window as the peer's)
 fp32=$($PY bench/train_throughput.py bench/transformer_reference.yaml train.precision=fp32 2>/dev/null | tail -1)
 bf16=$($PY bench/train_throughput.py bench/transformer_reference.yaml train.precision=bf16 2>/dev/null | tail -1)
 
-$PY - "$peer" "$fp32" "$bf16" "$ours" "$ours_bf16" "$p_start" "$p_greedy" "$p_beam5" "$W" \
-  "$PEERS_DATA/test.en" <<'PY'
+$PY - "$peer" "$fp32" "$bf16" "$ours" "$ours_bf16" "$ours_int8" "$p_start" "$p_greedy" "$p_beam5" \
+  "$W" "$PEERS_DATA/test.en" <<'PY'
 import json, sys
 import sacrebleu
-peer, fp32, bf16, ours, ours_bf16 = (json.loads(x) for x in sys.argv[1:6])
-p_start, p_greedy, p_beam5 = (float(x) for x in sys.argv[6:9])
-w, ref_file = sys.argv[9], sys.argv[10]
+peer, fp32, bf16, ours, ours_bf16, ours_int8 = (json.loads(x) for x in sys.argv[1:7])
+p_start, p_greedy, p_beam5 = (float(x) for x in sys.argv[7:10])
+w, ref_file = sys.argv[10], sys.argv[11]
 refs = open(ref_file, encoding="utf-8").read().splitlines()
 def bleu(path):
     hyps = open(path, encoding="utf-8").read().splitlines()
@@ -75,7 +77,8 @@ for name, e2e in (("greedy", p_greedy), ("beam5", p_beam5)):
     b, L = bleu(f"{w}/peer.{name}.en")
     dec[f"peer_{name}"] = {"sents_per_s_net": round(n / (e2e - p_start), 1),
                            "sents_per_s_e2e": round(n / e2e, 1), "bleu_harness": b, "avg_hyp_len": L}
-for tag, run, prefix in (("", ours, "attendo"), ("_bf16", ours_bf16, "attendo_bf16")):
+for tag, run, prefix in (("", ours, "attendo"), ("_bf16", ours_bf16, "attendo_bf16"),
+                         ("_int8", ours_int8, "attendo_int8")):
     for name, beam in (("greedy", 1), ("beam5", 5)):
         b, L = bleu(f"{w}/{prefix}.beam{beam}.txt")
         dec[f"attendo{tag}_{name}"] = {"sents_per_s_net": run[f"beam{beam}"]["sents_per_s"],
@@ -86,10 +89,9 @@ print(json.dumps({
     "train_ratio_fp32": round(fp32["tgt_tok_per_s_peers_formula"] / peer[key], 2),
     "train_ratio_bf16": round(bf16["tgt_tok_per_s_peers_formula"] / peer[key], 2),
     "decode": dec, "peer_startup_s": round(p_start, 2), "attendo_decode": ours,
-    "attendo_decode_bf16": ours_bf16,
-    "decode_ratio_greedy": round(dec["attendo_greedy"]["sents_per_s_net"] / dec["peer_greedy"]["sents_per_s_net"], 2),
-    "decode_ratio_beam5": round(dec["attendo_beam5"]["sents_per_s_net"] / dec["peer_beam5"]["sents_per_s_net"], 2),
-    "decode_ratio_greedy_bf16": round(dec["attendo_bf16_greedy"]["sents_per_s_net"] / dec["peer_greedy"]["sents_per_s_net"], 2),
-    "decode_ratio_beam5_bf16": round(dec["attendo_bf16_beam5"]["sents_per_s_net"] / dec["peer_beam5"]["sents_per_s_net"], 2),
+    "attendo_decode_bf16": ours_bf16, "attendo_decode_int8": ours_int8,
+    **{f"decode_ratio_{name}{tag}": round(
+        dec[f"attendo{tag}_{name}"]["sents_per_s_net"] / dec[f"peer_{name}"]["sents_per_s_net"], 2)
+       for tag in ("", "_bf16", "_int8") for name in ("greedy", "beam5")},
 }, indent=2))
 PY

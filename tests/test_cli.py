@@ -103,14 +103,15 @@ def test_translate_stdin_to_stdout(model_dir, monkeypatch, capsys):
     assert lines[0] == t.text
 
 
-def test_translate_bf16_decoding(model_dir, monkeypatch, capsys):
-    """decode.precision=bf16 (autocast while searching) gives valid outputs whose scores stay
-    close to the fp32 ones, and is reachable as a translate override."""
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_translate_low_precision_decoding(model_dir, monkeypatch, capsys, precision):
+    """decode.precision=bf16 (autocast) and int8 (quantized linear layers) give valid outputs
+    whose scores stay close to the fp32 ones, and are reachable as translate overrides."""
     from attendo.translator import Translator
 
     src = ["a b c", "d e a", "c c a b", "e"]
     fp32 = Translator.from_dir(model_dir).translate(src, beam=3, return_attention=True)
-    bf16 = Translator.from_dir(model_dir, overrides=["decode.precision=bf16"]).translate(
+    bf16 = Translator.from_dir(model_dir, overrides=[f"decode.precision={precision}"]).translate(
         src, beam=3, return_attention=True
     )
     for a, b in zip(fp32, bf16):
@@ -119,7 +120,7 @@ def test_translate_bf16_decoding(model_dir, monkeypatch, capsys):
         if a.tgt_tokens == b.tgt_tokens:  # same hypothesis: nearly the same score
             assert abs(a.score - b.score) < 0.05 * max(1.0, abs(a.score))
     set_stdin(monkeypatch, b"a b c\n")
-    assert main(["translate", "--model", str(model_dir), "decode.precision=bf16"]) == 0
+    assert main(["translate", "--model", str(model_dir), f"decode.precision={precision}"]) == 0
     assert capsys.readouterr().out.strip()
 
 

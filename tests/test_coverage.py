@@ -181,7 +181,7 @@ class TableDecoder:
         mask = torch.tensor([[False, False, True]]).expand(n, -1)
         return TableState(torch.empty(n, 0, dtype=torch.long), mask)
 
-    def step(self, y_prev, state):
+    def step(self, y_prev, state, need_info=True):
         prefix = torch.cat([state.prefix, y_prev.unsqueeze(1)], 1)
         lp = torch.full((len(y_prev), 6), float("-inf"))
         attn = torch.zeros(len(y_prev), self.S)

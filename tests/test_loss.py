@@ -4,11 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import attendo.model.loss as loss_module
 from attendo.model.loss import smoothed_cross_entropy
 
 
+@pytest.mark.parametrize("block", [1 << 20, 53 * 5, 7])  # one block; 8 blocks (last partial); row by row
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
-def test_matches_cross_entropy(eps):
+def test_matches_cross_entropy(eps, block, monkeypatch):
+    monkeypatch.setattr(loss_module, "BLOCK_ELEMENTS", block)
     torch.manual_seed(0)
     logits = torch.randn(37, 53, dtype=torch.float64, requires_grad=True)
     gold = torch.randint(0, 53, (37,))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_model, random_batch
@@ -58,7 +59,7 @@ class FakeDecoder:
     def init_state(self, table_ids: list[int]) -> FakeState:
         return FakeState(torch.tensor(table_ids), torch.empty(len(table_ids), 0, dtype=torch.long))
 
-    def step(self, y_prev: Tensor, state: FakeState):
+    def step(self, y_prev: Tensor, state: FakeState, need_info: bool = True):
         self.rows.append(len(y_prev))
         prefix = torch.cat([state.prefix, y_prev.unsqueeze(1)], 1)
         lp = torch.full((len(y_prev), V), float("-inf"))
@@ -306,6 +307,42 @@ def _translator(attention="additive"):
     return Translator(_model(attention, eos_bias=1.0), codec, codec, cfg), symbols
 
 
+SEARCH_MODELS = {
+    "gru-additive": {"attention": "additive"},
+    "lstm-luong-general": {"attention": "general", "rnn_type": "lstm", "attention_style": "luong"},
+    "gru-copy": {"attention": "additive", "copy": True},
+    "transformer": {"attention": "additive", "encoder": "transformer", "decoder": "transformer",
+                    "d_model": 16, "heads": 4,
+                    "ff_dim": 32, "enc_layers": 2, "dec_layers": 2},
+}
+
+
+@pytest.mark.parametrize("kind", list(SEARCH_MODELS))
+def test_int8_search_uses_a_cached_quantized_copy(kind):
+    """decode.precision=int8 searches with a copy whose linear layers are int8 (the model
+    itself stays fp32), made once and again only after the weights change; outputs stay
+    valid, and bf16/fp32 search with the model itself."""
+    tr, sym = _translator()
+    tr.model = _model(eos_bias=1.0, **SEARCH_MODELS[kind])
+    texts = ["w1 w2 w3 w4", "w5", "w2 w2 w6 w1 w3 w7"]
+    for precision in ("int8", "bf16"):
+        tr.cfg.decode.precision = precision
+        for beam in (1, 3):
+            for t in tr.translate(texts, beam=beam, return_attention=True):
+                assert np.isfinite(t.score) and t.tgt_tokens
+                assert t.attention.sum(1) == pytest.approx(1.0, abs=0.02)
+    q = tr.search_model("int8")
+    int8_linear = torch.ao.nn.quantized.dynamic.Linear
+    assert any(isinstance(m, int8_linear) for m in q.modules())
+    assert not any(type(m) is torch.nn.Linear for m in q.modules())
+    assert not any(isinstance(m, int8_linear) for m in tr.model.modules())
+    assert tr.search_model("int8") is q
+    assert tr.search_model("bf16") is tr.model and tr.search_model("fp32") is tr.model
+    with torch.no_grad():  # an in-place update (as an optimizer step makes) is seen
+        next(tr.model.parameters()).add_(1.0)
+    assert tr.search_model("int8") is not q
+
+
 def test_translator_batch_equals_one_by_one():
     tr, sym = _translator()
     g = torch.Generator().manual_seed(4)
@@ -372,3 +409,39 @@ def test_beam_reorder_keeps_per_source_fields(monkeypatch, kw):
     for a, b in zip(fast, slow):
         assert [h.tokens for h in a] == [h.tokens for h in b]
         assert [h.score for h in a] == pytest.approx([h.score for h in b])
+
+
+class _CountingDecoder:
+    """Wraps a decoder and counts the batch rows of every step."""
+
+    def __init__(self, decoder):
+        self.decoder, self.rows = decoder, 0
+
+    def step(self, y, state, need_info=True):
+        self.rows += y.numel()
+        return self.decoder.step(y, state, need_info)
+
+
+@pytest.mark.parametrize("alpha,beta,n_best", [(0.0, 0.0, 1), (0.0, 0.0, 2), (0.6, 0.0, 1),
+                                               (0.0, 0.3, 1), (1.0, 0.2, 2)])
+def test_beam_early_stop_is_exact(alpha, beta, n_best):
+    """Stopping a sentence once no live hypothesis can beat its n-best finished ones gives the
+    same hypotheses as waiting for beam_size of them, and (without a length penalty) fewer
+    decoder rows."""
+    model = _model("additive", eos_bias=0.8)
+    src, lens = random_batch(LENS, VOCAB, torch.Generator().manual_seed(7))
+    caps = torch.tensor([14, 9, 12, 6, 13, 8])
+    runs = {}
+    for early in (True, False):
+        dec = _CountingDecoder(model.decoder)
+        res = beam_search(dec, model.start(src, lens), len(LENS), BOS, EOS, caps, beam_size=4,
+                          n_best=n_best, alpha=alpha, coverage_penalty=beta, early_stop=early)
+        runs[early] = (res, dec.rows)
+    (fast, fast_rows), (slow, slow_rows) = runs[True], runs[False]
+    for a, b in zip(fast, slow):
+        assert len(a) == len(b) == n_best
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+    assert fast_rows <= slow_rows
+    if alpha == 0.0 and beta == 0.0 and n_best == 1:
+        assert fast_rows < slow_rows

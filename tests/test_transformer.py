@@ -192,6 +192,25 @@ def test_step_equals_teacher_forced(norm, positions, encoder):
     torch.testing.assert_close(heads[:, :, -1].mean(2), attn_step)  # default: the last layer
 
 
+@pytest.mark.parametrize("copy", [False, True])
+def test_step_without_info_gives_the_same_output(copy):
+    """need_info=False (search without attention asked for) takes the fused attention path
+    and leaves the per-head weights out, but the output distribution is the same."""
+    m = model(copy=copy)
+    src, src_lens, tgt_in = data()
+    kw = {}
+    if copy:  # source ids 4.. as their own extended ids: every source word is copyable
+        kw = {"src_ext": src.clone(), "n_ext": 0}
+    with torch.no_grad():
+        full, lean = m.start(src, src_lens, **kw), m.start(src, src_lens, **kw)
+        for t in range(tgt_in.size(1)):
+            lp_full, full, info_full = m.decoder.step(tgt_in[:, t], full)
+            lp_lean, lean, info_lean = m.decoder.step(tgt_in[:, t], lean, need_info=False)
+            torch.testing.assert_close(lp_lean, lp_full, atol=1e-5, rtol=0)
+            assert "attn_heads" in info_full and "attn_heads" not in info_lean
+            assert ("attn" in info_lean) == copy
+
+
 @pytest.mark.parametrize("encoder", ["transformer", "cnn"])
 @pytest.mark.parametrize("rnn", ["gru", "lstm"])
 def test_rnn_decoder_on_a_non_recurrent_encoder(encoder, rnn):

@@ -3,13 +3,15 @@
 Every decoder implements
 
     init_state(enc: EncoderOutput) -> state
-    step(y_prev (B,), state) -> (log_probs (B, V), state, info)
+    step(y_prev (B,), state, need_info=True) -> (log_probs (B, V), state, info)
     forward(tgt_in (B, T), state) -> (features (B, T, O), info)     # teacher forcing
     log_probs(features (N, O), info_rows) -> (N, V)
 
 where ``info`` is a dict of per-step tensors (at least ``"attn"``: (B, S) from step,
-(B, T, S) from forward) and ``state`` has ``index_select(idx)`` so beam search can reorder
-and prune it without knowing which decoder it holds.
+(B, T, S) from forward; ``step(..., need_info=False)`` may leave out what the output does
+not need, which search asks for when nobody reads info) and ``state`` has
+``index_select(idx)`` so beam search can reorder and prune it without knowing which
+decoder it holds.
 
 Coverage (``model.coverage``, RNN decoder): the state carries cov_i = sum_{i'<i} a_i' (B, S),
 which the scorer sees (see :mod:`attendo.model.attention`); ``info["coverage"]`` is cov_i,
@@ -104,11 +106,22 @@ def copy_log_probs(
     :meth:`OutputLayer.token_loss`, whose gradients stay finite everywhere.
     """
     width = lp_vocab.size(-1) + n_ext
+    p_gen_logit, attn = p_gen_logit.float(), attn.float()  # bf16 under autocast: sum in fp32
     gen = F.logsigmoid(p_gen_logit).unsqueeze(-1) + lp_vocab  # (..., V)
     gen = F.pad(gen, (0, n_ext), value=float("-inf"))  # (..., V + n_ext)
     mass = attn.new_zeros(*attn.shape[:-1], width).scatter_add_(-1, src_ext, attn)
     copy = F.logsigmoid(-p_gen_logit).unsqueeze(-1) + mass.log()  # -inf where no mass
     return torch.logaddexp(gen, copy)
+
+
+def to_autocast_dtype(x: Tensor) -> Tensor:
+    """x in autocast's lower precision when autocast is on (else x itself). The recurrent
+    decoder casts what every step reads (encoder states, embeddings) once per batch, so that
+    autocast does not cast it again at every step, forward and backward."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x
+    return x.to(torch.get_autocast_dtype(device))
 
 
 def coverage_loss(attn: Tensor, cov: Tensor, keep: Tensor) -> Tensor:
@@ -293,7 +306,7 @@ class RNNDecoder(OutputLayer, nn.Module):
             h=h,
             c=c,
             attn_vec=enc.out.new_zeros(B, self.out_dim),
-            memory=enc.out,
+            memory=to_autocast_dtype(enc.out),  # read by every step's weighted sum
             keys=self.attention.prepare(enc.out) if self.use_attn else None,
             src_pad_mask=enc.src_pad_mask,
             cov=enc.out.new_zeros(B, S) if self.coverage else None,
@@ -362,12 +375,14 @@ class RNNDecoder(OutputLayer, nn.Module):
         state = dataclasses.replace(state, h=h, c=c, attn_vec=vec, cov=cov)
         return vec, state, info
 
-    def step(self, y_prev: Tensor, state: RNNDecoderState) -> tuple[Tensor, RNNDecoderState, dict]:
+    def step(self, y_prev: Tensor, state: RNNDecoderState, need_info: bool = True
+             ) -> tuple[Tensor, RNNDecoderState, dict]:
         """y_prev (B,) -> log P(y_i | ...) (B, V) (B, V + n_ext with copy), new state,
-        {"attn": (B, S)} (+ "coverage" (B, S), "p_gen" (B,))."""
+        {"attn": (B, S)} (+ "coverage" (B, S), "p_gen" (B,)). The attention is part of the
+        step, so info costs nothing extra and need_info is ignored."""
         if self.copy:  # a copied source-only word is fed back as <unk>
             y_prev = y_prev.masked_fill(y_prev >= self.vocab_size, self.unk_id)
-        emb = self.dropout(self.embed(y_prev))  # (B, E)
+        emb = to_autocast_dtype(self.dropout(self.embed(y_prev)))  # (B, E)
         vec, state, info = self._advance(emb, state)
         return self._step_log_probs(self.dropout(vec), info, state.src_ext, state.n_ext), state, info
 
@@ -378,7 +393,7 @@ class RNNDecoder(OutputLayer, nn.Module):
         as T steps."""
         if self.copy:
             tgt_in = tgt_in.masked_fill(tgt_in >= self.vocab_size, self.unk_id)
-        emb = self.dropout(self.embed(tgt_in))  # (B, T, E)
+        emb = to_autocast_dtype(self.dropout(self.embed(tgt_in)))  # (B, T, E)
         vecs: list[Tensor] = []
         infos: dict[str, list[Tensor]] = {}
         # unbind once: slicing emb[:, t] per step would make backward allocate T full-size grads

@@ -3,8 +3,15 @@
 The output layer's softmax is the largest elementwise cost of training (N target tokens x V
 vocabulary entries, V = 8000 or more). Written with plain autograd, a label-smoothed loss
 walks the (N, V) matrix many times: a float copy, log_softmax, the gather and mean backward
-(zero-filled and broadcast (N, V) gradients), their sum and log_softmax_backward. Here the
-backward is ``softmax - (1 - eps) * onehot - eps / V`` computed in place in one buffer.
+(zero-filled and broadcast (N, V) gradients), their sum and log_softmax_backward, each pass
+reading and writing main memory (an (N, V) float matrix is tens of MB).
+
+Here the loss needs only three numbers per row: with lse = logsumexp(x) over the logits x,
+NLL = lse - x_gold and the smoothing term -mean_w log P(w) = lse - mean(x). The backward is
+``softmax - (1 - eps) * onehot - eps / V`` with softmax = exp(x - lse). Both passes walk the
+rows in blocks of about a million entries (BLOCK_ELEMENTS), so the float copy of a block and
+every pass over it stay in the CPU cache; nothing (N, V) is saved for the backward but the
+logits themselves (no log-probability matrix).
 """
 
 from __future__ import annotations
@@ -12,30 +19,56 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+BLOCK_ELEMENTS = 1 << 20  # entries per block: 4 MB in float32, cache-sized
+
+
+def _blocks(n_rows: int, width: int):
+    rows = max(1, BLOCK_ELEMENTS // max(1, width))
+    for start in range(0, n_rows, rows):
+        yield start, min(n_rows, start + rows)
+
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, gold: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        N, V = logits.shape
+        lse = logits.new_empty(N, dtype=torch.float32)  # logsumexp of each row
+        mean = logits.new_empty(N, dtype=torch.float32) if eps else None  # mean logit per row
         with torch.autocast(logits.device.type, enabled=False):
-            lp = torch.log_softmax(logits.float(), dim=-1)  # (N, V) fp32 whatever the logits
-            nll = -lp.gather(1, gold.unsqueeze(1)).sum()
-            loss = nll.clone() if eps == 0 else (1 - eps) * nll - eps * lp.mean(-1).sum()
-        ctx.save_for_backward(lp, gold)
-        ctx.eps, ctx.dtype = eps, logits.dtype
+            for s, e in _blocks(N, V):
+                x = logits[s:e].float()  # (rows, V) fp32 whatever the logits
+                torch.logsumexp(x, dim=-1, out=lse[s:e])
+                if mean is not None:
+                    torch.mean(x, dim=-1, out=mean[s:e])
+            gold_logit = logits.gather(1, gold.unsqueeze(1)).squeeze(1).float()  # (N,)
+            nll = (lse - gold_logit).sum()
+            loss = nll.clone() if not eps else (1 - eps) * nll + eps * (lse - mean).sum()
+        ctx.save_for_backward(logits, gold, lse)
+        ctx.eps = eps
         ctx.mark_non_differentiable(nll)
         return loss, nll
 
     @staticmethod
     def backward(ctx, g_loss: Tensor, _g_nll: Tensor):
-        lp, gold = ctx.saved_tensors
-        eps, V = ctx.eps, lp.size(-1)
-        g_loss = g_loss.float()
-        grad = lp.exp().mul_(g_loss)  # softmax * g (N, V)
-        if eps:
-            grad.sub_(g_loss * (eps / V))
-        hot = (-(1 - eps) * g_loss).expand(gold.size(0), 1).to(grad.dtype)
-        grad.scatter_add_(1, gold.unsqueeze(1), hot)
-        return grad.to(ctx.dtype), None, None
+        logits, gold, lse = ctx.saved_tensors
+        eps = ctx.eps
+        N, V = logits.shape
+        g = g_loss.float()
+        grad = torch.empty_like(logits)
+        buf = None  # one fp32 block, reused
+        hot = (-(1 - eps) * g).expand(N, 1)  # (N, 1) the gold entries' extra gradient
+        with torch.autocast(logits.device.type, enabled=False):
+            for s, e in _blocks(N, V):
+                if buf is None:
+                    buf = logits.new_empty(e - s, V, dtype=torch.float32)
+                b = buf[: e - s]
+                torch.sub(logits[s:e], lse[s:e].unsqueeze(1), out=b)
+                b.exp_().mul_(g)  # softmax * g
+                if eps:
+                    b.sub_(g * (eps / V))
+                b.scatter_add_(1, gold[s:e].unsqueeze(1), hot[s:e])
+                grad[s:e].copy_(b)
+        return grad, None, None
 
 
 def smoothed_cross_entropy(logits: Tensor, gold: Tensor, eps: float = 0.0) -> tuple[Tensor, Tensor]:

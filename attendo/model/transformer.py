@@ -112,7 +112,10 @@ class MultiHeadAttention(nn.Module):
         Tk = k.size(2)
         p = self.dropout if self.training else 0.0
         weights = None
-        if not need_weights:
+        # one query per row (incremental decoding) on CPU: the fused kernel's tiling costs more
+        # than three plain operations (bench/sdpa_one_query.py)
+        plain = Tq == 1 and q.device.type == "cpu"
+        if not need_weights and not plain:
             if causal and key_pad_mask is None:  # the fused kernel builds the causal mask itself
                 ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:
@@ -125,6 +128,8 @@ class MultiHeadAttention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)
             ctx = F.dropout(weights, p, self.training) @ v  # (B, H, Tq, d)
+            if not need_weights:
+                weights = None
         ctx = ctx.transpose(1, 2).reshape(B, Tq, H * d)  # (B, Tq, D)
         return self.W_o(ctx), weights
 
@@ -501,26 +506,35 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         info["p_gen_logit"] = logit
 
     # -- one step ----------------------------------------------------------------------
-    def step(self, y_prev: Tensor, state: TransformerDecoderState
+    def step(self, y_prev: Tensor, state: TransformerDecoderState, need_info: bool = True
              ) -> tuple[Tensor, TransformerDecoderState, dict]:
         """y_prev (B,) -> log P(y_t | ...) (B, V) (B, V + n_ext with copy), new state,
-        {"attn": (B, S), "attn_heads": (B, L, H, S)} (+ "p_gen" (B,) with copy)."""
+        {"attn": (B, S), "attn_heads": (B, L, H, S)} (+ "p_gen" (B,) with copy).
+
+        need_info=False: info is empty (with copy: only what the output needs, "attn" and
+        p_gen) and cross-attention takes the fused path, without per-head weights."""
         if self.copy:  # a copied source-only word is fed back as <unk>
             y_prev = y_prev.masked_fill(y_prev >= self.vocab_size, self.unk_id)
         x = emb = self._embed(y_prev.unsqueeze(1), state.t)  # (B, 1, D)
         ks, vs, ws = [], [], []
         for i, layer in enumerate(self.layers):
+            weights = need_info or (self.copy and i == self.attn_layer)
             x, k, v, w, ctx = layer(
                 x, state.cross_k[i], state.cross_v[i], state.src_pad_mask,
-                state.self_k[i], state.self_v[i], need_weights=True,
+                state.self_k[i], state.self_v[i], need_weights=weights,
             )
             ks.append(k)
             vs.append(v)
-            ws.append(w.squeeze(2))  # (B, H, S)
+            if need_info:
+                ws.append(w.squeeze(2))  # (B, H, S)
             if i == self.attn_layer:
-                attn_ctx = ctx
-        heads = torch.stack(ws, 1)  # (B, L, H, S)
-        info = {"attn": heads[:, self.attn_layer].mean(1), "attn_heads": heads}
+                attn_ctx, attn_w = ctx, w
+        info = {}
+        if need_info:
+            heads = torch.stack(ws, 1)  # (B, L, H, S)
+            info = {"attn": heads[:, self.attn_layer].mean(1), "attn_heads": heads}
+        elif self.copy:
+            info = {"attn": attn_w.squeeze(2).mean(1)}  # (B, S)
         state = dataclasses.replace(
             state, self_k=tuple(ks), self_v=tuple(vs), t=state.t + 1
         )  # L x (B, H, t+1, d)
