@@ -111,10 +111,10 @@ def test_translate_low_precision_decoding(model_dir, monkeypatch, capsys, precis
 
     src = ["a b c", "d e a", "c c a b", "e"]
     fp32 = Translator.from_dir(model_dir).translate(src, beam=3, return_attention=True)
-    bf16 = Translator.from_dir(model_dir, overrides=[f"decode.precision={precision}"]).translate(
+    low = Translator.from_dir(model_dir, overrides=[f"decode.precision={precision}"]).translate(
         src, beam=3, return_attention=True
     )
-    for a, b in zip(fp32, bf16):
+    for a, b in zip(fp32, low):
         assert b.attention.dtype.kind == "f" and np.isfinite(b.score)
         assert np.allclose(b.attention.sum(-1), 1.0, atol=0.02)
         if a.tgt_tokens == b.tgt_tokens:  # same hypothesis: nearly the same score
