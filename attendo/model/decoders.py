@@ -38,9 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attention, build_scorer
+from .attention import AdditiveScorer, Attention, build_scorer
 from .dropout import Dropout
 from .encoders import EncoderOutput
+from .fused_rnn import fused_decode
 from .loss import smoothed_cross_entropy
 
 # log(0) stand-in where a gradient must flow: log(TINY) = -87.3 (float32's smallest normal)
@@ -387,6 +388,25 @@ class RNNDecoder(OutputLayer, nn.Module):
         return self._step_log_probs(self.dropout(vec), info, state.src_ext, state.n_ext), state, info
 
     # -- teacher forcing ---------------------------------------------------------------
+    fused: bool = True  # use attendo.model.fused_rnn where it applies (set False to compare)
+
+    def fusable(self) -> bool:
+        """Whether :meth:`forward` can run as one fused autograd node (see
+        :mod:`attendo.model.fused_rnn`): one GRU layer, Luong-style additive attention, no
+        coverage, no copy."""
+        return (
+            self.fused
+            and self.rnn_type == "gru"
+            and self.layers == 1
+            and self.use_attn
+            and self.style == "luong"
+            and type(self.attention.scorer) is AdditiveScorer
+            and self.attention.scorer.w_c is None
+            and not self.coverage
+            and not self.copy
+            and self.W_c.bias is None
+        )
+
     def forward(self, tgt_in: Tensor, state: RNNDecoderState) -> tuple[Tensor, dict]:
         """tgt_in (B, T) -> features (B, T, O), {"attn": (B, T, S)} (+ "coverage" (B, T, S),
         "p_gen" (B, T) and, for the loss, "p_gen_logit" (B, T), "src_ext" (B, S)): the same
@@ -394,6 +414,13 @@ class RNNDecoder(OutputLayer, nn.Module):
         if self.copy:
             tgt_in = tgt_in.masked_fill(tgt_in >= self.vocab_size, self.unk_id)
         emb = to_autocast_dtype(self.dropout(self.embed(tgt_in)))  # (B, T, E)
+        if self.fusable():
+            vecs_, attn = fused_decode(
+                emb, state.h[:, 0], state.memory, state.keys, state.src_pad_mask, self.cells[0],
+                self.attention.scorer.W_1.weight, self.attention.scorer.v_a.weight[0],
+                self.W_c.weight, self.input_feeding,
+            )
+            return self.dropout(vecs_), {"attn": attn}
         vecs: list[Tensor] = []
         infos: dict[str, list[Tensor]] = {}
         # unbind once: slicing emb[:, t] per step would make backward allocate T full-size grads

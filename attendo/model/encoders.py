@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .dropout import Dropout
+from .fused_rnn import fused_gru_encode
 
 
 @dataclass
@@ -57,16 +58,35 @@ class RNNEncoder(nn.Module):
         """src: (B, S) ids; src_lens: (B,) true lengths (>= 1)."""
         B, S = src.shape
         emb = self.dropout(self.embed(src))  # (B, S, E)
+        if self.fusable():
+            out, h = fused_gru_encode(emb, src_lens, self.rnn)  # (B, S, dirs*H), (dirs, B, H)
+            return EncoderOutput(
+                out=self.dropout(out),
+                src_pad_mask=self._pad_mask(src_lens, S, src.device),
+                final_h=self._merge_dirs(h),
+            )
         packed = pack_padded_sequence(emb, src_lens.cpu(), batch_first=True, enforce_sorted=False)
         out, final = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, dirs*H)
         h, c = final if isinstance(final, tuple) else (final, None)
         return EncoderOutput(
             out=self.dropout(out),
-            src_pad_mask=torch.arange(S, device=src.device)[None, :] >= src_lens.to(src.device)[:, None],
+            src_pad_mask=self._pad_mask(src_lens, S, src.device),
             final_h=self._merge_dirs(h),
             final_c=None if c is None else self._merge_dirs(c),
         )
+
+    fused: bool = True  # use attendo.model.fused_rnn where it applies (set False to compare)
+
+    def fusable(self) -> bool:
+        """Whether :meth:`forward` can run the GRU as one fused autograd node (one GRU layer
+        with biases; see :mod:`attendo.model.fused_rnn`)."""
+        rnn = self.rnn
+        return self.fused and isinstance(rnn, nn.GRU) and self.layers == 1 and rnn.bias
+
+    @staticmethod
+    def _pad_mask(src_lens: Tensor, S: int, device) -> Tensor:
+        return torch.arange(S, device=device)[None, :] >= src_lens.to(device)[:, None]  # (B, S)
 
     def _merge_dirs(self, state: Tensor) -> Tensor:
         """(L*dirs, B, H) -> (B, L, dirs*H), concatenating directions per layer."""
