@@ -221,7 +221,7 @@ def beam_search(
             step_sum = info["attn"] if attn_sum is None else attn_sum + info["attn"]  # (N, S)
         V = lp.size(-1)
         n = len(sent)
-        cand = (scores.unsqueeze(-1) + lp.view(n, k, V)).view(n, k * V)
+        cand = lp.view(n, k, V).add_(scores.unsqueeze(-1)).view(n, k * V)  # lp is step's own
         top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=-1)  # (n, 2k)
         top_beam, top_tok = top_idx // V, top_idx % V
         is_eos = top_tok == eos

@@ -277,6 +277,13 @@ def test_state_is_batch_first_and_reorders_consistently():
         assert pruned.t == 2
         rest, _, _ = step_all(m, src, src_lens, tgt_in[:, 2:], state=state)
         rest_kept, _, _ = step_all(m, src, src_lens, tgt_in[keep, 2:], state=pruned)
+        # a reorder is only recorded (the next step applies it); two in a row compose
+        two = torch.tensor([2, 0])
+        twice = pruned.index_select(two)
+        assert twice.self_k[1] is state.self_k[1] and twice.order.tolist() == [1, 3]
+        torch.testing.assert_close(twice.cache(1)[0], state.self_k[1][keep[two]], atol=0, rtol=0)
+        rest_twice, _, _ = step_all(m, src, src_lens, tgt_in[keep[two], 2:], state=twice)
+    torch.testing.assert_close(rest_twice, rest[keep[two]], atol=1e-5, rtol=0)
     torch.testing.assert_close(rest_kept, rest[keep], atol=1e-5, rtol=0)
     torch.testing.assert_close(rest, lp[:, 2:], atol=1e-5, rtol=0)
 

@@ -282,18 +282,21 @@ class TransformerDecoderLayer(_Residual):
         past_k: Tensor | None = None,
         past_v: Tensor | None = None,
         need_weights: bool = False,
+        past_order: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
         """x (B, T, D); cross_k, cross_v (B, H, S, d) of the encoder states.
 
         past_k, past_v None: teacher forcing, x is the whole prefix and self-attention is causal.
-        Otherwise (B, H, t, d) cached keys/values of the t earlier positions, which x follows.
+        Otherwise (B', H, t, d) cached keys/values of the t earlier positions, which x follows;
+        past_order (B,): row b's cache is row past_order[b] of past_k and past_v (a beam
+        reorder not applied yet; None: the rows as they are).
         Returns x (B, T, D), self-attention keys and values incl. x's (B, H, t+T, d),
         cross-attention weights (B, H, T, S) when need_weights, and the cross-attention
         sub-layer's output (B, T, D) (its context, W_o [heads], which copy's p_gen reads).
         """
         q, k, v = self.self_attn.project_qkv(self._in(x, self.norm_self))  # (B, H, T, d) each
         if past_k is not None:
-            k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)  # (B, H, t+T, d)
+            k, v = _extend(past_k, k, past_order), _extend(past_v, v, past_order)  # (B, H, t+T, d)
         y, _ = self.self_attn.attend(q, k, v, causal=past_k is None)
         x = self._out(x, y, self.norm_self)
         q = self.cross_attn.project_q(self._in(x, self.norm_cross))
@@ -301,6 +304,20 @@ class TransformerDecoderLayer(_Residual):
         x = self._out(x, ctx, self.norm_cross)
         x = self._out(x, self.ff(self._in(x, self.norm_ff)), self.norm_ff)
         return x, k, v, w, ctx
+
+
+def _extend(past: Tensor, new: Tensor, order: Tensor | None) -> Tensor:
+    """The rows ``order`` of the cache past (B', H, t, d) (all rows when None), then new
+    (B, H, T, d) appended along time -> (B, H, t+T, d), in one copy of the cache: a beam
+    reorder and the append share it."""
+    if order is None:
+        return torch.cat([past, new], 2)
+    B, H, T, d = new.shape
+    t = past.size(2)
+    out = new.new_empty(B, H, t + T, d)
+    torch.index_select(past, 0, order, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
 
 
 class _EmbeddedTokens(nn.Module):
@@ -416,8 +433,25 @@ class TransformerDecoderState(DecoderState):
     t: int = 0  # tokens decoded so far = position of the next one (all rows advance together)
     src_ext: Tensor | None = None  # (B, S) source ids in the extended vocabulary (model.copy)
     n_ext: int = 0  # extra (source-only) words in the extended vocabulary of this batch
+    # (B,) pending row order of self_k and self_v: row b of the cache is row order[b] of the
+    # stored tensors. index_select only records it; the next step applies it while it
+    # appends the new position (one copy of the cache instead of two). None: as stored.
+    order: Tensor | None = None
 
     PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"cross_k", "cross_v", "src_pad_mask", "src_ext"})
+
+    def index_select(self, idx: Tensor, same_source: bool = False):
+        order = idx if self.order is None else self.order.index_select(0, idx)
+        rest = dataclasses.replace(self, self_k=(), self_v=(), order=None)
+        rest = DecoderState.index_select(rest, idx, same_source)
+        return dataclasses.replace(rest, self_k=self.self_k, self_v=self.self_v, order=order)
+
+    def cache(self, i: int) -> tuple[Tensor, Tensor]:
+        """Layer i's self-attention keys and values (B, H, t, d), in the state's row order."""
+        k, v = self.self_k[i], self.self_v[i]
+        if self.order is None:
+            return k, v
+        return k.index_select(0, self.order), v.index_select(0, self.order)
 
 
 class TransformerDecoder(OutputLayer, _EmbeddedTokens):
@@ -521,7 +555,7 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
             weights = need_info or (self.copy and i == self.attn_layer)
             x, k, v, w, ctx = layer(
                 x, state.cross_k[i], state.cross_v[i], state.src_pad_mask,
-                state.self_k[i], state.self_v[i], need_weights=weights,
+                state.self_k[i], state.self_v[i], need_weights=weights, past_order=state.order,
             )
             ks.append(k)
             vs.append(v)
@@ -536,7 +570,7 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         elif self.copy:
             info = {"attn": attn_w.squeeze(2).mean(1)}  # (B, S)
         state = dataclasses.replace(
-            state, self_k=tuple(ks), self_v=tuple(vs), t=state.t + 1
+            state, self_k=tuple(ks), self_v=tuple(vs), t=state.t + 1, order=None
         )  # L x (B, H, t+1, d)
         top = self._top(x.squeeze(1))  # (B, D)
         if self.copy:
