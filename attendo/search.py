@@ -201,7 +201,7 @@ def beam_search(
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)
     need_info = return_info or bool(coverage_penalty)
-    state = state.index_select(torch.arange(batch_size, device=device).repeat_interleave(k))
+    state = state.repeat_rows(k)  # row b * k + j: beam j of sentence b
     # live rows are (sentence, beam) pairs; only beam 0 starts alive so the k copies don't tie
     scores = torch.full((batch_size, k), float("-inf"), device=device)
     scores[:, 0] = 0.0

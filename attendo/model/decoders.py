@@ -78,6 +78,16 @@ class DecoderState:
                 changes[f.name] = tuple(v.index_select(0, idx) for v in value)  # per layer
         return dataclasses.replace(self, **changes)
 
+    def repeat_rows(self, k: int):
+        """Each row k times in a row (row b becomes rows b*k ... b*k + k-1): beam search's
+        expansion of every sentence into its beam. A state may keep what depends only on
+        the source once per group of k rows (the Transformer's cross-attention memory)."""
+        first = next(
+            v for v in (getattr(self, f.name) for f in dataclasses.fields(self))
+            if isinstance(v, Tensor)
+        )
+        return self.index_select(torch.arange(first.size(0), device=first.device).repeat_interleave(k))
+
 
 @dataclass
 class RNNDecoderState(DecoderState):

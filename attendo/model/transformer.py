@@ -102,12 +102,17 @@ class MultiHeadAttention(nn.Module):
         key_pad_mask: Tensor | None = None,
         causal: bool = False,
         need_weights: bool = False,
+        group: int = 1,
     ) -> tuple[Tensor, Tensor | None]:
         """q (B, H, Tq, d), k and v (B, H, Tk, d) -> out (B, Tq, D), weights (B, H, Tq, Tk) or None.
 
         key_pad_mask (B, Tk) True at padding keys; causal: query i sees keys j <= i.
         The returned weights are those before attention dropout (what the model attends to).
+        group > 1 (one query per row, cross-attention in beam search): rows come in groups of
+        ``group`` that share one memory, and k, v hold it once per group (B / group, H, Tk, d).
         """
+        if group > 1:
+            return self._attend_grouped(q, k, v, key_pad_mask, group, need_weights)
         B, H, Tq, d = q.shape
         Tk = k.size(2)
         p = self.dropout if self.training else 0.0
@@ -131,6 +136,24 @@ class MultiHeadAttention(nn.Module):
             if not need_weights:
                 weights = None
         ctx = ctx.transpose(1, 2).reshape(B, Tq, H * d)  # (B, Tq, D)
+        return self.W_o(ctx), weights
+
+    def _attend_grouped(self, q: Tensor, k: Tensor, v: Tensor, key_pad_mask: Tensor | None,
+                        g: int, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """attend for q (B, H, 1, d) in groups of g rows over k, v (B / g, H, S, d): each
+        group's queries attend together, (n, H, g, d) against (n, H, S, d)."""
+        B, H, Tq, d = q.shape
+        if Tq != 1 or B % g or k.size(0) * g != B:
+            raise ValueError(f"grouped attention needs one query per row and B = {g} x memory rows")
+        n = B // g
+        qg = q.view(n, g, H, d).transpose(1, 2)  # (n, H, g, d)
+        scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (n, H, g, S)
+        if key_pad_mask is not None:
+            scores = scores.masked_fill(key_pad_mask.view(n, 1, g, -1), float("-inf"))
+        w = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        p = self.dropout if self.training else 0.0
+        ctx = (F.dropout(w, p, self.training) @ v).transpose(1, 2).reshape(B, 1, H * d)  # (B, 1, D)
+        weights = w.transpose(1, 2).reshape(B, H, 1, -1) if need_weights else None  # (B, H, 1, S)
         return self.W_o(ctx), weights
 
     def forward(
@@ -283,13 +306,15 @@ class TransformerDecoderLayer(_Residual):
         past_v: Tensor | None = None,
         need_weights: bool = False,
         past_order: Tensor | None = None,
+        group: int = 1,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
         """x (B, T, D); cross_k, cross_v (B, H, S, d) of the encoder states.
 
         past_k, past_v None: teacher forcing, x is the whole prefix and self-attention is causal.
         Otherwise (B', H, t, d) cached keys/values of the t earlier positions, which x follows;
         past_order (B,): row b's cache is row past_order[b] of past_k and past_v (a beam
-        reorder not applied yet; None: the rows as they are).
+        reorder not applied yet; None: the rows as they are). group: cross_k and cross_v hold
+        one memory per group of that many rows (see MultiHeadAttention.attend).
         Returns x (B, T, D), self-attention keys and values incl. x's (B, H, t+T, d),
         cross-attention weights (B, H, T, S) when need_weights, and the cross-attention
         sub-layer's output (B, T, D) (its context, W_o [heads], which copy's p_gen reads).
@@ -300,10 +325,26 @@ class TransformerDecoderLayer(_Residual):
         y, _ = self.self_attn.attend(q, k, v, causal=past_k is None)
         x = self._out(x, y, self.norm_self)
         q = self.cross_attn.project_q(self._in(x, self.norm_cross))
-        ctx, w = self.cross_attn.attend(q, cross_k, cross_v, src_pad_mask, need_weights=need_weights)
+        ctx, w = self.cross_attn.attend(
+            q, cross_k, cross_v, src_pad_mask, need_weights=need_weights, group=group
+        )
         x = self._out(x, ctx, self.norm_cross)
         x = self._out(x, self.ff(self._in(x, self.norm_ff)), self.norm_ff)
         return x, k, v, w, ctx
+
+
+def _whole_groups(idx: Tensor, g: int) -> Tensor | None:
+    """If idx (B,) selects whole groups of g consecutive rows, in order within each group
+    (rows j*g ... j*g + g-1), the group numbers j (B / g,); else None."""
+    if g == 1:
+        return idx
+    if idx.numel() % g:
+        return None
+    rows = idx.view(-1, g)
+    first = rows[:, :1]
+    if bool((first % g != 0).any()) or not torch.equal(rows - first, torch.arange(g, device=idx.device).expand_as(rows)):
+        return None
+    return torch.div(first.squeeze(1), g, rounding_mode="floor")
 
 
 def _extend(past: Tensor, new: Tensor, order: Tensor | None) -> Tensor:
@@ -437,14 +478,35 @@ class TransformerDecoderState(DecoderState):
     # stored tensors. index_select only records it; the next step applies it while it
     # appends the new position (one copy of the cache instead of two). None: as stored.
     order: Tensor | None = None
+    # rows per cross_k/cross_v row: after repeat_rows(k) (beam search) the k beams of a
+    # sentence share one copy of its memory, and cross-attention attends for them together
+    group: int = 1
 
     PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"cross_k", "cross_v", "src_pad_mask", "src_ext"})
 
     def index_select(self, idx: Tensor, same_source: bool = False):
         order = idx if self.order is None else self.order.index_select(0, idx)
-        rest = dataclasses.replace(self, self_k=(), self_v=(), order=None)
+        rest = dataclasses.replace(self, self_k=(), self_v=(), order=None, cross_k=(), cross_v=())
         rest = DecoderState.index_select(rest, idx, same_source)
-        return dataclasses.replace(rest, self_k=self.self_k, self_v=self.self_v, order=order)
+        cross_k, cross_v, group = self.cross_k, self.cross_v, self.group
+        if not same_source:
+            whole = _whole_groups(idx, group)  # memory rows when idx keeps whole groups
+            if whole is None:  # give every row its own memory again
+                whole, group = torch.div(idx, group, rounding_mode="floor"), 1
+            cross_k = tuple(c.index_select(0, whole) for c in cross_k)
+            cross_v = tuple(c.index_select(0, whole) for c in cross_v)
+        return dataclasses.replace(
+            rest, self_k=self.self_k, self_v=self.self_v, order=order,
+            cross_k=cross_k, cross_v=cross_v, group=group,
+        )
+
+    def repeat_rows(self, k: int):
+        n = self.src_pad_mask.size(0)
+        idx = torch.arange(n, device=self.src_pad_mask.device).repeat_interleave(k)
+        out = dataclasses.replace(self, cross_k=(), cross_v=()).index_select(idx)
+        return dataclasses.replace(
+            out, cross_k=self.cross_k, cross_v=self.cross_v, group=self.group * k
+        )
 
     def cache(self, i: int) -> tuple[Tensor, Tensor]:
         """Layer i's self-attention keys and values (B, H, t, d), in the state's row order."""
@@ -556,6 +618,7 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
             x, k, v, w, ctx = layer(
                 x, state.cross_k[i], state.cross_v[i], state.src_pad_mask,
                 state.self_k[i], state.self_v[i], need_weights=weights, past_order=state.order,
+                group=state.group,
             )
             ks.append(k)
             vs.append(v)
