@@ -1,7 +1,8 @@
 """Greedy and beam search over the decoder step interface.
 
-Search only calls ``decoder.step(y_prev, state, need_info) -> (log_probs, state, info)`` and
-``state.index_select(idx)``; it never asks which decoder it holds. ``need_info=False`` (no
+Search only calls ``decoder.step(y_prev, state, need_info) -> (log_probs, state, info)``,
+``state.index_select(idx)`` and (beam search, to expand each sentence into its beam)
+``state.repeat_rows(k)``; it never asks which decoder it holds. ``need_info=False`` (no
 attention asked for and no coverage penalty) lets a decoder skip computing what only
 ``info`` needs, e.g. the Transformer's per-head weights. Finished sentences are
 pruned from the batch with ``index_select`` so long tails do not cost the whole batch.

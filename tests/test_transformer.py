@@ -288,6 +288,39 @@ def test_state_is_batch_first_and_reorders_consistently():
     torch.testing.assert_close(rest, lp[:, 2:], atol=1e-5, rtol=0)
 
 
+def test_beams_share_the_memory_and_match_a_memory_per_row():
+    """repeat_rows(k) keeps one cross-attention memory per sentence for its k beams; steps,
+    reorders within beams, pruning whole sentences and any other selection give the same
+    results as a state with one memory per row."""
+    m = model()
+    src, src_lens, tgt_in = data()  # 4 sentences
+    k = 3
+    within = torch.tensor([2, 0, 1, 3, 3, 5, 6, 8, 7, 9, 10, 11])  # rows stay in their sentence
+    keep = torch.tensor([0, 1, 2, 6, 7, 8, 9, 10, 11])  # sentence 1 done: whole groups
+    odd = torch.tensor([4, 0, 8])  # not whole groups
+    y = tgt_in[:, 0].repeat_interleave(k)
+    outs = []
+    with torch.no_grad():
+        state = m.start(src, src_lens)
+        grouped = state.repeat_rows(k)
+        flat = state.index_select(torch.arange(4).repeat_interleave(k))
+        assert grouped.group == k and grouped.cross_k[0].size(0) == 4
+        assert flat.group == 1 and flat.cross_k[0].size(0) == 12
+        for st in (grouped, flat):
+            lp1, st, info1 = m.decoder.step(y, st)
+            st = st.index_select(within, same_source=True)
+            lp2, st, _ = m.decoder.step(y, st, need_info=False)
+            st = st.index_select(keep)
+            lp3, st, _ = m.decoder.step(y[keep], st)
+            st_odd = st.index_select(odd)
+            lp4, st_odd, info4 = m.decoder.step(y[keep][odd], st_odd)
+            outs.append(((lp1, lp2, lp3, lp4, info1["attn_heads"], info4["attn"]), st.group, st_odd.group))
+    (got, g_keep, g_odd), (ref, f_keep, f_odd) = outs
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert (g_keep, g_odd) == (k, 1) and (f_keep, f_odd) == (1, 1)
+
+
 def test_forward_needs_a_fresh_state():
     m = model()
     src, src_lens, tgt_in = data()
