@@ -39,6 +39,49 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 
+def _compute_dtype(x: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype a fused pass computes in: autocast's when it is on, else x's and the
+    weights' common dtype."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(x.dtype, weight.dtype)
+
+
+def _gru_step(gi: Tensor, gh: Tensor, h: Tensor, rz: Tensor, n: Tensor, s: Tensor) -> Tensor:
+    """One GRU cell step (``nn.GRUCell``'s equations) written into buffers.
+
+    gi, gh (..., 3H): input and recurrent gate pre-activations (biases included); h (..., H)
+    the previous state. Writes rz = [r; z] (..., 2H), n = tanh(gi_n + r gh_n) and the new
+    state s = (1 - z) n + z h (..., H); returns s.
+    """
+    H = h.size(-1)
+    torch.sigmoid(torch.add(gi[..., : 2 * H], gh[..., : 2 * H], out=rz), out=rz)
+    torch.tanh(torch.addcmul(gi[..., 2 * H :], rz[..., :H], gh[..., 2 * H :], out=n), out=n)
+    return torch.addcmul(n, rz[..., H:], h - n, out=s)
+
+
+def _gru_factors(RZ: Tensor, N: Tensor, H_prev: Tensor, GHN: Tensor):
+    """The GRU cell's backward factors for all steps at once: r, z, ds/d(gi_n + r gh_n) =
+    (1 - z)(1 - n^2), ds/d(z logit) = (h - n) z (1 - z), d(n arg)/d(r logit) = gh_n r (1 - r)."""
+    H = N.size(-1)
+    R, Z = RZ[..., :H], RZ[..., H:]
+    return R, Z, (1 - Z) * (1 - N * N), (H_prev - N) * Z * (1 - Z), GHN * R * (1 - R)
+
+
+def _gru_step_backward(ds: Tensor, r: Tensor, dN: Tensor, dZ: Tensor, dR: Tensor,
+                       dgi: Tensor, dgh: Tensor) -> None:
+    """From ds (..., H), the gradient at a step's new state, write the gradients at its
+    input-side (dgi) and recurrent-side (dgh) gate pre-activations (..., 3H). The direct
+    path to the previous state, ds * z, is the caller's (with dgh @ W_hh)."""
+    H = ds.size(-1)
+    dnp = torch.mul(ds, dN, out=dgi[..., 2 * H :])  # at gi_n + r gh_n
+    torch.mul(ds, dZ, out=dgi[..., H : 2 * H])  # at z's logit
+    torch.mul(dnp, dR, out=dgi[..., :H])  # at r's logit
+    dgh[..., : 2 * H] = dgi[..., : 2 * H]
+    torch.mul(dnp, r, out=dgh[..., 2 * H :])
+
+
 class FusedGRUAttention(torch.autograd.Function):
     """vecs (B, T, DO), attn (B, T, S) = the Luong-style GRU + additive-attention decoder run
     over embedded targets. See the module docstring; arguments as in :func:`fused_decode`.
@@ -57,7 +100,7 @@ class FusedGRUAttention(torch.autograd.Function):
         DO = W_c.size(0)
         A = W_1.size(0)
         cast = dict(dtype=dtype)
-        Wih, Whh, Wc = (w.to(**cast) for w in (W_ih, W_hh, W_c))
+        Wih, Wc = (w.to(**cast) for w in (W_ih, W_c))
         bih, bhh = (b.to(**cast) for b in (b_ih, b_hh))
         # one product per step gives W_1 s_i (doubled, for the sigmoid) and W_hh s_i + b_hh
         W1hh = torch.cat([2 * W_1, W_hh]).to(**cast)  # (A + 3H, H)
@@ -75,7 +118,7 @@ class FusedGRUAttention(torch.autograd.Function):
         Hs = x.new_empty(T + 1, B, H)  # s_{i-1} for each step, then s_T
         Hs[0] = h0
         QG = x.new_empty(T + 1, B, A + 3 * H)  # [2 W_1 s_i; W_hh s_{i-1} + b_hh] (rows shifted)
-        QG[0, :, A:] = torch.addmm(bhh, Hs[0], Whh.t())
+        torch.addmm(b1hh, Hs[0], W1hh.t(), out=QG[0])  # only its W_hh part is read
         RZ, N = x.new_empty(T, B, 2 * H), x.new_empty(T, B, H)  # gates r, z and n
         SG = x.new_empty(T, B, S, A)  # sigmoid(2 (W_1 s_i + W_2 h_j + b))
         ATT = torch.empty(T, B, S, dtype=sdt, device=emb.device)
@@ -86,10 +129,7 @@ class FusedGRUAttention(torch.autograd.Function):
             h = Hs[t]
             gh = QG[t, :, A:]  # (B, 3H)
             gi = GE[t] if vec is None or not input_feeding else torch.addmm(GE[t], vec, W_feed.t())
-            rz = torch.sigmoid(torch.add(gi[:, :2 * H], gh[:, :2 * H], out=RZ[t]), out=RZ[t])
-            r, z = rz[:, :H], rz[:, H:]
-            n = torch.tanh(torch.addcmul(gi[:, 2 * H:], r, gh[:, 2 * H:], out=N[t]), out=N[t])
-            s = torch.addcmul(n, z, h - n, out=Hs[t + 1])  # (1 - z) n + z s_{i-1}
+            s = _gru_step(gi, gh, h, RZ[t], N[t], Hs[t + 1])  # (B, H)
             torch.addmm(b1hh, s, W1hh.t(), out=QG[t + 1])
             sg = torch.sigmoid(torch.add(k2, QG[t + 1, :, :A].unsqueeze(1), out=SG[t]), out=SG[t])
             a = ATT[t]
@@ -122,11 +162,8 @@ class FusedGRUAttention(torch.autograd.Function):
         G = (g_vec if g_vec is not None else VEC.new_zeros(B, T, DO)).to(dt).transpose(0, 1)
         GA = None if g_att is None else g_att.to(ATT.dtype).transpose(0, 1)  # (T, B, S)
         # per-step factors, computed for all steps at once
-        R, Z = RZ[..., :H], RZ[..., H:]
         dVEC = 1 - VEC * VEC  # tanh'
-        dN = (1 - Z) * (1 - N * N)  # ds/d(gi_n + r ghn)
-        dZ = (Hs[:T] - N) * Z * (1 - Z)  # ds/d(z logit)
-        dR = QG[:T, :, A + 2 * H:] * R * (1 - R)  # d(n arg)/d(r logit) = ghn r (1 - r)
+        R, Z, dN, dZ, dR = _gru_factors(RZ, N, Hs[:T], QG[:T, :, A + 2 * H:])
         DGI, DGH = x.new_empty(T, B, 3 * H), x.new_empty(T, B, 3 * H)
         DPV = x.new_empty(T, B, DO)  # gradient at W_c's output (before tanh)
         DQ = x.new_empty(T, B, A)  # gradient at W_1 s_i, divided by 4
@@ -153,13 +190,8 @@ class FusedGRUAttention(torch.autograd.Function):
             dq = torch.mul(torch.bmm(de_.unsqueeze(1), q).squeeze(1), v_, out=DQ[t])  # (B, A)
             d_keys.addcmul_(de_.unsqueeze(2), q)
             dh = torch.addmm(dh, dq, W_1c)
-            # GRU cell: s = n + z (s_prev - n)
             dgi, dgh = DGI[t], DGH[t]
-            dnp = torch.mul(dh, dN[t], out=dgi[:, 2 * H:])  # at gi_n + r ghn
-            torch.mul(dh, dZ[t], out=dgi[:, H:2 * H])  # at z's logit
-            torch.mul(dnp, dR[t], out=dgi[:, :H])  # at r's logit
-            dgh[:, :2 * H] = dgi[:, :2 * H]
-            torch.mul(dnp, R[t], out=dgh[:, 2 * H:])
+            _gru_step_backward(dh, R[t], dN[t], dZ[t], dR[t], dgi, dgh)
             dh = torch.addmm(dh * Z[t], dgh, Whh)  # to s_{i-1}
             if ctx.input_feeding and t > 0:
                 dvec_next = dgi @ W_feed  # (B, DO)
@@ -195,12 +227,8 @@ def fused_decode(
     """emb (B, T, E) embedded targets; h0 (B, H) initial state; memory (B, S, D) encoder
     states; keys (B, S, A) = W_2 h_j + b; src_pad_mask (B, S); cell an ``nn.GRUCell``; W_1
     (A, H), v (A,), W_c (DO, D + H) -> attentional vectors h~ (B, T, DO), weights (B, T, S)."""
-    device = emb.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-    else:
-        dtype = torch.promote_types(emb.dtype, cell.weight_ih.dtype)
-    with torch.autocast(device, enabled=False):
+    dtype = _compute_dtype(emb, cell.weight_ih)
+    with torch.autocast(emb.device.type, enabled=False):
         return FusedGRUAttention.apply(
             emb, h0, memory, keys, src_pad_mask, cell.weight_ih, cell.bias_ih, cell.weight_hh,
             cell.bias_hh, W_1, v, W_c, input_feeding, dtype,
@@ -231,23 +259,19 @@ class FusedGRUEncoder(torch.autograd.Function):
         Hs = xs.new_empty(K, S + 1, B, H)  # state before step t (after: index t + 1)
         Hs[:, 0] = 0
         OUT = xs.new_empty(K, S, B, H)  # the new state of each step, before masking
-        R, Z, N, GHN = (xs.new_empty(K, S, B, H) for _ in range(4))
+        RZ, N, GHN = xs.new_empty(K, S, B, 2 * H), xs.new_empty(K, S, B, H), xs.new_empty(K, S, B, H)
         bhh_ = bhh.unsqueeze(1)  # (K, 1, 3H)
         WhhT = Whh.transpose(1, 2)  # (K, H, 3H)
         for t in range(S):
             h = Hs[:, t]
             gi = GI[:, t]
             gh = torch.baddbmm(bhh_, h, WhhT)  # (K, B, 3H)
-            r = torch.sigmoid(gi[..., :H] + gh[..., :H], out=R[:, t])
-            z = torch.sigmoid(gi[..., H:2 * H] + gh[..., H:2 * H], out=Z[:, t])
-            ghn = GHN[:, t]
-            ghn.copy_(gh[..., 2 * H:])
-            n = torch.tanh(torch.addcmul(gi[..., 2 * H:], r, ghn), out=N[:, t])
-            new = torch.addcmul(n, z, h - n, out=OUT[:, t])  # (K, B, H)
+            GHN[:, t] = gh[..., 2 * H:]  # for the backward
+            new = _gru_step(gi, gh, h, RZ[:, t], N[:, t], OUT[:, t])  # (K, B, H)
             torch.addcmul(h, M[t].unsqueeze(1), new - h, out=Hs[:, t + 1])  # frozen past the end
         out = OUT * M.unsqueeze(2)  # (K, S, B, H) zero at padding
         ctx.save_for_backward(x, W_ih, W_hh, b_ih, b_hh)
-        ctx.buffers = (rev, X, Wih, Whh, M, Hs, R, Z, N, GHN)
+        ctx.buffers = (rev, X, Wih, Whh, M, Hs, RZ, N, GHN)
         fwd = out[0].transpose(0, 1)  # (B, S, H)
         outs = [fwd]
         if K == 2:
@@ -259,9 +283,9 @@ class FusedGRUEncoder(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g_out, g_final):
         x, W_ih, W_hh, b_ih, b_hh = ctx.saved_tensors
-        rev, X, Wih, Whh, M, Hs, R, Z, N, GHN = ctx.buffers
+        rev, X, Wih, Whh, M, Hs, RZ, N, GHN = ctx.buffers
         del ctx.buffers
-        K, S, B, H = R.shape
+        K, S, B, H = N.shape
         E = X.size(3)
         dt = X.dtype
         if g_out is None:
@@ -273,19 +297,14 @@ class FusedGRUEncoder(torch.autograd.Function):
         GO = torch.stack(G).transpose(1, 2) * M.unsqueeze(2)  # (K, S, B, H) at the new state
         dh = Hs.new_zeros(K, B, H) if g_final is None else g_final.to(dt).clone()
         DGI, DGH = Hs.new_empty(K, S, B, 3 * H), Hs.new_empty(K, S, B, 3 * H)
+        R, Z, dN, dZ, dR = _gru_factors(RZ, N, Hs[:, :S], GHN)
         for t in range(S - 1, -1, -1):
             m = M[t].unsqueeze(1)  # (B, 1)
             d_new = (dh + GO[:, t]) * m  # rows past their end get nothing
-            h_prev, r, z, n, ghn = Hs[:, t], R[:, t], Z[:, t], N[:, t], GHN[:, t]
             dgi, dgh = DGI[:, t], DGH[:, t]
-            dnp = dgi[..., 2 * H:]
-            torch.mul(d_new * (1 - z), 1 - n * n, out=dnp)
-            torch.mul(d_new * (h_prev - n), z * (1 - z), out=dgi[..., H:2 * H])
-            torch.mul(dnp * ghn, r * (1 - r), out=dgi[..., :H])
-            dgh[..., :2 * H] = dgi[..., :2 * H]
-            torch.mul(dnp, r, out=dgh[..., 2 * H:])
+            _gru_step_backward(d_new, R[:, t], dN[:, t], dZ[:, t], dR[:, t], dgi, dgh)
             # to h_{t-1}: through z, through W_hh, and unchanged where the row has ended
-            dh = torch.baddbmm(dh * (1 - m) + d_new * z, dgh, Whh)
+            dh = torch.baddbmm(dh * (1 - m) + d_new * Z[:, t], dgh, Whh)
         dGI, dGH = DGI.view(K, S * B, 3 * H), DGH.view(K, S * B, 3 * H)
         XT = X.transpose(1, 2).reshape(K, S * B, E)
         dW_ih = torch.bmm(dGI.transpose(1, 2), XT)
@@ -302,11 +321,7 @@ def fused_gru_encode(x: Tensor, lens: Tensor, rnn) -> tuple[Tensor, Tensor]:
     """x (B, S, E) embedded source, lens (B,) lengths, rnn a one-layer ``nn.GRU``
     (batch_first, either direction count) -> outputs (B, S, dirs H) zero at padding, final
     state (dirs, B, H): what ``nn.GRU`` gives on the packed batch."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-    else:
-        dtype = torch.promote_types(x.dtype, rnn.weight_ih_l0.dtype)
+    dtype = _compute_dtype(x, rnn.weight_ih_l0)
     B, S, _ = x.shape
     lens = lens.to(x.device)
     pos = torch.arange(S, device=x.device).unsqueeze(0)  # (1, S)
@@ -316,5 +331,5 @@ def fused_gru_encode(x: Tensor, lens: Tensor, rnn) -> tuple[Tensor, Tensor]:
         torch.stack([getattr(rnn, f"{name}{s}") for s in sfx])
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     )
-    with torch.autocast(device, enabled=False):
+    with torch.autocast(x.device.type, enabled=False):
         return FusedGRUEncoder.apply(x, lens, rev, W_ih, W_hh, b_ih, b_hh, dtype)
