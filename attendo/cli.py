@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,39 @@ log = logging.getLogger("attendo")
 
 class CLIError(Exception):
     """A usage problem reported as 'attendo CMD: error: ...' with exit code 2."""
+
+
+def _os_error_text(e: OSError) -> str:
+    """One line for an OSError, naming its file(s) when it has them."""
+    if e.filename is None:
+        return str(e)
+    where = str(e.filename) if e.filename2 is None else f"{e.filename} -> {e.filename2}"
+    return f"{where}: {e.strerror or e}"
+
+
+def _check_output_path(path: str | None, flag: str) -> None:
+    """Fail before any work when an output file given as ``flag`` is a directory."""
+    if path and Path(path).is_dir():
+        raise CLIError(f"{path}: is a directory, expected a file path for {flag}")
+
+
+def _check_decode_flags(args) -> None:
+    """Numbers given on the command line for decoding, checked before the model loads."""
+    for flag in ("beam", "batch_size", "n_best"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    alpha = getattr(args, "length_penalty", None)
+    if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
+        raise CLIError(
+            f"--length-penalty must be a finite number >= 0 (GNMT alpha; 0 = off), got {alpha}"
+        )
+
+
+def _check_n_best(n_best: int | None, beam: int | None, default_beam: int) -> None:
+    beam = default_beam if beam is None else beam
+    if n_best is not None and n_best > beam:
+        raise CLIError(f"--n-best ({n_best}) must be <= the beam size ({beam}; set it with --beam)")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -34,9 +68,10 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .train import Trainer, resume
 
     if args.resume:
+        from .train import resume
+
         overrides = list(args.overrides)
         if args.config:  # argparse puts the first override into the optional config slot
             if "=" not in args.config:
@@ -50,53 +85,48 @@ def cmd_train(args) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # before importing torch: bad configs fail fast
+    from .train import Trainer, clear_run
+
     out = Path(cfg.train.out_dir)
-    if (out / "last.safetensors").exists() or (out / "model.safetensors").exists():
+    leftovers = (out / "model.safetensors").exists() or (out / "checkpoints").is_dir()
+    if (out / "last.safetensors").exists() and not args.overwrite:
+        raise CLIError(
+            f"{out} already holds a training run; use --resume {out} to continue it, "
+            "--overwrite to start over, or set train.out_dir"
+        )
+    if (out / "last.safetensors").exists() or leftovers:
+        # without last.safetensors a run never completed a checkpoint: nothing to resume,
+        # so its leftovers are cleared as --overwrite would
         if not args.overwrite:
-            raise CLIError(
-                f"{out} already holds a training run; use --resume {out} to continue it, "
-                "--overwrite to start over, or set train.out_dir"
-            )
+            log.warning("%s: a run stopped before its first checkpoint; starting over", out)
         if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches the files
             clear_run(out)
     Trainer(cfg).run()
     return 0
 
 
-def clear_run(out: Path) -> None:
-    """Remove what a previous run left in out (for --overwrite), so nothing mixes."""
-    import shutil
-
-    for name in ("metrics.jsonl", "train.log", "last.safetensors", "model.safetensors"):
-        (out / name).unlink(missing_ok=True)
-    for name in ("checkpoints", "tensorboard"):
-        shutil.rmtree(out / name, ignore_errors=True)
-
-
 def _read_input(path: str | None) -> list[str]:
+    """Sentences from a file or stdin, by the same rules (see :func:`read_lines`): a
+    byte-order mark at the start of a line (stdin may be files joined with cat) and surrounding
+    whitespace are dropped; invalid UTF-8 and control characters other than tab are an error
+    naming the file (or ``<stdin>``) and line."""
     from .data.corpus import read_lines
 
     if path and path != "-":
         return read_lines(path, max_chars=None)
-    data = sys.stdin.buffer.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise CLIError(f"<stdin>:{line}: invalid UTF-8 (expected UTF-8 text)") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [ln.rstrip("\r") for ln in lines]
+    return read_lines("<stdin>", max_chars=None, stream=sys.stdin.buffer)
 
 
 def cmd_translate(args) -> int:
     from .translator import Translator
     from .utils import atomic_write_text
 
+    _check_decode_flags(args)
+    _check_output_path(args.output, "--output")
     translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device,
                                      overrides=args.overrides)
+    _check_n_best(args.n_best, args.beam, translator.cfg.decode.beam_size)
     texts = _read_input(args.input)
     out = translator.translate(
         texts, beam=args.beam, n_best=args.n_best, batch_size=args.batch_size,
@@ -122,6 +152,8 @@ def cmd_evaluate(args) -> int:
     from .translator import Translator
     from .utils import atomic_write_text
 
+    _check_decode_flags(args)
+    _check_output_path(args.output, "--output")
     translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device,
                                      overrides=args.overrides)
     if args.align_gold and not getattr(translator.model.decoder, "use_attn", True):
@@ -141,12 +173,21 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_align(args) -> int:
+    from .align import run_align
+
+    _check_decode_flags(args)
+    return run_align(args)
+
+
 def cmd_attend(args) -> int:
     from .explorer import explorer_data, explorer_page
     from .translator import Translator
     from .utils import atomic_write_text
     from .viz import draw_translation
 
+    _check_decode_flags(args)
+    _check_output_path(args.html, "--html")
     translator = Translator.from_dir(args.model, device=args.device)
     if not getattr(translator.model.decoder, "use_attn", True):
         raise CLIError(f"{args.model}: this model has no attention (model.attention: none)")
@@ -154,6 +195,7 @@ def cmd_attend(args) -> int:
     if not texts:
         raise CLIError("give sentences as arguments or --input FILE")
     beam = translator.cfg.decode.beam_size if args.beam is None else args.beam
+    _check_n_best(args.n_best, beam, beam)
     n_best = args.n_best or (min(beam, 5) if args.html else 1)
     outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=True)
     selfs = translator.encoder_self_attention([o.src_tokens for o in outs])
@@ -190,7 +232,8 @@ def cmd_serve(args) -> int:
     limits = ServeLimits(
         max_body_bytes=args.max_body_kb * 1024, max_sentences=args.max_sentences,
         max_chars=args.max_chars, max_tokens=args.max_tokens, max_beam=args.max_beam,
-        timeout_s=args.timeout,
+        timeout_s=args.timeout, read_timeout_s=args.read_timeout,
+        max_response_bytes=args.max_response_kb * 1024,
     )
     try:
         limits.validate()
@@ -213,6 +256,7 @@ def cmd_average(args) -> int:
     model_dir = Path(args.model)
     if args.last < 1:
         raise CLIError(f"--last must be >= 1, got {args.last}")
+    _check_output_path(args.output, "--output")
     ckpts = step_checkpoints(model_dir)
     if not ckpts:
         raise CLIError(f"{model_dir}: no step checkpoints in {model_dir / 'checkpoints'}")
@@ -245,13 +289,55 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import ExportError, export_model
+
+    if not (Path(args.model) / "config.yaml").exists():
+        raise CLIError(f"{args.model}: not a model directory (no config.yaml)")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise CLIError(f"{args.output}: exists and is not a directory")
+    try:
+        out = export_model(args.model, args.format, args.output, quantization=args.quantization,
+                           opset=args.opset)
+    except ExportError as e:
+        raise CLIError(str(e)) from None
+    print(out)
+    return 0
+
+
 def cmd_data(args) -> int:
+    if args.name == "prepare":
+        return cmd_data_prepare(args)
+    if not args.out or args.config:
+        raise CLIError("usage: attendo data multi30k --out DIR [--from DIR] [--langs ...]")
     from .data.download import fetch_multi30k
 
     summary = fetch_multi30k(args.out, from_dir=Path(args.from_dir) if args.from_dir else None,
                              langs=tuple(args.langs))
     for name, n in summary.items():
         print(f"{Path(args.out) / name}\t{n} lines")
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from .config import load_config
+
+    if not args.config:
+        raise CLIError("usage: attendo data prepare CONFIG [--out DIR] [overrides]")
+    cfg = load_config(args.config, list(args.overrides))
+    out = args.out or cfg.data.prepared
+    if not out:
+        raise CLIError("give --out DIR, or set data.prepared in the config")
+    if cfg.data.toy:
+        raise CLIError("data.toy: a generated task is made in memory; there is nothing to prepare")
+    from .data.binarized import prepare
+
+    m = prepare(cfg.data, out, seed=cfg.train.seed, workers=args.workers,
+                progress=sys.stderr.isatty())
+    print(f"{out}\t{m['pairs']} pairs ({m['skipped']} skipped), {m['tokens']['src']} + "
+          f"{m['tokens']['tgt']} tokens, {m['seconds']['total']:.1f} s")
+    if not cfg.data.prepared:
+        print(f"train with: attendo train {args.config} data.prepared={out}")
     return 0
 
 
@@ -305,13 +391,41 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--align-gold", metavar="FILE",
                    help="gold word alignments, one line per sentence: 'i-j' sure, 'i?j' possible "
                         "(0-based source-reference word indices); adds AER")
-    e.add_argument("--align-method", choices=["argmax", "threshold"], default="argmax",
-                   help="links from attention: each reference word's most attended source word, "
-                        "or every weight >= --align-threshold")
+    e.add_argument("--align-method", choices=["argmax", "threshold", "shift"], default="argmax",
+                   help="links from attention (see attendo align): each reference piece's most "
+                        "attended source piece, every weight >= --align-threshold, or shift")
     e.add_argument("--align-threshold", type=float, default=0.5)
     e.add_argument("--rare-max-count", type=int, default=5,
                    help="a source word seen at most this many times in training is rare (5)")
     e.set_defaults(func=cmd_evaluate)
+
+    al = sub.add_parser("align", help="word alignments from attention, in Pharaoh format")
+    al.add_argument("--model", required=True, help="model directory (source -> target)")
+    al.add_argument("--src", required=True, help="source sentences, one per line")
+    al.add_argument("--tgt", help="target sentences to align with (teacher forcing)")
+    al.add_argument("--translate", action="store_true",
+                    help="align the model's own translations instead of --tgt")
+    al.add_argument("--hyp-output", metavar="FILE", help="with --translate: write them here")
+    al.add_argument("--output", "-o", help="links file, 'i-j' 0-based (default stdout)")
+    al.add_argument("--method", choices=["argmax", "threshold", "shift"], default="argmax",
+                    help="each target piece's most attended source piece; every weight >= "
+                         "--threshold; or argmax one step later (shift, Chen et al. 2020)")
+    al.add_argument("--threshold", type=float, default=0.5)
+    al.add_argument("--layer", type=int, default=None,
+                    help="Transformer: cross-attention layer (0-based, -1 = last; default "
+                         "model.attn_layer)")
+    al.add_argument("--head", type=int, default=None,
+                    help="Transformer: one head (default: the mean of the heads)")
+    al.add_argument("--reverse-model", metavar="DIR",
+                    help="a target -> source model, for --symmetrize (default grow-diag)")
+    al.add_argument("--symmetrize", choices=["intersect", "union", "grow-diag", "grow-diag-final"])
+    al.add_argument("--gold", metavar="FILE", help="gold links: print AER, precision, recall")
+    al.add_argument("--gold-format", choices=["pharaoh", "talp"], default="pharaoh",
+                    help="pharaoh: 0-based, 'i?j' possible; talp: 1-based, 'ipj' possible")
+    al.add_argument("--beam", type=int, default=None, help="with --translate: beam size")
+    al.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
+    al.add_argument("--device", default="cpu")
+    al.set_defaults(func=cmd_align)
 
     a = sub.add_parser("attend", help="attention heatmaps (PNG) and the HTML explorer")
     a.add_argument("--model", required=True)
@@ -349,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-beam", type=int, default=10)
     sv.add_argument("--max-body-kb", type=int, default=256, help="request body size")
     sv.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    sv.add_argument("--read-timeout", type=float, default=10.0,
+                    help="seconds for a request body to arrive (408 and closed after)")
+    sv.add_argument("--max-response-kb", type=int, default=4096,
+                    help="answer size (413 over it; estimated before translating)")
     sv.add_argument("--log-level", default="info",
                     choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=cmd_serve)
@@ -366,9 +484,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="validate the study and list its variants; train nothing")
     st.set_defaults(func=cmd_study)
 
-    g = sub.add_parser("data", help="fetch a public data set")
-    g.add_argument("name", choices=["multi30k"])
-    g.add_argument("--out", required=True, help="folder for the plain-text files")
+    x = sub.add_parser("export", help="export a model for CTranslate2 or ONNX Runtime")
+    x.add_argument("--model", required=True, help="model directory")
+    x.add_argument("--format", required=True, choices=["ctranslate2", "onnx"])
+    x.add_argument("--output", "-o", required=True, help="output directory")
+    x.add_argument("--quantization", default=None,
+                   help="ctranslate2: weight type, e.g. int8 or float16 (default float32)")
+    x.add_argument("--opset", type=int, default=17, help="onnx: opset version (default 17)")
+    x.set_defaults(func=cmd_export)
+
+    g = sub.add_parser("data", help="fetch a public data set, or prepare a config's training data")
+    g.add_argument("name", choices=["multi30k", "prepare"],
+                   help="multi30k: download; prepare CONFIG: tokenize the training corpora "
+                   "once into memory-mapped arrays (then train with data.prepared=DIR)")
+    g.add_argument("config", nargs="?", help="prepare: the training config (YAML)")
+    g.add_argument("overrides", nargs="*", help="prepare: dotted overrides")
+    g.add_argument("--out", help="multi30k: folder for the plain-text files; prepare: folder "
+                   "for the prepared data (default: the config's data.prepared)")
+    g.add_argument("--workers", type=int, help="prepare: processes (default data.workers, "
+                   "0 = all cores)")
     g.add_argument("--from", dest="from_dir", help="copy from a local folder instead of downloading")
     g.add_argument("--langs", nargs="+", default=["de", "en"])
     g.set_defaults(func=cmd_data)
@@ -390,8 +524,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (CLIError, ConfigError, CorpusError, FileNotFoundError, ValueError) as e:
+    except (CLIError, ConfigError, CorpusError, ValueError) as e:
         print(f"attendo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # IsADirectoryError, PermissionError, FileNotFoundError, a full disk...
+        print(f"attendo {args.command}: error: {_os_error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"attendo {args.command}: interrupted", file=sys.stderr)

@@ -1,8 +1,10 @@
 """Configuration: nested dataclasses loaded from YAML, validated strictly.
 
 An unknown or misspelt key, a value of the wrong type or an impossible value raises
-:class:`ConfigError` naming the dotted key and what is allowed. Dotted overrides
-(``train.lr=5e-4``) are applied before validation, so they get the same checks.
+:class:`ConfigError` naming the dotted key and what is allowed. Every number setting must be
+finite (``nan`` and ``inf`` are rejected naming the key, since torch would only fail later
+without it). Dotted overrides (``train.lr=5e-4``) are applied before validation, so they get
+the same checks.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,8 +30,12 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the parallel text comes from and how it becomes ids."""
 
-    train_src: str = ""  # plain text (optionally .gz), or a 2-column TSV when train_tgt is ""
-    train_tgt: str = ""
+    # plain text (optionally .gz), or a 2-column TSV when train_tgt is ""; several corpora as a
+    # list and/or shell globs ([a.de.gz, "b/*.de"]), paired with train_tgt in sorted order
+    train_src: str | list[str] = ""
+    train_tgt: str | list[str] = ""
+    # per entry of train_src: how many times its pairs appear in each epoch (oversampling)
+    train_weights: list[int] = field(default_factory=list)
     valid_src: str = ""
     valid_tgt: str = ""
     test_src: str = ""
@@ -47,10 +54,31 @@ class DataConfig:
     max_ratio: float = 0.0  # drop pairs whose length ratio exceeds this (0 = off)
     skip_bad_lines: bool = False  # skip (and count) empty/invalid/over-long pairs instead of failing
     max_chars: int = 5000  # a line longer than this many characters is bad
+    # a folder made by `attendo data prepare` (memory-mapped token arrays); "" = train from text
+    # (a large, multi-file or weighted corpus is then prepared into train.out_dir/prepared)
+    prepared: str = ""
+    spm_sample: int = 200_000  # sentences sampled to train a sentencepiece model
+    workers: int = 0  # processes that tokenize in `attendo data prepare` (0 = all cores)
 
     def validate(self) -> None:
+        _check_finite("data", self)
         if not self.toy and not self.train_src:
             raise ConfigError("data.train_src: set a training file (or data.toy to a generated task)")
+        n_src = len(self.train_src) if isinstance(self.train_src, list) else 1
+        if isinstance(self.train_src, list) != isinstance(self.train_tgt, list) and self.train_tgt:
+            raise ConfigError("data.train_tgt: give a list when data.train_src is a list, and "
+                              "a string when it is a string")
+        if self.train_tgt and isinstance(self.train_tgt, list) and len(self.train_tgt) != n_src:
+            raise ConfigError(f"data.train_tgt: has {len(self.train_tgt)} entries but "
+                              f"data.train_src has {n_src}")
+        if self.train_weights and (
+            len(self.train_weights) != n_src or min(self.train_weights) < 1
+        ):
+            raise ConfigError(f"data.train_weights: expected {n_src} whole numbers >= 1 (one "
+                              f"per data.train_src entry), got {self.train_weights}")
+        _positive("data.spm_sample", self.spm_sample)
+        if self.workers < 0:
+            raise ConfigError(f"data.workers: must be >= 0 (0 = all cores), got {self.workers}")
         if self.toy_max_len < 3:
             raise ConfigError(f"data.toy_max_len: must be >= 3, got {self.toy_max_len}")
         if self.toy_train_size < 1 or self.toy_valid_size < 1 or self.toy_test_size < 0:
@@ -100,8 +128,16 @@ class ModelConfig:
     # coverage vector fed to the attention scorer (Tu et al. 2016; See et al. 2017; RNN decoder)
     coverage: bool = False
     copy: bool = False  # pointer-generator: copy source words, incl. unknown ones (See et al. 2017)
+    # attention weights of every attention in the model: softmax, or the sparse sparsemax
+    # (Martins & Astudillo 2016) / entmax15 (Peters et al. 2019), which give exact zeros
+    attention_normalizer: Literal["softmax", "sparsemax", "entmax15"] = "softmax"
+    # local attention (Luong et al. 2015, sec. 3.2; RNN decoder): window half-width D, 0 = global
+    attention_window: int = 0
+    # local window centre: monotonic (p_i = i) or predictive (learned p_i, Gaussian weighting)
+    local: Literal["monotonic", "predictive"] = "monotonic"
 
     def validate(self) -> None:
+        _check_finite("model", self)
         for key in ("emb_dim", "enc_hidden", "enc_layers", "dec_hidden", "dec_layers"):
             _positive(f"model.{key}", getattr(self, key))
         _positive("model.location_max_len", self.location_max_len)
@@ -121,6 +157,50 @@ class ModelConfig:
             )
         self._validate_transformer_and_cnn()
         self._validate_coverage_and_copy()
+        self._validate_sparse_and_local()
+
+    def _validate_sparse_and_local(self) -> None:
+        for key, allowed in (("attention_normalizer", ("softmax", "sparsemax", "entmax15")),
+                             ("local", ("monotonic", "predictive"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(
+                    f"model.{key}: {getattr(self, key)!r} is not allowed; choose one of {list(allowed)}"
+                )
+        if isinstance(self.attention_window, bool) or not isinstance(self.attention_window, int):
+            raise ConfigError(f"model.attention_window: expected an integer, got {self.attention_window!r}")
+        if self.attention_window < 0:
+            raise ConfigError(
+                f"model.attention_window: must be >= 0 (0 = global attention), got {self.attention_window}"
+            )
+        if self.attention_window == 0 and self.local != "monotonic":
+            raise ConfigError(
+                f"model.local: {self.local!r} has no effect with global attention; set "
+                "model.attention_window to the window half-width D > 0"
+            )
+        if self.attention_window:
+            if self.decoder == "transformer":
+                raise ConfigError(
+                    "model.attention_window: local attention is implemented for the RNN decoder "
+                    "only; the transformer decoder's cross-attention is global (set it to 0)"
+                )
+            if self.attention == "none":
+                raise ConfigError(
+                    "model.attention_window: local attention needs attention, but "
+                    "model.attention is 'none'"
+                )
+            if self.copy and self.local == "predictive":
+                raise ConfigError(
+                    "model.local: 'predictive' scales the attention weights by a Gaussian, so they "
+                    "no longer sum to 1 and cannot be model.copy's copy distribution; use "
+                    "'monotonic' or turn copy off"
+                )
+        has_attention = (self.decoder == "transformer" or self.encoder == "transformer"
+                         or self.attention != "none")
+        if self.attention_normalizer != "softmax" and not has_attention:
+            raise ConfigError(
+                "model.attention_normalizer: the model has no attention to normalize "
+                "(model.attention is 'none' and no transformer part)"
+            )
 
     def _validate_coverage_and_copy(self) -> None:
         if self.coverage and self.decoder == "transformer":
@@ -224,6 +304,7 @@ class TrainConfig:
     coverage_loss: float = 0.0
 
     def validate(self) -> None:
+        _check_finite("train", self)
         if self.lr <= 0:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -236,8 +317,9 @@ class TrainConfig:
                     "num_workers"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
-        if self.max_minutes < 0 or self.clip_norm < 0 or self.weight_decay < 0:
-            raise ConfigError("train.max_minutes, clip_norm and weight_decay must be >= 0")
+        for key in ("max_minutes", "clip_norm", "weight_decay", "min_lr"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}: must be >= 0, got {getattr(self, key)}")
         if not 0 < self.plateau_factor < 1:
             raise ConfigError("train.plateau_factor: must be in (0, 1)")
         if self.schedule == "linear" and self.max_steps == 0:
@@ -254,7 +336,7 @@ class DecodeConfig:
 
     beam_size: int = 5
     n_best: int = 1
-    length_penalty: float = 0.0  # GNMT alpha: score / ((5 + len) / 6) ** alpha; 0 = off
+    length_penalty: float = 0.0  # GNMT alpha >= 0: score / ((5 + len) / 6) ** alpha; 0 = off
     max_len_ratio: float = 2.0  # output at most ratio * source length + 10 tokens ...
     max_len: int = 250  # ... and never more than this
     batch_size: int = 64  # sentences per decoding batch
@@ -268,8 +350,16 @@ class DecodeConfig:
     precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
     def validate(self) -> None:
+        _check_finite("decode", self)
         for key in ("beam_size", "n_best", "max_len", "batch_size", "max_input_tokens"):
             _positive(f"decode.{key}", getattr(self, key))
+        if self.length_penalty < 0:
+            # beam search stops a sentence early once no live hypothesis can beat its finished
+            # ones; the bound it uses holds because lp(len) grows with len, i.e. alpha >= 0
+            raise ConfigError(
+                f"decode.length_penalty: must be >= 0 (GNMT alpha; 0 = off, larger favours "
+                f"longer outputs), got {self.length_penalty}"
+            )
         if self.n_best > self.beam_size:
             raise ConfigError(f"decode.n_best: must be <= beam_size ({self.beam_size})")
         if self.max_len_ratio <= 0:
@@ -318,6 +408,16 @@ class Config:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _check_finite(section: str, settings: Any) -> None:
+    """Raise a ConfigError naming the key of any number setting (or list element) of the
+    dataclass ``settings`` that is nan or infinite."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{section}.{f.name}: must be a finite number, got {value}")
 
 
 def _positive(key: str, value: float) -> None:
@@ -423,6 +523,15 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a YAML {what}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            f"expected a YAML {what}"
+        ) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
 

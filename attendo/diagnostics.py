@@ -11,8 +11,10 @@ Pure functions on text, token lists and numpy arrays, so each can be tested with
 - **Rare and unknown words**: of the source words that the model's vocabulary cannot encode
   (*oov*) or saw at most ``k`` times in training (*rare*) and that appear in the reference,
   the share that the output reproduces; and the share of output tokens that are ``<unk>``.
-- **Attention**: entropy of the attention rows; alignment error rate (Och & Ney 2003)
-  against gold links in Pharaoh format.
+- **Attention**: entropy of the attention rows; alignment error rate, precision and recall
+  (Och & Ney 2003) against gold links, read and written in two formats (:data:`GOLD_FORMATS`):
+  *pharaoh*, 0-based ``i-j`` sure and ``i?j`` possible; *talp* (RWTH, Och & Ney), 1-based
+  ``i-j`` sure and ``ipj`` possible. In both, i indexes the source side and j the target.
 """
 
 from __future__ import annotations
@@ -235,27 +237,52 @@ class GoldAlignment:
     line: int = 0  # line number in the gold file (for error messages)
 
 
-def parse_pharaoh_line(line: str, where: str) -> GoldAlignment:
-    """Parse ``"0-0 1-2 2?1"``: ``i-j`` a sure link, ``i?j`` a possible one, i the source and
-    j the target word, 0-based. ``where`` ("file:line") prefixes any error."""
+# format -> (separator of a possible link, first index)
+GOLD_FORMATS: dict[str, tuple[str, int]] = {"pharaoh": ("?", 0), "talp": ("p", 1)}
+
+
+def parse_alignment_line(line: str, where: str, fmt: str = "pharaoh") -> GoldAlignment:
+    """Parse one line of links into 0-based (source word, target word) pairs: pharaoh
+    ``"0-0 1-2 2?1"`` (0-based; ``i?j`` possible) or talp ``"1-1 2-3 3p2"`` (1-based; ``ipj``
+    possible); ``i-j`` is a sure link in both. ``where`` ("file:line") prefixes any error."""
+    if fmt not in GOLD_FORMATS:
+        raise ValueError(f"alignment format {fmt!r}: expected one of {', '.join(GOLD_FORMATS)}")
+    maybe, base = GOLD_FORMATS[fmt]
     gold = GoldAlignment()
     for tok in line.split():
-        sep = "-" if "-" in tok else "?" if "?" in tok else None
+        sep = "-" if "-" in tok else maybe if maybe in tok else None
         parts = tok.split(sep) if sep else []
-        if len(parts) != 2 or not all(p.isdigit() and p.isascii() for p in parts):
+        if (len(parts) != 2 or not all(p.isdigit() and p.isascii() for p in parts)
+                or min(int(p) for p in parts) < base):
             raise AlignmentFileError(
-                f"{where}: bad link {tok!r}; expected 'i-j' (sure) or 'i?j' (possible), "
-                "i and j 0-based word indices of source and reference"
+                f"{where}: bad link {tok!r}; expected 'i-j' (sure) or 'i{maybe}j' (possible), "
+                f"i and j {base}-based word indices of source and reference ({fmt} format)"
             )
-        link = (int(parts[0]), int(parts[1]))
+        link = (int(parts[0]) - base, int(parts[1]) - base)
         gold.possible.add(link)
         if sep == "-":
             gold.sure.add(link)
     return gold
 
 
-def read_gold_alignments(path: str | Path) -> list[GoldAlignment]:
-    """Read a Pharaoh file, one line of links per sentence (an empty line: no links)."""
+def parse_pharaoh_line(line: str, where: str) -> GoldAlignment:
+    """:func:`parse_alignment_line` in the 0-based Pharaoh format."""
+    return parse_alignment_line(line, where, "pharaoh")
+
+
+def format_alignment_line(sure: Iterable[tuple[int, int]],
+                          possible: Iterable[tuple[int, int]] = (), fmt: str = "pharaoh") -> str:
+    """One line of links from 0-based (source, target) pairs, sorted; a pair in both ``sure``
+    and ``possible`` is written once, as sure."""
+    maybe, base = GOLD_FORMATS[fmt]
+    sure = set(sure)
+    links = [(i, j, "-") for i, j in sure] + [(i, j, maybe) for i, j in set(possible) - sure]
+    return " ".join(f"{i + base}{sep}{j + base}" for i, j, sep in sorted(links))
+
+
+def read_gold_alignments(path: str | Path, fmt: str = "pharaoh") -> list[GoldAlignment]:
+    """Read an alignment file in ``fmt`` (:data:`GOLD_FORMATS`), one line of links per
+    sentence (an empty line: no links); links come back 0-based."""
     from .utils import open_text
 
     path = Path(path)
@@ -263,7 +290,7 @@ def read_gold_alignments(path: str | Path) -> list[GoldAlignment]:
     try:
         with open_text(path) as f:
             for i, line in enumerate(f, 1):
-                g = parse_pharaoh_line(line.rstrip("\r\n"), f"{path}:{i}")
+                g = parse_alignment_line(line.rstrip("\r\n"), f"{path}:{i}", fmt)
                 g.line = i
                 out.append(g)
     except UnicodeDecodeError as e:
@@ -351,6 +378,12 @@ def aer(a: int, s: int, a_s: int, a_p: int) -> float | None:
     """Alignment error rate 1 - (|A&S| + |A&P|) / (|A| + |S|) (Och & Ney 2003), from counts
     summed over the corpus; None when there are neither links nor sure gold links."""
     return None if a + s == 0 else 1.0 - (a_s + a_p) / (a + s)
+
+
+def precision_recall(a: int, s: int, a_s: int, a_p: int) -> tuple[float | None, float | None]:
+    """Precision |A&P| / |A| and recall |A&S| / |S| (Och & Ney 2003) from the same counts as
+    :func:`aer`; None where the denominator is 0."""
+    return (a_p / a if a else None), (a_s / s if s else None)
 
 
 # -- the table ------------------------------------------------------------------------------

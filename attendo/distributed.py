@@ -36,6 +36,33 @@ class DistInfo:
         return self.rank == 0
 
 
+def env_rank() -> int:
+    """This process's global rank as torchrun set it (0 when not under torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def device_for(name: str) -> str:
+    """The device type for ``train.device`` (auto | cpu | cuda) in this launch.
+
+    ``auto`` is cuda only if every process on this machine gets a GPU of its own; with fewer
+    GPUs than local processes (say 2 processes on a 1-GPU machine) it falls back to cpu and
+    gloo, which always works. An explicit ``cuda`` with too few GPUs is an error."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if name == "auto":
+        return "cuda" if gpus >= max(local, 1) else "cpu"
+    if name == "cuda" and local > gpus:
+        raise ValueError(
+            f"train.device is cuda but this machine has {gpus} CUDA device(s) for {local} "
+            "processes; start at most one process per GPU, or use train.device=cpu"
+        )
+    return name
+
+
+def is_rank_zero() -> bool:
+    return env_rank() == 0
+
+
 def init(device_type: str) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); else single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

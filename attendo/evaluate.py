@@ -9,16 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from . import align, metrics
 from . import diagnostics as dg
-from . import metrics
-from .data.batching import collate, make_batches
 from .data.corpus import read_parallel
 from .data.prepare import Corpus, encode_copy, encode_pairs
 from .translator import Translation, Translator
 
 RARE_MAX_COUNT = 5  # a source word seen at most this many times in training is "rare"
+
+# what a bad pair's message suggests (read_parallel's default is a training-config setting)
+BAD_PAIR_HINT = (
+    "attendo evaluate scores every pair: --src and --ref need a non-empty sentence on every "
+    "line; fix or remove this line in both files"
+)
 
 
 def evaluate(
@@ -34,8 +38,12 @@ def evaluate(
     align_threshold: float = 0.5,
     rare_max_count: int = RARE_MAX_COUNT,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Score a model on a parallel test set; returns the report and the hypotheses."""
-    src, ref, _ = read_parallel(src_path, ref_path, max_chars=10**6)
+    """Score a model on a parallel test set; returns the report and the hypotheses.
+
+    The files are read by :func:`~attendo.data.corpus.read_parallel` (no pair is skipped: an
+    empty or bad line, an empty file or different line counts are a CorpusError naming the
+    file and line)."""
+    src, ref, _ = read_parallel(src_path, ref_path, max_chars=10**6, hint=BAD_PAIR_HINT)
     gold = dg.read_gold_alignments(align_gold) if align_gold else None
     report, outs = evaluate_texts(
         translator, src, ref, beam=beam, batch_size=batch_size, length_penalty=length_penalty,
@@ -61,6 +69,10 @@ def evaluate_texts(
 ) -> tuple[dict[str, Any], list[Translation]]:
     """:func:`evaluate` on sentences in memory; returns the report and the translations
     (with attention when ``diagnostics``)."""
+    if len(src) != len(ref):
+        raise ValueError(f"got {len(src)} sources but {len(ref)} references")
+    if not src:
+        raise ValueError("nothing to evaluate: no sentences")
     if gold is not None:  # before decoding: a bad gold file fails fast
         dg.check_gold(gold, gold_path or "<gold>", [len(s.split()) for s in src],
                       [len(r.split()) for r in ref])
@@ -137,39 +149,6 @@ def diagnose(
     return d
 
 
-@torch.no_grad()
-def forced_attention(
-    translator: Translator, src: list[str], ref: list[str], batch_size: int = 64
-) -> list[tuple[list[str], list[str], np.ndarray] | None]:
-    """Teacher-forced attention over the *reference*: per sentence (source pieces, reference
-    pieces, attention (len(ref pieces), len(source pieces))), the row that predicts </s>
-    left out; None for an empty side. Gold alignments link reference words, so this, not the
-    attention of the model's own output, is what AER compares."""
-    model = translator.model
-    sp = [translator.src.pieces(s) for s in src]
-    tp = [translator.tgt.pieces(r) for r in ref]
-    src_ids = [translator.src.vocab.encode(p) for p in sp]
-    tgt_ids = [translator.tgt.vocab.encode(p) for p in tp]
-    todo = [i for i in range(len(src)) if src_ids[i] and tgt_ids[i]]
-    out: list[tuple[list[str], list[str], np.ndarray] | None] = [None] * len(src)
-    was_training = model.training
-    model.eval()
-    for plan in make_batches([len(src_ids[i]) for i in todo], [len(tgt_ids[i]) for i in todo],
-                             batch_size=batch_size, batch_type="sentences", shuffle=False):
-        rows = [todo[k] for k in plan]
-        b = collate([src_ids[i] for i in rows], [tgt_ids[i] for i in rows], rows)
-        b = b.to(translator.device)
-        # a pointer-generator needs the source in its extended vocabulary; the regular ids do
-        # for attention, which does not depend on the extension
-        extra = {"src_ext": b.src} if getattr(model, "copies", False) else {}
-        _, info = model(b.src, b.src_lens, b.tgt_in, **extra)
-        attn = info["attn"].float().cpu().numpy()  # (B, T, S)
-        for k, i in enumerate(rows):
-            out[i] = (sp[i], tp[i], attn[k, : len(tgt_ids[i]), : len(src_ids[i])])
-    model.train(was_training)
-    return out
-
-
 def alignment_error(
     translator: Translator,
     src: list[str],
@@ -178,33 +157,20 @@ def alignment_error(
     method: str = "argmax",
     threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """AER of links read off teacher-forced attention, mapped from pieces to whitespace words,
-    against gold links. Sentences whose pieces do not map onto their words (e.g. an input the
-    tokenizer normalises into a different number of words) are skipped and counted."""
-    kinds = (translator.src.tokenizer.kind, translator.tgt.tokenizer.kind)
-    totals = [0, 0, 0, 0]
-    used = skipped = 0
-    for g, s, r, fa in zip(gold, src, ref, forced_attention(translator, src, ref)):
-        if fa is None:
-            skipped += 1
-            continue
-        sp, tp, attn = fa
-        sg, tg = dg.word_groups(sp, kinds[0]), dg.word_groups(tp, kinds[1])
-        if len(sg) != len(s.split()) or len(tg) != len(r.split()):
-            skipped += 1
-            continue
-        links = dg.links_from_attention(dg.attention_to_words(attn, sg, tg), method, threshold)
-        for k, v in enumerate(dg.aer_counts(links, g)):
-            totals[k] += v
-        used += 1
-    a = dg.aer(*totals)
+    """AER of links read off teacher-forced attention on the references, by the rules of
+    :mod:`attendo.align` (links between pieces, words linked when any of their pieces are),
+    against gold links. Gold alignments link reference words, so this, not the attention of
+    the model's own output, is what AER compares. Sentences whose pieces do not map onto their
+    words (e.g. an input the tokenizer normalises into a different number of words) are
+    skipped and counted."""
+    r = align.score(align.align_pairs(translator, src, ref, method, threshold), gold)
     return {
-        "aer": None if a is None else round(a, 4),
-        "align_method": method if method == "argmax" else f"threshold {threshold}",
-        "aer_sentences": used,
-        "aer_skipped": skipped,
-        "links": totals[0],
-        "sure": totals[1],
+        "aer": None if r["aer"] is None else round(r["aer"], 4),
+        "align_method": f"threshold {threshold}" if method == "threshold" else method,
+        "aer_sentences": r["sentences"],
+        "aer_skipped": r["skipped"],
+        "links": r["links"],
+        "sure": r["sure"],
     }
 
 

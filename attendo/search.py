@@ -19,6 +19,7 @@ Two decode-time options work with any attention model, trained with coverage or 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -196,8 +197,14 @@ def beam_search(
     its best candidate ends (OpenNMT-py's rule) instead of waiting for ``beam_size`` endings.
     ``early_stop=False`` turns that last test off (for comparison; the results are the same,
     only slower). Returns ``n_best`` hypotheses per sentence, best first. block_ngram_repeat
-    and coverage_penalty: see the module docstring.
+    and coverage_penalty: see the module docstring. ``alpha`` must be finite and >= 0 (a
+    negative one makes lp shrink with length, and the bound above would no longer hold).
     """
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(
+            f"length penalty (alpha) must be a finite number >= 0, got {alpha}: beam search's "
+            "exact early stop assumes lp(length) = ((5 + length) / 6) ** alpha never shrinks"
+        )
     k = beam_size
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)

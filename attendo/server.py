@@ -14,7 +14,15 @@ where the throughput comes from. ``max_batch=1`` turns batching off (one request
 
 Every limit (:class:`ServeLimits`) and every malformed request is answered with a 4xx and
 ``{"error": "..."}``; an unexpected failure is a 500 with the same shape, and the server
-goes on serving.
+goes on serving. Two limits guard the server itself rather than the model:
+
+- ``read_timeout_s``: the whole request body must arrive within it, or the answer is a 408
+  and the connection is closed (a client sending part of a body cannot hold the server).
+- ``max_response_bytes``: the size of an answer. It is estimated before translating from
+  the sources (as if each output were as long as its source; it grows with sentences x
+  n_best x attention) and measured after; either over the limit is a 413.
+
+A client that disconnects mid-request is logged at debug level only (no traceback).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .explorer import explorer_page, model_summary, sentence_record
 
@@ -52,6 +61,8 @@ class ServeLimits:
     max_beam: int = 10  # beam size (422)
     timeout_s: float = 60.0  # queueing + translation of one request (408)
     max_queue: int = 1024  # sentences waiting for the worker; more -> 429 (busy)
+    read_timeout_s: float = 10.0  # the whole request body must arrive within it (408, closed)
+    max_response_bytes: int = 4096 * 1024  # size of an answer, estimated and measured (413)
 
     def validate(self) -> None:
         for name, value in asdict(self).items():
@@ -62,9 +73,10 @@ class ServeLimits:
 class RequestError(Exception):
     """A request the server refuses: HTTP status and a message for the client."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, close: bool = False):
         super().__init__(message)
         self.status, self.message = status, message
+        self.close = close  # answer with "Connection: close" (the body was not read to its end)
 
 
 # --------------------------------------------------------------------------- batching
@@ -226,21 +238,54 @@ def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
     return texts, beam, n_best, attn
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, at most ``limit`` bytes, all of it within ``timeout_s`` seconds (a
+    slow or stalled body is a 408). A client that goes away raises ClientDisconnect."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {declared} bytes; at most {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):  # one deadline for the whole body, not per chunk
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestError(413, f"request body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"the request body did not arrive within the {timeout_s:g} s "
+                                f"limit (read_timeout_s); got {size} bytes",
+                           close=True) from None
     return b"".join(chunks)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def estimate_response_bytes(texts: list[str], n_tokens: list[int], n_best: int,
+                            attention: bool, per_hyp: int = 1, best_extra: int = 0,
+                            per_source: int = 0) -> int:
+    """An estimate (on the low side) of a /translate answer's size, before translating: as
+    if each output were as long as its source (S pieces + "</s>") and every attention weight
+    took 4 bytes ("0.0,"). With attention, a hypothesis holds ``per_hyp`` (T x S) matrices (2 with
+    coverage), the best one ``best_extra`` more (Transformer heads) and each sentence
+    ``per_source`` (S x S) ones (encoder self-attention)."""
+    total = 0
+    for text, s in zip(texts, n_tokens):
+        t = s + 1
+        hyp = 2 * len(text.encode("utf-8", "replace")) + 4 * t + 40  # text, tgt_tokens, score
+        cells = (n_best * per_hyp + best_extra) * t * s + per_source * s * s if attention else 0
+        total += 2 * len(text) + 4 * s + 60 + n_best * hyp + 4 * cells
+    return total
+
+
+def _error(status: int, message: str, close: bool = False) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status,
+                        headers={"Connection": "close"} if close else None)
+
+
+def _size_error(size: int, limit: int, measured: bool) -> RequestError:
+    what = "is" if measured else "would be about"
+    return RequestError(413, f"the answer {what} {size} bytes; the limit is "
+                             f"max_response_bytes = {limit} (--max-response-kb); send fewer "
+                             "sentences, a smaller n_best or no return_attention")
 
 
 # --------------------------------------------------------------------------- the app
@@ -270,6 +315,12 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
     def count_tokens(text: str) -> int:
         return len(translator.src.pieces(text))
 
+    # how many attention matrices an answer holds, for estimate_response_bytes
+    m = translator.cfg.model
+    per_hyp = 1 + int(bool(getattr(m, "coverage", False)))
+    best_extra = m.dec_layers * m.heads if m.decoder == "transformer" else 0
+    per_source = m.enc_layers * m.heads if m.encoder == "transformer" else 0
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
@@ -282,6 +333,12 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):
+        # the client went away mid-request: nobody reads this answer; not a server error
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return _error(499, "client disconnected")
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):
@@ -306,22 +363,39 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
     @app.post("/translate")
     async def translate(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
+        n_tokens: list[int] = []  # source pieces per sentence, noted while parsing
+
+        def count_and_note(text: str) -> int:
+            n_tokens.append(count_tokens(text))
+            return n_tokens[-1]
+
         try:
-            body = await _read_body(request, limits.max_body_bytes)
-            texts, beam, n_best, attn = parse_request(body, limits, default_beam, count_tokens)
+            body = await _read_body(request, limits.max_body_bytes, limits.read_timeout_s)
+            texts, beam, n_best, attn = parse_request(body, limits, default_beam, count_and_note)
+            size = estimate_response_bytes(texts, n_tokens, n_best, attn, per_hyp, best_extra,
+                                           per_source)
+            if size > limits.max_response_bytes:
+                raise _size_error(size, limits.max_response_bytes, measured=False)
             if batcher.queued + len(texts) > limits.max_queue:
                 raise RequestError(429, f"busy: {batcher.queued} sentences are waiting; "
                                         "try again shortly")
         except RequestError as e:
-            return _error(e.status, e.message)
+            return _error(e.status, e.message, e.close)
+        except ClientDisconnect:  # gone before its body arrived: nothing to answer
+            log.debug("client disconnected while sending /translate")
+            return _error(499, "client disconnected")
         future = batcher.submit(texts, (beam, n_best, attn))
         try:
             records = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
         except TimeoutError:
             return _error(408, f"the translation took longer than the {limits.timeout_s:g} s "
                                "limit per request; send fewer or shorter sentences")
-        return JSONResponse({"translations": records,
-                             "time_ms": round((time.perf_counter() - t0) * 1000, 2)})
+        answer = JSONResponse({"translations": records,
+                               "time_ms": round((time.perf_counter() - t0) * 1000, 2)})
+        if len(answer.body) > limits.max_response_bytes:  # longer outputs than estimated
+            e = _size_error(len(answer.body), limits.max_response_bytes, measured=True)
+            return _error(e.status, e.message)
+        return answer
 
     return app
 

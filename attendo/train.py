@@ -25,6 +25,8 @@ from .checkpoint import (
     CKPT_DIR,
     LAST_FILE,
     MODEL_FILE,
+    ModelFileError,
+    build_model_for_weights,
     load_training_state,
     prune_checkpoints,
     save_training_state,
@@ -32,6 +34,7 @@ from .checkpoint import (
 )
 from .config import Config, load_config
 from .data.batching import BatchStream, iterate_batches
+from .data.binarized import PreparedCorpus, StalePreparation, ensure_prepared, prepared_dir
 from .data.prepare import (
     Corpus,
     build_codecs,
@@ -39,6 +42,7 @@ from .data.prepare import (
     encode_pairs,
     load_codecs,
     load_corpora,
+    load_eval_corpora,
     save_codecs,
 )
 from .data.vocab import Vocab
@@ -58,6 +62,13 @@ def lr_factor(cfg, step: int) -> float:
     if cfg.schedule == "linear" and cfg.max_steps and step >= w:
         return max(0.0, (cfg.max_steps - step) / max(cfg.max_steps - w, 1))
     return warm
+
+
+MAX_BAD_UPDATES = 5  # non-finite losses in a row before training stops
+
+
+class TrainingDiverged(ValueError):
+    """Training produced non-finite losses or weights; nothing non-finite was saved."""
 
 
 @dataclass
@@ -81,7 +92,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no CUDA device is available")
+            raise ValueError("train.device is cuda but no CUDA device is available")
         return torch.device("cuda", local_rank)
     return torch.device(name)
 
@@ -129,16 +140,24 @@ class Trainer:
         tc = cfg.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        wants_cuda = tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
-        self.dist = distributed.init("cuda" if wants_cuda else "cpu")
+        device_name = distributed.device_for(tc.device)
+        self.dist = distributed.init(device_name)
         torch.manual_seed(tc.seed)
-        self.device = pick_device(tc.device, self.dist.local_rank)
+        self.device = pick_device(device_name, self.dist.local_rank)
         self.amp_dtype, needs_scaler = resolve_precision(tc.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
         if not self.dist.is_main:
             log.setLevel(logging.WARNING)  # rank-0-only logging
         self.dir.mkdir(parents=True, exist_ok=True)
-        train, self.valid, self.test = load_corpora(cfg.data, seed=tc.seed)
+        if self.dist.is_main:
+            remove_temporary_files(self.dir)  # left by a write that a kill interrupted
+        # a prepared (memory-mapped) corpus, or None: the training text is read into memory
+        self.prepared_dir = prepared_dir(cfg)
+        if self.prepared_dir is None:
+            train, self.valid, self.test = load_corpora(cfg.data, seed=tc.seed)
+        else:
+            train = None
+            self.valid, self.test = load_eval_corpora(cfg.data)
         self._setup_file_log()
         try:
             self._setup(cfg, train, resume)
@@ -146,30 +165,66 @@ class Trainer:
             self._close()
             raise
 
-    def _setup(self, cfg: Config, train: Corpus, resume: bool) -> None:
-        tc = cfg.train
-        distributed.check_agreement(self.dist, "config", cfg.to_dict())
-        distributed.check_agreement(
-            self.dist, "training data", [len(train), train.src[:50], train.tgt[-50:]]
-        )
+    def _setup_prepared(self, cfg: Config, resume: bool):
+        """Training data from a prepared folder (:mod:`attendo.data.binarized`): rank 0
+        prepares it when needed, every rank memory-maps it; returns the id views."""
+        assert self.prepared_dir is not None
+        if self.dist.is_main:
+            ensure_prepared(cfg, self.prepared_dir, seed=cfg.train.seed, resume=resume)
+        distributed.barrier(self.dist)
+        data = PreparedCorpus(self.prepared_dir, cfg.data)
+        distributed.check_agreement(self.dist, "training data", data.fingerprint())
+        prepared_codecs = data.codecs(cfg.data.lowercase)
         if resume:
             self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
+            if (self.src.vocab, self.tgt.vocab) != (prepared_codecs[0].vocab,
+                                                     prepared_codecs[1].vocab):
+                raise StalePreparation(
+                    f"{self.prepared_dir}: its vocabularies differ from those of the run in "
+                    f"{self.dir}; resume with the preparation the run started with")
         else:
-            if self.dist.is_main:  # one rank trains the tokenizers, the others read them
-                self.src, self.tgt = build_codecs(cfg.data, train, seed=tc.seed)
+            self.src, self.tgt = prepared_codecs
+            if self.dist.is_main:
                 save_codecs(self.dir, self.src, self.tgt)
                 atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
             distributed.barrier(self.dist)
-            if not self.dist.is_main:
-                self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
-        src_ids, tgt_ids, kept = encode_pairs(
-            train, self.src, self.tgt, cfg.data.max_len, cfg.data.max_ratio
+        src_ids, tgt_ids, dropped = data.training_views(
+            cfg.data.max_len, cfg.data.max_ratio, cfg.data.train_weights or None
         )
-        if not src_ids:
+        if data.manifest["skipped"]:
+            log.warning("train: %d bad pairs were skipped when %s was prepared; the first: %s",
+                        data.manifest["skipped"], self.prepared_dir, data.manifest["problems"][0])
+        return src_ids, tgt_ids, dropped
+
+    def _setup(self, cfg: Config, train: Corpus | None, resume: bool) -> None:
+        tc = cfg.train
+        distributed.check_agreement(self.dist, "config", cfg.to_dict())
+        kept = None
+        if train is None:
+            src_ids, tgt_ids, dropped = self._setup_prepared(cfg, resume)
+        else:
+            distributed.check_agreement(
+                self.dist, "training data", [len(train), train.src[:50], train.tgt[-50:]]
+            )
+            if resume:
+                self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
+            else:
+                if self.dist.is_main:  # one rank trains the tokenizers, the others read them
+                    self.src, self.tgt = build_codecs(cfg.data, train, seed=tc.seed)
+                    save_codecs(self.dir, self.src, self.tgt)
+                    atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
+                distributed.barrier(self.dist)
+                if not self.dist.is_main:
+                    self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
+            src_ids, tgt_ids, kept = encode_pairs(
+                train, self.src, self.tgt, cfg.data.max_len, cfg.data.max_ratio
+            )
+            dropped = len(train) - len(kept)
+        if not len(src_ids):
             raise ValueError("no training pairs left after the length filters (data.max_len)")
         log.info(
             "train: %d pairs (%d dropped by length filters); vocab src %d, tgt %d",
-            len(src_ids), len(train) - len(kept), len(self.src.vocab), len(self.tgt.vocab),
+            len(src_ids), dropped, len(self.src.vocab), len(self.tgt.vocab),
         )
         self.valid_ids = None
         self.valid_copy = None  # copy models: source and targets in the extended vocabulary
@@ -179,7 +234,13 @@ class Trainer:
             if cfg.model.copy:
                 self.valid_copy = encode_copy(self.valid, self.src, self.tgt, valid_kept)
         copy = encode_copy(train, self.src, self.tgt, kept) if cfg.model.copy else None
-        self.model: Seq2Seq = build_model(cfg.model, len(self.src.vocab), len(self.tgt.vocab))
+        if resume:  # sizes in config.yaml checked against the checkpoint before allocating
+            self.model: Seq2Seq = build_model_for_weights(
+                self.dir / LAST_FILE, cfg.model, len(self.src.vocab), len(self.tgt.vocab),
+                self.dir / "config.yaml",
+            )
+        else:
+            self.model = build_model(cfg.model, len(self.src.vocab), len(self.tgt.vocab))
         self.model.to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s parameters on %s (%s)", f"{n_params:,}", self.device, tc.precision)
@@ -193,10 +254,16 @@ class Trainer:
         self.state = TrainerState()
         if resume:
             last = self.dir / LAST_FILE
-            if not last.exists():
-                raise FileNotFoundError(f"{last}: nothing to resume from")
-            self.state = TrainerState(**load_training_state(last, self.model, self.optimizer))
+            saved = load_training_state(last, self.model, self.optimizer)
+            try:
+                self.state = TrainerState(**saved)
+            except TypeError as e:  # keys of another version, or a hand-edited file
+                raise ModelFileError(
+                    f"{last}: trainer state does not fit this attendo ({e})"
+                ) from None
             log.info("resumed from %s at step %d", last, self.state.step)
+            if self.dist.is_main:
+                self._truncate_metrics()
         if self.dist.enabled:
             # the saved RNG is rank 0's; give each rank its own dropout stream again
             torch.manual_seed(tc.seed * 1000 + self.dist.rank + self.state.step)
@@ -221,6 +288,7 @@ class Trainer:
         self._last_valid_step: int | None = self.state.step if resume else None
         # summed coverage loss of the last train_step (None: the model has no coverage)
         self.step_cov: float | None = None
+        self.bad_updates = 0  # non-finite updates in a row (skipped)
 
     # -- bookkeeping -------------------------------------------------------------------
     def _setup_file_log(self) -> None:
@@ -251,6 +319,22 @@ class Trainer:
             for k, v in record.items():
                 if isinstance(v, int | float) and k not in ("step",):
                     self._tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
+
+    def _truncate_metrics(self) -> None:
+        """Drop the records a killed run logged after its last checkpoint (they are logged
+        again as the resumed run repeats those steps) and a torn last line; atomic rewrite."""
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= self.state.step:
+                kept.append(line + "\n")
+        atomic_write_text(path, "".join(kept))
 
     def _set_lr(self) -> float:
         tc = self.cfg.train
@@ -298,9 +382,9 @@ class Trainer:
         # DDP averages gradients over ranks, so each rank divides by (global count / world)
         denom = distributed.all_sum(self.dist, float(local), self.device) / self.dist.world_size
         self.optimizer.zero_grad(set_to_none=True)
-        total_loss = total_nll = 0.0
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, nll, coverage
         total_n = 0
-        total_cov: float | None = None
+        has_cov = False
         for i, batch in enumerate(batches):
             batch = batch.to(self.device, non_blocking=True)
             last = i == len(batches) - 1
@@ -314,22 +398,48 @@ class Trainer:
                     )
                 scaled = loss / denom
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total_loss += float(loss.detach())
-            total_nll += float(nll)
-            total_n += n
+            sums[0] += loss.detach()
+            sums[1] += nll.detach() if torch.is_tensor(nll) else nll
             if cov is not None:
-                total_cov = (total_cov or 0.0) + float(cov)
-        self.step_cov = total_cov
+                sums[2] += cov.detach() if torch.is_tensor(cov) else cov
+                has_cov = True
+            total_n += batch.n_tgt_tokens
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if tc.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_norm)
+        # the gradient norm (clipped to train.clip_norm when set) is the same on every rank
+        # after DDP's all-reduce, so all ranks agree on skipping a non-finite update
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), tc.clip_norm or math.inf
+        )
+        # the one host synchronisation of an update: the logged sums and the finiteness check
+        check = torch.cat([sums, norm.reshape(1).to(sums)])
+        loss_sum, nll_sum, cov_sum, norm_value = check.tolist()
+        self.step_cov = cov_sum if has_cov else None
+        finite = math.isfinite(norm_value) and (self.dist.enabled or math.isfinite(loss_sum))
+        if self.scaler is None and not finite:
+            # never apply a non-finite update (it would turn every weight into NaN); stop when
+            # it keeps happening. The grad scaler (fp16) skips and rescales by itself.
+            self.bad_updates += 1
+            what = "gradient norm" if math.isfinite(loss_sum) else "loss"
+            log.warning("step %d: non-finite %s (%s); update skipped (%d in a row)",
+                        self.state.step + 1, what, loss_sum if what == "loss" else norm_value,
+                        self.bad_updates)
+            if self.bad_updates >= MAX_BAD_UPDATES:
+                raise TrainingDiverged(
+                    f"training diverged: {self.bad_updates} updates in a row had a non-finite "
+                    f"{what} (last at step {self.state.step + 1}, train.lr={tc.lr}); nothing "
+                    f"after step {self.state.step} was saved. Lower train.lr, add warmup "
+                    "(train.warmup_steps) or gradient clipping (train.clip_norm)"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            return 0.0, 0.0, 0
+        self.bad_updates = 0
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
-        return total_loss, total_nll, total_n
+        return loss_sum, nll_sum, total_n
 
     def run(self) -> dict[str, Any]:
         tc, st = self.cfg.train, self.state
@@ -364,6 +474,9 @@ class Trainer:
                     }
                     if win_cov is not None:  # per target token, before the lambda weight
                         rec["cov_loss"] = win_cov / max(win_tok, 1)
+                    if self.device.type == "cuda":  # peak GPU memory since the start
+                        rec["peak_mem_mb"] = round(
+                            torch.cuda.max_memory_allocated(self.device) / 2**20)
                     self._metric(rec)
                     post = dict(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.1f}",
                                 lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
@@ -419,7 +532,7 @@ class Trainer:
         rec["ppl"] = metrics.perplexity(nll, n)
         if tc.valid_bleu and self.valid is not None:
             k = min(tc.valid_max_sents, len(self.valid))
-            translator = Translator(self.model, self.src, self.tgt, self.cfg, str(self.device))
+            translator = Translator(self.model, self.src, self.tgt, self.cfg)
             hyps = [t.text for t in translator.translate(self.valid.src[:k], beam=1)]
             rec["bleu"] = metrics.bleu(hyps, self.valid.tgt[:k]).score
             rec["example"] = {"src": self.valid.src[0], "ref": self.valid.tgt[0], "hyp": hyps[0]}
@@ -430,6 +543,7 @@ class Trainer:
     def validate_and_save(self) -> None:
         """Rank 0 validates and writes checkpoints; the others wait, then adopt its counters
         (best, patience, plateau) so every rank stops and decays the lr together."""
+        self._check_finite_weights()  # on every rank: they hold the same weights
         if self.dist.is_main:
             self._validate_and_save()
         self._last_valid_step = self.state.step
@@ -440,11 +554,26 @@ class Trainer:
             for k, v in shared.items():
                 setattr(self.state, k, v)
 
+    def _check_finite_weights(self) -> None:
+        """A model with NaN or infinite weights is never validated, saved or made "best"."""
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise TrainingDiverged(
+                f"training diverged: at step {self.state.step} weights are not finite "
+                f"({bad[0]}{more}; train.lr={self.cfg.train.lr}); the checkpoints of step "
+                f"{self._last_valid_step or 0} and before are kept unchanged"
+            )
+
     def _validate_and_save(self) -> None:
         tc, st = self.cfg.train, self.state
         rec = self.validate()
         rec["elapsed_s"] = round(self.elapsed(), 2)
         metric = rec.get(tc.early_stopping_metric)
+        if metric is not None and not math.isfinite(metric):
+            log.warning("valid step %d: %s is %s; not a candidate for the best model",
+                        st.step, tc.early_stopping_metric, metric)
+            metric = None
         improved = False
         if metric is not None:
             better = (lambda a, b: a > b) if tc.early_stopping_metric == "bleu" else (lambda a, b: a < b)
@@ -467,7 +596,7 @@ class Trainer:
                 msg += f"  bleu {rec['bleu']:.2f}  | {rec['example']['hyp']}"
             log.info(msg + ("  (best)" if improved else ""))
         meta = {"step": st.step, "elapsed_s": rec["elapsed_s"], "valid": st.history[-1]}
-        if improved or metric is None:
+        if improved or (metric is None and tc.early_stopping_metric not in rec):
             save_weights(self.dir / MODEL_FILE, self.model, meta)
         save_weights(self.dir / CKPT_DIR / f"step-{st.step}.safetensors", self.model, meta)
         prune_checkpoints(self.dir, tc.keep_last)
@@ -483,10 +612,42 @@ def train(cfg: Config) -> Path:
 
 
 def resume(model_dir: str | Path, overrides: list[str] | None = None) -> Path:
-    cfg = load_config(Path(model_dir) / "config.yaml", overrides)
+    """Continue the run in ``model_dir`` from its last checkpoint. A run stopped before its
+    first checkpoint was complete (no ``last.safetensors``) has nothing to continue: it starts
+    again from step 0 with the directory's config, which is what it would have done."""
+    model_dir = Path(model_dir)
+    cfg = load_config(model_dir / "config.yaml", overrides)
     cfg.train.out_dir = str(model_dir)
-    Trainer(cfg, resume=True).run()
-    return Path(model_dir)
+    if not (model_dir / LAST_FILE).exists():
+        log.warning("%s: no checkpoint was completed; starting again from step 0",
+                    model_dir / LAST_FILE)
+        if distributed.is_rank_zero():
+            clear_run(model_dir)
+        Trainer(cfg).run()
+    else:
+        Trainer(cfg, resume=True).run()
+    return model_dir
 
 
-__all__ = ["Trainer", "TrainerState", "train", "resume", "lr_factor"]
+def clear_run(out: Path) -> None:
+    """Remove what a previous run left in ``out`` (weights, checkpoints, logs, metrics and
+    temporary files of interrupted writes), keeping its config and tokenizers."""
+    import shutil
+
+    for name in ("metrics.jsonl", "train.log", LAST_FILE, MODEL_FILE):
+        (out / name).unlink(missing_ok=True)
+    for name in (CKPT_DIR, "tensorboard"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    remove_temporary_files(out)
+
+
+def remove_temporary_files(out: Path) -> None:
+    """Delete ``.NAME.PID.HEX.tmp`` files that a killed atomic write left behind (rank 0
+    only: no other process writes into a run directory while it trains)."""
+    for d in (out, out / CKPT_DIR):
+        if d.is_dir():
+            for tmp in d.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+__all__ = ["Trainer", "TrainerState", "train", "resume", "clear_run", "lr_factor"]

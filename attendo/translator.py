@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import MODEL_FILE, load_weights
+from .checkpoint import MODEL_FILE, build_model_for_weights, load_weights
 from .config import Config, ConfigError, DecodeConfig, load_config
 from .data.batching import collate, make_batches
 from .data.prepare import Codec, copy_ids, load_codecs
 from .data.vocab import Vocab
-from .model.seq2seq import Seq2Seq, build_model
+from .model.seq2seq import Seq2Seq
 from .search import Hypothesis, beam_search, greedy_search
 
 log = logging.getLogger("attendo")
@@ -41,6 +41,9 @@ class Translation:
     p_gen: np.ndarray | None = None
     # coverage models: coverage before each output token (len(tgt_tokens), len(src_tokens))
     coverage: np.ndarray | None = None
+    # return_alignment: (source word, output word) links, 0-based whitespace words of the input
+    # and of ``text`` (argmax of attention, see attendo.align); None when not asked for
+    alignment: list[tuple[int, int]] | None = None
 
     def to_dict(self, with_attention: bool = True) -> dict:
         d = {
@@ -55,6 +58,8 @@ class Translation:
             d["p_gen"] = np.round(self.p_gen, 4).tolist()
         if with_attention and self.coverage is not None:
             d["coverage"] = np.round(self.coverage, 4).tolist()
+        if self.alignment is not None:
+            d["alignment"] = [list(x) for x in self.alignment]
         if self.nbest and len(self.nbest) > 1:
             d["nbest"] = [{"text": h.text, "score": h.score} for h in self.nbest]
         return d
@@ -66,9 +71,24 @@ def max_output_lengths(src_lens: torch.Tensor, cfg: DecodeConfig) -> torch.Tenso
 
 
 class Translator:
-    def __init__(self, model: Seq2Seq, src: Codec, tgt: Codec, cfg: Config, device: str = "cpu"):
-        self.model = model.to(device).eval()
-        self.src, self.tgt, self.cfg, self.device = src, tgt, cfg, torch.device(device)
+    def __init__(
+        self, model: Seq2Seq, src: Codec, tgt: Codec, cfg: Config,
+        device: str | torch.device | None = None,
+    ):
+        """Translate with ``model`` where it is: a Translator never moves a model (it may be
+        one that a Trainer is training). ``device`` (optional) only states where it is
+        expected; a model elsewhere is an error, not a silent copy. Translating switches the
+        model to eval mode (a Trainer switches it back)."""
+        here = next(model.parameters()).device
+        if device is not None and torch.device(device) != here and not (
+            torch.device(device).type == here.type and torch.device(device).index is None
+        ):
+            raise ValueError(
+                f"the model is on {here}, not {device}: move it first (model.to({str(device)!r}))"
+                " or leave device unset; a Translator does not move the model it is given"
+            )
+        self.model = model.eval()
+        self.src, self.tgt, self.cfg, self.device = src, tgt, cfg, here
         self._int8: tuple[tuple, Seq2Seq] | None = None  # (weights' identity and versions, copy)
 
     def search_model(self, precision: str = "fp32") -> Seq2Seq:
@@ -107,9 +127,13 @@ class Translator:
                 )
         cfg = load_config(model_dir / "config.yaml", overrides)
         src, tgt = load_codecs(model_dir, cfg.data.lowercase)
-        model = build_model(cfg.model, len(src.vocab), len(tgt.vocab))
-        load_weights(weights or model_dir / MODEL_FILE, model)
-        return cls(model, src, tgt, cfg, device)
+        weights = Path(weights) if weights else model_dir / MODEL_FILE
+        # sizes in config.yaml are checked against the weights' header before any allocation
+        model = build_model_for_weights(
+            weights, cfg.model, len(src.vocab), len(tgt.vocab), model_dir / "config.yaml"
+        )
+        load_weights(weights, model, str(model_dir / "config.yaml"))
+        return cls(model.to(device), src, tgt, cfg)  # the translator owns this model
 
     def _hyp_to_translation(
         self, h: Hypothesis, src_pieces: list[str], oovs: list[str] | None = None
@@ -175,10 +199,21 @@ class Translator:
         batch_size: int | None = None,
         coverage_penalty: float | None = None,
         block_ngram_repeat: int | None = None,
+        return_alignment: bool = False,
     ) -> list[Translation]:
         """Translate sentences; empty input gives empty output; over-long input is truncated
         to decode.max_input_tokens pieces (with a warning). Options left None come from
-        the decode config. A copy model writes source words it copies verbatim."""
+        the decode config. A copy model writes source words it copies verbatim.
+        ``return_alignment`` (implies attention) sets each best Translation's ``alignment``
+        (empty when its pieces do not map onto words, see :mod:`attendo.align`)."""
+        if return_alignment:
+            from .align import translation_links
+
+            out = self.translate(texts, beam, n_best, True, length_penalty, batch_size,
+                                 coverage_penalty, block_ngram_repeat)
+            for text, t in zip(texts, out):
+                t.alignment = sorted(translation_links(self, t, text) or ())
+            return out
         cfg = self.cfg.decode
         beam = cfg.beam_size if beam is None else beam
         alpha = cfg.length_penalty if length_penalty is None else length_penalty

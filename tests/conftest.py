@@ -33,6 +33,7 @@ TOY_RAW = {
     "model": {"emb_dim": 32, "enc_hidden": 64, "dec_hidden": 64, "dropout": 0.0},
     "train": {
         "progress": False,
+        "device": "cpu",  # on purpose: device-specific tests take the `device` fixture
         "threads": 0,
         "batch_size": 32,
         "lr": 0.003,
@@ -152,3 +153,75 @@ def attendo_handlers():
         if h not in before:
             logger.removeHandler(h)
             h.close()
+
+
+# --------------------------------------------------------------------------- devices
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="no CUDA device")),
+    ]
+)
+def device(request):
+    """The device a test runs on: the CPU always, CUDA too when there is one.
+
+    CUDA is ``cuda:0``, the device a single-process Trainer with ``train.device=cuda`` uses,
+    so ``p.device == device`` compares equal (``torch.device("cuda") != torch.device("cuda:0")``).
+    On CUDA, TF32 is switched off for the test (and restored after it): tests compare two
+    fp32 computation paths (step vs teacher forcing, SDPA vs explicit weights, beam 1 vs
+    greedy), and TF32 matrix products carry only 10 mantissa bits (~1e-3 relative error),
+    which would hide real differences under a loose tolerance. ``allow_tf32`` for matmul is
+    False by default, cuDNN's (convolutions, RNNs) True. What is left on CUDA is the order of
+    fp32 reductions, which the kernels pick per shape: see :func:`path_atol`.
+    """
+    if request.param == "cpu":
+        yield torch.device("cpu")
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield torch.device("cuda", 0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def path_atol(device: torch.device | str, cpu_atol: float) -> float:
+    """Absolute tolerance for comparing two fp32 computation paths of the same function.
+
+    On the CPU the given one. On CUDA (TF32 off, see the ``device`` fixture) at least 1e-4:
+    cuBLAS and the SDPA kernels choose their tiling, split-K and reduction order by shape (a
+    batch of B rows vs one row, T positions at once vs one step), so the two paths round
+    differently at the 1e-6 relative level, and through a few layers and a log-softmax that
+    can reach 1e-5. A wrong mask, cache or reorder moves outputs by 1e-2 or more, so 1e-4
+    still catches every real difference.
+    """
+    return cpu_atol if torch.device(device).type == "cpu" else max(cpu_atol, 1e-4)
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device, monkeypatch):
+    """Run-to-run exact results on ``device``. The CPU kernels attendo uses are
+    deterministic already. On CUDA some are not (atomicAdd in index_put/scatter/embedding
+    backward; cuBLAS with a shared workspace), so this sets
+    ``torch.use_deterministic_algorithms(True, warn_only=True)`` (restored afterwards) and
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``. PyTorch reads that variable when it first sizes a
+    cuBLAS workspace, so if an earlier test already used cuBLAS in this process the old size
+    stays; results are still deterministic on a single stream, which is what training uses.
+    warn_only: an op without a deterministic CUDA kernel warns instead of failing, and an
+    exactness test that then fails names the missing determinism, not a crash."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn_only)

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import ATTENTIONS, make_model, random_batch
+from conftest import ATTENTIONS, make_model, path_atol, random_batch
 
 from attendo.data.vocab import Vocab
 from attendo.model import DecoderState, RNNDecoderState
@@ -19,12 +19,14 @@ def _ids(grid):
     return [f"{a}-{s}-{r}" for a, s, r in grid]
 
 
-def _data(B_lens=(5, 3, 1, 4), T=4, seed=0):
+def _data(B_lens=(5, 3, 1, 4), T=4, seed=0, device="cpu"):
+    """src, src_lens, tgt_in: drawn on the CPU (a torch.Generator belongs to one device), then
+    moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     src, src_lens = random_batch(list(B_lens), V, g)
     tgt_in = torch.randint(4, V, (len(B_lens), T), generator=g)
     tgt_in[:, 0] = Vocab.BOS
-    return src, src_lens, tgt_in
+    return src.to(device), src_lens.to(device), tgt_in.to(device)
 
 
 def _step_all(model, src, src_lens, tgt_in, state=None):
@@ -40,40 +42,52 @@ def _step_all(model, src, src_lens, tgt_in, state=None):
 
 
 def _check_step_equals_teacher_forcing(model, src, src_lens, tgt_in):
+    """On the inputs' device; results are compared on the CPU. The teacher-forced pass of a
+    fusable decoder (one GRU layer, Luong additive attention) is the fused pass on every
+    device (attendo.model.fused_rnn), the steps are GRUCell's; on CUDA an LSTM encoder is
+    cuDNN's."""
+    atol = path_atol(src.device, 1e-5)
     with torch.no_grad():
         lp_tf, info = model.log_probs(src, src_lens, tgt_in)
         lp_step, attn_step = _step_all(model, src, src_lens, tgt_in)
-    torch.testing.assert_close(lp_step, lp_tf, atol=1e-5, rtol=0)
+    assert lp_tf.device == lp_step.device == src.device
+    lp_tf, lp_step = lp_tf.cpu(), lp_step.cpu()
+    torch.testing.assert_close(lp_step, lp_tf, atol=atol, rtol=0)
     torch.testing.assert_close(lp_tf.exp().sum(-1), torch.ones(lp_tf.shape[:2]))
     if attn_step is None:
         assert "attn" not in info
     else:
-        torch.testing.assert_close(attn_step, info["attn"], atol=1e-5, rtol=0)
-        torch.testing.assert_close(info["attn"].sum(-1), torch.ones(lp_tf.shape[:2]))
-        pad = (torch.arange(src.size(1))[None, :] >= src_lens[:, None]).unsqueeze(1)
-        assert torch.all(info["attn"].masked_select(pad.expand_as(info["attn"])) == 0)
+        attn_step, attn_tf = attn_step.cpu(), info["attn"].cpu()
+        torch.testing.assert_close(attn_step, attn_tf, atol=atol, rtol=0)
+        torch.testing.assert_close(attn_tf.sum(-1), torch.ones(lp_tf.shape[:2]))
+        pad = (torch.arange(src.size(1))[None, :] >= src_lens.cpu()[:, None]).unsqueeze(1)
+        assert torch.all(attn_tf.masked_select(pad.expand_as(attn_tf)) == 0)
 
 
 @pytest.mark.parametrize("attention,style,rnn", GRID, ids=_ids(GRID))
-def test_step_equals_teacher_forced(attention, style, rnn):
+def test_step_equals_teacher_forced(attention, style, rnn, device):
     model = make_model(V, attention=attention, attention_style=style, rnn_type=rnn, dropout=0.3)
+    model.to(device)
     assert not model.training  # dropout must be off in eval mode
-    _check_step_equals_teacher_forcing(model, *_data())
+    _check_step_equals_teacher_forcing(model, *_data(device=device))
 
 
 @pytest.mark.parametrize("attention,style,rnn", GRID, ids=_ids(GRID))
-def test_state_index_select_reorders_consistently(attention, style, rnn):
-    model = make_model(V, attention=attention, attention_style=style, rnn_type=rnn)
-    src, src_lens, tgt_in = _data()
-    idx = torch.tensor([2, 0, 0, 3, 1])  # reorder, duplicate (beam expansion) and keep all
+def test_state_index_select_reorders_consistently(attention, style, rnn, device):
+    model = make_model(V, attention=attention, attention_style=style, rnn_type=rnn).to(device)
+    src, src_lens, tgt_in = _data(device=device)
+    # reorder, duplicate (beam expansion) and keep all; on the state's device, as search does
+    idx = torch.tensor([2, 0, 0, 3, 1], device=device)
+    atol = path_atol(device, 1e-5)  # 5 rows vs 4: CUDA kernels may round differently
     with torch.no_grad():
         lp, attn = _step_all(model, src, src_lens, tgt_in)
         state = model.start(src, src_lens).index_select(idx)
         assert isinstance(state, DecoderState)
+        assert state.src_pad_mask.device == state.h.device == device
         lp_perm, attn_perm = _step_all(model, src, src_lens, tgt_in[idx], state=state)
-    torch.testing.assert_close(lp_perm, lp[idx], atol=1e-5, rtol=0)
+    torch.testing.assert_close(lp_perm.cpu(), lp[idx].cpu(), atol=atol, rtol=0)
     if attn is not None:
-        torch.testing.assert_close(attn_perm, attn[idx], atol=1e-5, rtol=0)
+        torch.testing.assert_close(attn_perm.cpu(), attn[idx].cpu(), atol=atol, rtol=0)
 
 
 def test_index_select_mid_sequence_and_prune():

@@ -81,27 +81,34 @@ def test_fused_decoder_equals_step_by_step(input_feeding):
         torch.testing.assert_close(g_got[name], g_ref[name], rtol=0, atol=1e-10, msg=name)
 
 
-def test_fused_passes_under_bf16_autocast_match_fp32():
-    """Under autocast the fused passes run in bfloat16: close to fp32, gradients in fp32."""
+def test_fused_passes_under_bf16_autocast_match_fp32(device):
+    """Under autocast the fused passes run in bfloat16: close to fp32, gradients in fp32.
+
+    ``fusable()`` does not look at the device: the fused passes are plain tensor operations
+    and run on CUDA too (under CUDA autocast, in its dtype), so on CUDA this tests them there.
+    """
     torch.manual_seed(0)
-    enc = RNNEncoder(50, 16, 16)
-    dec = RNNDecoder(40, 16, 16, 32, 32, attention="additive", style="luong")
-    src, lens, tgt = _batch()
+    enc = RNNEncoder(50, 16, 16).to(device)
+    dec = RNNDecoder(40, 16, 16, 32, 32, attention="additive", style="luong").to(device)
+    assert enc.fusable() and dec.fusable()  # what runs below is the fused passes
+    src, lens, tgt = (t.to(device) for t in _batch())
 
     def run(low):
         enc.zero_grad()
         dec.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
             feats, info = dec(tgt, dec.init_state(enc(src, lens)))
+        assert feats.dtype == (torch.bfloat16 if low else torch.float32)
         feats.float().pow(2).sum().backward()
-        return feats.float(), info["attn"], _grads(enc, dec)
+        return feats.float().cpu(), info["attn"].cpu(), _grads(enc, dec)
 
     f32, a32, g32 = run(False)
     f16, a16, g16 = run(True)
     torch.testing.assert_close(f16, f32, rtol=0, atol=3e-2)
     torch.testing.assert_close(a16, a32, rtol=0, atol=3e-2)
+    assert g16.keys() == g32.keys()
     for name, g in g16.items():
-        assert g.dtype == torch.float32, name
+        assert g.dtype == torch.float32 and g.device == device, name
         rel = (g - g32[name]).norm() / g32[name].norm().clamp_min(1e-6)
         assert rel < 0.1, (name, float(rel))
 

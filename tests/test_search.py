@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, random_batch
+from conftest import make_model, path_atol, random_batch
 from torch import Tensor
 
 from attendo.config import Config, DataConfig
@@ -188,20 +188,28 @@ LENS = [7, 3, 5, 1, 6, 2]
 VOCAB = 15
 
 
-def _model(attention, eos_bias=1.5, **kw):
+def _model(attention, eos_bias=1.5, device="cpu", **kw):
+    """A tiny model on ``device``: initialised (from the global CPU generator) and biased on
+    the CPU, then moved, so it has the same weights on every device."""
     model = make_model(VOCAB, attention=attention, **kw)
     with torch.no_grad():  # make EOS likely enough that some outputs end before their cap
         model.decoder.out.bias[EOS] += eos_bias
-    return model
+    return model.to(device)
+
+
+def _batch(seed, device, caps):
+    """random_batch drawn on the CPU (a torch.Generator belongs to one device) and moved to
+    the model's device, with the output caps there too."""
+    src, lens = random_batch(LENS, VOCAB, torch.Generator().manual_seed(seed))
+    return src.to(device), lens.to(device), torch.tensor(caps, device=device)
 
 
 @pytest.mark.parametrize(
     "attention,rnn", [("additive", "gru"), ("dot", "lstm"), ("location", "gru"), ("none", "lstm")]
 )
-def test_beam_one_equals_greedy(attention, rnn):
-    model = _model(attention, rnn_type=rnn)
-    src, lens = random_batch(LENS, VOCAB, torch.Generator().manual_seed(1))
-    caps = torch.tensor([9, 4, 6, 2, 8, 3])
+def test_beam_one_equals_greedy(attention, rnn, device):
+    model = _model(attention, rnn_type=rnn, device=device)
+    src, lens, caps = _batch(1, device, [9, 4, 6, 2, 8, 3])
     g = greedy_search(model.decoder, model.start(src, lens), len(LENS), BOS, EOS, caps)
     b = beam_search(model.decoder, model.start(src, lens), len(LENS), BOS, EOS, caps, beam_size=1)
     ended = 0
@@ -211,15 +219,16 @@ def test_beam_one_equals_greedy(attention, rnn):
         assert gh.log_prob == pytest.approx(bh.log_prob, abs=1e-4)
         ended += gh.tokens[-1] == EOS
         if attention != "none":
-            torch.testing.assert_close(gh.attn, bh.attn)
+            assert gh.attn.device == bh.attn.device == device  # search stays on the device
+            torch.testing.assert_close(gh.attn.cpu(), bh.attn.cpu())
     assert 0 < ended  # the test covers outputs that end with EOS
 
 
 @pytest.mark.parametrize("attention", ["additive", "general", "location"])
-def test_beam_results_do_not_depend_on_the_batch(attention):
-    model = _model(attention, eos_bias=1.0)
-    src, lens = random_batch(LENS, VOCAB, torch.Generator().manual_seed(2))
-    caps = torch.tensor([12, 5, 8, 3, 10, 4])
+def test_beam_results_do_not_depend_on_the_batch(attention, device):
+    model = _model(attention, eos_bias=1.0, device=device)
+    src, lens, caps = _batch(2, device, [12, 5, 8, 3, 10, 4])
+    atol = path_atol(device, 1e-5)  # one sentence vs six: CUDA kernels round differently
     batch = beam_search(
         model.decoder, model.start(src, lens), len(LENS), BOS, EOS, caps, beam_size=3, n_best=2
     )
@@ -238,15 +247,14 @@ def test_beam_results_do_not_depend_on_the_batch(attention):
         assert [h.tokens for h in alone] == [h.tokens for h in batch[i]]
         assert [h.score for h in alone] == pytest.approx([h.score for h in batch[i]], abs=1e-4)
         for ha, hb in zip(alone, batch[i]):
-            torch.testing.assert_close(ha.attn, hb.attn[:, :n], atol=1e-5, rtol=0)
+            torch.testing.assert_close(ha.attn.cpu(), hb.attn[:, :n].cpu(), atol=atol, rtol=0)
             assert torch.all(hb.attn[:, n:] == 0)
 
 
 @pytest.mark.parametrize("beam", [2, 4])
-def test_beam_attention_per_hypothesis(beam):
-    model = _model("additive", eos_bias=0.5)
-    src, lens = random_batch(LENS, VOCAB, torch.Generator().manual_seed(3))
-    caps = torch.tensor([2, 9, 1, 5, 7, 3])
+def test_beam_attention_per_hypothesis(beam, device):
+    model = _model("additive", eos_bias=0.5, device=device)
+    src, lens, caps = _batch(3, device, [2, 9, 1, 5, 7, 3])
     results = beam_search(
         model.decoder,
         model.start(src, lens),
@@ -265,19 +273,19 @@ def test_beam_attention_per_hypothesis(beam):
             assert 1 <= len(h.tokens) <= caps[i]
             assert EOS not in h.tokens[:-1]
             assert h.attn.shape == (len(h.tokens), S)
-            torch.testing.assert_close(h.attn.sum(-1), torch.ones(len(h.tokens)))
+            torch.testing.assert_close(h.attn.sum(-1).cpu(), torch.ones(len(h.tokens)))
             assert torch.all(h.attn[:, LENS[i] :] == 0)
             # the score is the model's log-probability of the hypothesis
             with torch.no_grad():
-                toks = torch.tensor([[BOS] + h.tokens[:-1]])
+                toks = torch.tensor([[BOS] + h.tokens[:-1]], device=device)
                 lp, _ = model.log_probs(src[i : i + 1, : LENS[i]], lens[i : i + 1], toks)
-            ref = lp[0].gather(1, torch.tensor(h.tokens).unsqueeze(1)).sum()
+            ref = lp[0].gather(1, torch.tensor(h.tokens, device=device).unsqueeze(1)).sum()
             assert h.log_prob == pytest.approx(float(ref), abs=1e-4)
 
 
-def test_return_info_false_gives_no_attention():
-    model = _model("dot")
-    src, lens = random_batch(LENS, VOCAB)
+def test_return_info_false_gives_no_attention(device):
+    model = _model("dot", device=device)
+    src, lens, _ = _batch(0, device, [4] * len(LENS))
     for h in greedy_search(
         model.decoder, model.start(src, lens), len(LENS), BOS, EOS, 4, return_info=False
     ):
@@ -424,13 +432,15 @@ class _CountingDecoder:
 
 @pytest.mark.parametrize("alpha,beta,n_best", [(0.0, 0.0, 1), (0.0, 0.0, 2), (0.6, 0.0, 1),
                                                (0.0, 0.3, 1), (1.0, 0.2, 2)])
-def test_beam_early_stop_is_exact(alpha, beta, n_best):
+def test_beam_early_stop_is_exact(alpha, beta, n_best, device):
     """Stopping a sentence once no live hypothesis can beat its n-best finished ones gives the
     same hypotheses as waiting for beam_size of them, and (without a length penalty) fewer
     decoder rows."""
-    model = _model("additive", eos_bias=0.8)
-    src, lens = random_batch(LENS, VOCAB, torch.Generator().manual_seed(7))
-    caps = torch.tensor([14, 9, 12, 6, 13, 8])
+    model = _model("additive", eos_bias=0.8, device=device)
+    src, lens, caps = _batch(7, device, [14, 9, 12, 6, 13, 8])
+    # the two runs prune the batch at different steps, so later steps run other batch sizes:
+    # on CUDA the kernels then round differently (see conftest.path_atol)
+    atol = path_atol(device, 1e-5)
     runs = {}
     for early in (True, False):
         dec = _CountingDecoder(model.decoder)
@@ -441,7 +451,7 @@ def test_beam_early_stop_is_exact(alpha, beta, n_best):
     for a, b in zip(fast, slow):
         assert len(a) == len(b) == n_best
         assert [h.tokens for h in a] == [h.tokens for h in b]
-        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=atol)
     assert fast_rows <= slow_rows
     if alpha == 0.0 and beta == 0.0 and n_best == 1:
         assert fast_rows < slow_rows

@@ -169,6 +169,73 @@ def test_resume_gives_the_same_weights_as_one_run(toy_config, tmp_path):
     assert meta_one["trainer"]["epoch"] >= 1
 
 
+def test_resume_mid_epoch_with_dropout_is_exact(toy_config, tmp_path):
+    """A checkpoint in the middle of an epoch (step 3 of 8), dropout on: the resumed run
+    draws the same dropout masks as the unbroken one. (The batch loader used to take a seed
+    from the global generator whenever it started, so a resumed run's dropout was shifted.)"""
+    args = [*RESUME, "train.valid_every=3", "train.log_every=1"]
+    one = tmp_path / "one"
+    Trainer(toy_config(*args, "train.max_steps=6", out_dir=one)).run()
+    two = tmp_path / "two"
+    Trainer(toy_config(*args, "train.max_steps=3", out_dir=two)).run()
+    resume(two, ["train.max_steps=6"])
+    ta, tb = _model_tensors(one / "last.safetensors"), _model_tensors(two / "last.safetensors")
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k  # bit-identical, not merely close
+    # each step logged once, the resumed steps with the unbroken run's losses
+    steps = [r["step"] for r in _records(two) if r["type"] == "train"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in _records(one) if r["type"] == "train"] == [
+        r["loss"] for r in _records(two) if r["type"] == "train"]
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(
+    toy_config, tmp_path, monkeypatch, attendo_handlers
+):
+    """A run killed at step 7 had logged steps 5-7 after its checkpoint at step 4; they are
+    trained and logged again after resume, so each step must appear once (and a torn last
+    line is dropped)."""
+    run = tmp_path / "run"
+    real_step = Trainer.train_step
+
+    def dying_step(self, batch):
+        if self.state.step == 7:
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(toy_config(*RESUME, "train.log_every=1", out_dir=run)).run()
+    monkeypatch.undo()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"type": "train", "st')  # the kill tore the last line
+    resume(run, ["train.max_steps=12"])
+    recs = _records(run)
+    steps = [r["step"] for r in recs if r["type"] == "train"]
+    assert steps == list(range(1, 13))
+    assert [r["step"] for r in recs if r["type"] == "valid"] == [4, 8, 12]
+
+
+def test_non_finite_loss_stops_training_and_saves_no_nan_model(toy_config, tmp_path):
+    """A learning rate that blows the weights up: updates with a non-finite loss are skipped
+    and training stops with an error after a few; no NaN weights are saved, none is 'best'."""
+    from attendo.train import TrainingDiverged
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"training diverged: .*(non-finite|not finite).*train\.lr"):
+        Trainer(toy_config("train.lr=1e38", "train.max_steps=40", "train.valid_every=4",
+                           out_dir=run)).run()
+    saved = [p for p in [run / "model.safetensors", *run.glob("checkpoints/*.safetensors")]
+             if p.exists()]
+    for path in saved:
+        for name, t in _model_tensors(path).items():
+            assert torch.isfinite(t).all(), f"{path.name}: {name}"
+    for rec in _records(run) if (run / "metrics.jsonl").exists() else []:
+        if rec["type"] == "valid":
+            assert math.isfinite(rec["ppl"]) and math.isfinite(rec["loss"])
+
+
 def test_interrupted_run_resumes_from_its_last_checkpoint(
     toy_config, tmp_path, monkeypatch, attendo_handlers
 ):
@@ -193,7 +260,7 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(
     assert_same_weights(one / "model.safetensors", two / "model.safetensors")
 
 
-def test_resume_needs_a_checkpoint(toy_config, tmp_path, monkeypatch, attendo_handlers):
+def test_resume_before_the_first_checkpoint_starts_again(toy_config, tmp_path, monkeypatch, attendo_handlers):
     def dying_step(self, batch):
         raise KeyboardInterrupt  # killed before the first checkpoint
 
@@ -202,8 +269,12 @@ def test_resume_needs_a_checkpoint(toy_config, tmp_path, monkeypatch, attendo_ha
     with pytest.raises(KeyboardInterrupt):
         Trainer(toy_config(out_dir=run)).run()
     assert (run / "config.yaml").exists() and not (run / "last.safetensors").exists()
-    with pytest.raises(FileNotFoundError, match=r"last\.safetensors: nothing to resume from"):
-        resume(run)
+    monkeypatch.undo()
+    # nothing to continue: --resume starts again from step 0 and ends like an unbroken run
+    resume(run)
+    one = tmp_path / "one"
+    Trainer(toy_config(out_dir=one)).run()
+    assert_same_weights(one / "last.safetensors", run / "last.safetensors")
     with pytest.raises(ConfigError, match=r"config\.yaml: no such config file"):
         resume(tmp_path / "elsewhere")
 

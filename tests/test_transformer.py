@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import make_model, random_batch, toy_raw
+from conftest import make_model, path_atol, random_batch, toy_raw
 
 from attendo.checkpoint import load_weights, save_weights
 from attendo.config import ConfigError, ModelConfig, config_from_dict
@@ -38,22 +38,26 @@ BOS, EOS = Vocab.BOS, Vocab.EOS
 TINY = {"d_model": 16, "heads": 4, "ff_dim": 32, "enc_layers": 2, "dec_layers": 2}
 
 
-def model(encoder="transformer", decoder="transformer", **kw):
-    """A tiny eval-mode model; dropout is set high so a forgotten eval() would show."""
+def model(encoder="transformer", decoder="transformer", device="cpu", **kw):
+    """A tiny eval-mode model; dropout is set high so a forgotten eval() would show.
+    Initialised on the CPU, then moved to ``device``."""
     args = {**TINY, "dropout": 0.3, "attn_dropout": 0.3, **kw}
-    return make_model(V, encoder=encoder, decoder=decoder, **args)
+    return make_model(V, encoder=encoder, decoder=decoder, **args).to(device)
 
 
-def data(lens=(5, 3, 1, 4), T=5, seed=0):
+def data(lens=(5, 3, 1, 4), T=5, seed=0, device="cpu"):
+    """src, src_lens, tgt_in: drawn on the CPU (a torch.Generator belongs to one device), then
+    moved to ``device``."""
     g = torch.Generator().manual_seed(seed)
     src, src_lens = random_batch(list(lens), V, g)
     tgt_in = torch.randint(4, V, (len(lens), T), generator=g)
     tgt_in[:, 0] = BOS
-    return src, src_lens, tgt_in
+    return src.to(device), src_lens.to(device), tgt_in.to(device)
 
 
 def pad_of(src_lens, S):
-    return torch.arange(S)[None, :] >= src_lens[:, None]  # (B, S) True at padding
+    """(B, S) True at padding, on the CPU (tests compare results after .cpu())."""
+    return torch.arange(S)[None, :] >= src_lens.cpu()[:, None]
 
 
 def step_all(m, src, src_lens, tgt_in, state=None):
@@ -76,15 +80,20 @@ PAD = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 0, 1, 1], [0, 1, 1, 1, 1]], dtype=to
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_fast_path_equals_weights_path_and_masks_hold(causal, masked):
+def test_fast_path_equals_weights_path_and_masks_hold(causal, masked, device):
+    """F.scaled_dot_product_attention (on CUDA a fused kernel: flash does not take fp32, so
+    memory-efficient or math) against the explicit softmax(Q K^T / sqrt(d)) V with weights,
+    under key-padding and causal masks."""
     torch.manual_seed(0)
-    mha = MultiHeadAttention(16, 4, dropout=0.5).eval()
-    x = torch.randn(3, 5, 16)
-    mask = PAD if masked else None
+    mha = MultiHeadAttention(16, 4, dropout=0.5).eval().to(device)
+    x = torch.randn(3, 5, 16).to(device)
+    mask = PAD.to(device) if masked else None
     fast, none = mha(x, mask, causal)
     slow, w = mha(x, mask, causal, need_weights=True)
     assert none is None and w.shape == (3, 4, 5, 5)  # (B, H, Tq, Tk)
-    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=0)
+    assert fast.device == w.device == device
+    fast, slow, w = fast.cpu(), slow.cpu(), w.cpu()
+    torch.testing.assert_close(fast, slow, atol=path_atol(device, 1e-6), rtol=0)
     torch.testing.assert_close(w.sum(-1), torch.ones(3, 4, 5))
     if masked:  # no weight on padding keys, for every head and query
         assert torch.all(w.masked_select(PAD[:, None, None, :].expand_as(w)) == 0)
@@ -174,16 +183,24 @@ GRID = list(itertools.product(["pre", "post"], ["sinusoidal", "learned"], ["tran
 
 
 @pytest.mark.parametrize("norm,positions,encoder", GRID, ids=["-".join(g) for g in GRID])
-def test_step_equals_teacher_forced(norm, positions, encoder):
-    m = model(encoder, norm=norm, positions=positions)
+def test_step_equals_teacher_forced(norm, positions, encoder, device):
+    """Incremental decoding (cached keys and values, one position per step) equals the full
+    causal pass. On CUDA the full pass's self-attention is SDPA with is_causal and its
+    cross-attention the explicit weights (the reported layer) or SDPA (the others), while a
+    step attends with explicit weights when info is asked for."""
+    m = model(encoder, norm=norm, positions=positions, device=device)
     assert not m.training
-    src, src_lens, tgt_in = data()
+    src, src_lens, tgt_in = data(device=device)
+    atol = path_atol(device, 1e-5)
     with torch.no_grad():
         lp_tf, info = m.log_probs(src, src_lens, tgt_in)
         lp_step, attn_step, heads = step_all(m, src, src_lens, tgt_in)
-    torch.testing.assert_close(lp_step, lp_tf, atol=1e-5, rtol=0)
+    assert lp_tf.device == lp_step.device == device
+    lp_tf, lp_step, attn_step, heads = lp_tf.cpu(), lp_step.cpu(), attn_step.cpu(), heads.cpu()
+    info = {k: v.cpu() for k, v in info.items()}
+    torch.testing.assert_close(lp_step, lp_tf, atol=atol, rtol=0)
     torch.testing.assert_close(lp_tf.exp().sum(-1), torch.ones(4, 5))
-    torch.testing.assert_close(attn_step, info["attn"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(attn_step, info["attn"], atol=atol, rtol=0)
     pad = pad_of(src_lens, 5)
     assert torch.all(info["attn"].masked_select(pad[:, None, :].expand(4, 5, 5)) == 0)
     assert heads.shape == (4, 5, 2, 4, 5)  # (B, T, L, H, S)
@@ -193,11 +210,13 @@ def test_step_equals_teacher_forced(norm, positions, encoder):
 
 
 @pytest.mark.parametrize("copy", [False, True])
-def test_step_without_info_gives_the_same_output(copy):
+def test_step_without_info_gives_the_same_output(copy, device):
     """need_info=False (search without attention asked for) takes the fused attention path
-    and leaves the per-head weights out, but the output distribution is the same."""
-    m = model(copy=copy)
-    src, src_lens, tgt_in = data()
+    and leaves the per-head weights out, but the output distribution is the same. (On the
+    CPU one query per row always takes the plain path; on CUDA need_info=False is SDPA.)"""
+    m = model(copy=copy, device=device)
+    src, src_lens, tgt_in = data(device=device)
+    atol = path_atol(device, 1e-5)
     kw = {}
     if copy:  # source ids 4.. as their own extended ids: every source word is copyable
         kw = {"src_ext": src.clone(), "n_ext": 0}
@@ -206,7 +225,7 @@ def test_step_without_info_gives_the_same_output(copy):
         for t in range(tgt_in.size(1)):
             lp_full, full, info_full = m.decoder.step(tgt_in[:, t], full)
             lp_lean, lean, info_lean = m.decoder.step(tgt_in[:, t], lean, need_info=False)
-            torch.testing.assert_close(lp_lean, lp_full, atol=1e-5, rtol=0)
+            torch.testing.assert_close(lp_lean.cpu(), lp_full.cpu(), atol=atol, rtol=0)
             assert "attn_heads" in info_full and "attn_heads" not in info_lean
             assert ("attn" in info_lean) == copy
 
@@ -333,25 +352,29 @@ LENS = [7, 3, 5, 1, 6, 2]
 VOCAB = 15
 
 
-def _search_model(encoder, eos_bias):
+def _search_model(encoder, eos_bias, device="cpu"):
     m = make_model(VOCAB, encoder=encoder, decoder="transformer", **TINY, dropout=0.0)
     with torch.no_grad():  # make EOS likely enough that some outputs end before their cap
         m.decoder.out.bias[EOS] += eos_bias
-    return m
+    return m.to(device)
 
 
 @pytest.mark.parametrize("encoder", ["transformer", "cnn"])
-def test_beam_one_equals_greedy(encoder):
-    m = _search_model(encoder, 2.0)
+def test_beam_one_equals_greedy(encoder, device):
+    """Beam search with one beam (scores carried per beam, the state reordered by
+    index_select at every step) gives greedy search's outputs, attention included."""
+    m = _search_model(encoder, 2.0, device)
     src, lens = random_batch(LENS, VOCAB, torch.Generator().manual_seed(1))
-    caps = torch.tensor([9, 4, 6, 2, 8, 3])
+    src, lens = src.to(device), lens.to(device)
+    caps = torch.tensor([9, 4, 6, 2, 8, 3], device=device)
     g = greedy_search(m.decoder, m.start(src, lens), len(LENS), BOS, EOS, caps)
     b = beam_search(m.decoder, m.start(src, lens), len(LENS), BOS, EOS, caps, beam_size=1)
     ended = 0
     for gh, (bh,) in zip(g, b):
         assert gh.tokens == bh.tokens
         assert gh.score == pytest.approx(bh.score, abs=1e-4)
-        torch.testing.assert_close(gh.attn, bh.attn)
+        assert gh.attn.device == bh.attn.device == device  # search stays on the device
+        torch.testing.assert_close(gh.attn.cpu(), bh.attn.cpu())  # the same kernels and shapes
         assert gh.info["attn_heads"].shape == (len(gh.tokens), 2, 4, src.size(1))
         ended += gh.tokens[-1] == EOS
     assert 0 < ended  # the test covers outputs that end with EOS

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -227,28 +228,25 @@ def collate(
 
 
 def _cut(
-    order: list[int], cost_len: list[int], batch_size: int, batch_type: str
+    order: np.ndarray, cost_len: np.ndarray, batch_size: int, batch_type: str
 ) -> list[list[int]]:
-    """Cut ``order`` into consecutive batches.
+    """Cut ``order`` (example indices) into consecutive batches.
 
     For ``"tokens"`` a batch is grown while ``n * max(len) <= batch_size``, i.e. the size of
     the padded tensor, which is what memory use follows; a single longer example still gets a
     batch of its own.
     """
+    ids = order.tolist()
+    if batch_type == "sentences":
+        return [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
     batches: list[list[int]] = []
     cur: list[int] = []
     cur_max = 0
-    for i in order:
-        if batch_type == "sentences":
-            if len(cur) == batch_size:
-                batches.append(cur)
-                cur = []
-            cur.append(i)
-            continue
-        new_max = max(cur_max, cost_len[i])
+    for i, c in zip(ids, cost_len[order].tolist()):
+        new_max = max(cur_max, c)
         if cur and new_max * (len(cur) + 1) > batch_size:
             batches.append(cur)
-            cur, new_max = [], cost_len[i]
+            cur, new_max = [], c
         cur.append(i)
         cur_max = new_max
     if cur:
@@ -304,26 +302,33 @@ def make_batches(
         raise ValueError(f"got {n} source lengths but {len(tgt_lens)} target lengths")
     if n == 0:
         return []
-    tl = tgt_lens if tgt_lens is not None else [0] * n
-    cost_len = [max(s, t + 1 if tgt_lens is not None else 0, 1) for s, t in zip(src_lens, tl)]
+    # numpy for the O(n) work (millions of examples); the result is the same as sorting
+    # Python lists, since every sort here is stable
+    sl = np.asarray(src_lens, dtype=np.int64)
+    tl = np.zeros(n, np.int64) if tgt_lens is None else np.asarray(tgt_lens, dtype=np.int64)
+    cost_len = np.maximum(sl, tl + 1) if tgt_lens is not None else sl
+    cost_len = np.maximum(cost_len, 1)
 
     if not shuffle:
         # Longest first: an out-of-memory error shows up on the first batch, not the last;
-        # Python's sort is stable, so equal lengths keep their input order.
-        order = sorted(range(n), key=lambda i: (-src_lens[i], -tl[i]))
-        return _cut(order, cost_len, batch_size, batch_type)
+        # the sort is stable, so equal lengths keep their input order.
+        return _cut(np.lexsort((-tl, -sl)), cost_len, batch_size, batch_type)
 
     rng = _rng(seed, epoch)
-    perm = list(range(n))
-    rng.shuffle(perm)
+    perm_list = list(range(n))
+    rng.shuffle(perm_list)  # Python's shuffle: stable across releases (exact resume)
+    perm = np.array(perm_list, dtype=np.int64)
+    del perm_list
     if batch_type == "sentences":
         per_batch = batch_size
     else:
-        per_batch = max(1, batch_size * n // sum(cost_len))  # sentences of average length
+        per_batch = max(1, batch_size * n // int(cost_len.sum()))  # sentences of average length
     chunk = CHUNK_BATCHES * per_batch
+    key = sl * (int(tl.max()) + 1) + tl  # orders like the pair (source length, target length)
     batches: list[list[int]] = []
     for start in range(0, n, chunk):
-        part = sorted(perm[start : start + chunk], key=lambda i: (src_lens[i], tl[i]))
+        part = perm[start : start + chunk]
+        part = part[np.argsort(key[part], kind="stable")]
         batches.extend(_cut(part, cost_len, batch_size, batch_type))
     rng.shuffle(batches)
     return batches
@@ -367,8 +372,8 @@ class BatchStream:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
         self.rank, self.world_size = rank, world_size
-        self._src_lens = [len(s) for s in src_ids]
-        self._tgt_lens = [len(t) for t in tgt_ids]
+        self._src_lens = _lengths(src_ids)
+        self._tgt_lens = _lengths(tgt_ids)
         self.epoch = epoch
         self.offset = offset
         self._plan_epoch: int | None = None
@@ -432,6 +437,13 @@ class BatchStream:
             )
 
 
+def _lengths(seqs) -> list[int] | np.ndarray:
+    """Lengths of ``seqs``: their ``lengths`` array when they have one (memory-mapped
+    corpora, see :mod:`attendo.data.binarized`), else ``len`` of each."""
+    lengths = getattr(seqs, "lengths", None)
+    return lengths if lengths is not None else [len(s) for s in seqs]
+
+
 def _collate_plan(
     idx: list[int],
     src_ids: list[list[int]],
@@ -482,6 +494,10 @@ def iterate_batches(
             shuffle=False,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            # its own generator: a DataLoader draws a base seed for its workers whenever an
+            # iterator starts (every epoch, and on resume mid-epoch); from the global generator
+            # that draw would shift the dropout stream and break exact resume
+            generator=torch.Generator().manual_seed(stream.seed * 1_000_003 + stream.epoch),
         )
         for batch in loader:
             stream.offset += 1

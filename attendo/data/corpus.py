@@ -3,22 +3,48 @@
 Files are read as bytes line by line (split on ``\\n`` only) and each line is decoded on its own,
 so every problem can be reported as ``path:line: problem`` the way compilers do. Plain and gzip
 files are accepted; gzip is detected from the file's content.
+
+What a line may hold:
+
+- A UTF-8 byte-order mark (U+FEFF) at the start of a file is dropped, and so is one at either
+  end of a line (files joined with ``cat`` keep their marks at the start of later lines); one
+  inside a sentence is kept as text (the zero-width no-break space).
+- Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) are an error naming
+  the file, line and column, except tab (whitespace, and a TSV's column separator) and the
+  line terminator (``\n``, or ``\r\n``: one ``\r`` before the ``\n`` is part of it). A lone
+  ``\r``, NUL, ESC, form feed or NEL inside a line usually means a binary or mangled file, and
+  would otherwise end up inside tokens (``'Hund\x00l\u00e4uft'``).
+- A file with no line at all is an error for :func:`read_parallel` (not for :func:`read_lines`,
+  where no input simply means no output).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
+from typing import BinaryIO
 
 from attendo.utils import open_binary
 
 MAX_REPORTED_PROBLEMS = 20
 
 _SKIP_HINT = "use data.skip_bad_lines: true to skip such pairs"
+
+BOM = "\ufeff"
+_BOM_BYTES = BOM.encode("utf-8")
+# Unicode category Cc without tab; "\n" cannot occur inside a line
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_NAMES = {
+    0x00: "NUL", 0x08: "backspace", 0x0B: "vertical tab", 0x0C: "form feed",
+    0x0D: "carriage return", 0x1B: "ESC", 0x7F: "DEL", 0x85: "NEL",
+}
+_EDGES = re.compile("^[\\s\ufeff]+|[\\s\ufeff]+$")
 
 
 class CorpusError(ValueError):
@@ -55,25 +81,34 @@ class ReadReport:
         return f"{self.n_pairs} pairs read, {self.n_skipped} skipped"
 
 
-def _raw_lines(path: Path) -> Iterator[bytes]:
-    """Yield the lines of ``path`` as bytes without their line terminator.
+def _raw_lines(path: Path, stream: BinaryIO | None = None) -> Iterator[bytes]:
+    """Yield the lines of ``path`` (or of ``stream``, which ``path`` then only names) as bytes
+    without their line terminator, and without a UTF-8 byte-order mark at the start.
 
     Splitting bytes on ``\\n`` (not ``str.splitlines``) matters: Unicode line separators such as
     U+2028 inside a sentence must not break the alignment between the two sides of a corpus.
+    A file holding nothing but a byte-order mark has no lines.
     """
-    try:
-        f = open_binary(path)
-    except FileNotFoundError:
-        raise CorpusError(path, None, "file not found") from None
-    except IsADirectoryError:
-        raise CorpusError(path, None, "is a directory, expected a text file") from None
-    except OSError as e:
-        raise CorpusError(path, None, f"cannot open: {e.strerror or e}") from None
-    lineno = 0
-    with f:
+    if stream is not None:
+        f = contextlib.nullcontext(stream)  # the caller's stream (stdin) is not ours to close
+    else:
         try:
-            for raw in f:
+            f = open_binary(path)
+        except FileNotFoundError:
+            raise CorpusError(path, None, "file not found") from None
+        except IsADirectoryError:
+            raise CorpusError(path, None, "is a directory, expected a text file") from None
+        except OSError as e:
+            raise CorpusError(path, None, f"cannot open: {e.strerror or e}") from None
+    lineno = 0
+    with f as lines:
+        try:
+            for raw in lines:
                 lineno += 1
+                if lineno == 1 and raw.startswith(_BOM_BYTES):
+                    raw = raw[len(_BOM_BYTES) :]
+                    if not raw:
+                        return
                 if raw.endswith(b"\n"):
                     raw = raw[:-1]
                 if raw.endswith(b"\r"):
@@ -85,33 +120,58 @@ def _raw_lines(path: Path) -> Iterator[bytes]:
             ) from None
 
 
-def _decode(raw: bytes, path: Path, lineno: int) -> str:
-    """Decode one line as UTF-8 or raise a :class:`CorpusError` locating the bad byte."""
+def _decode(raw: bytes, path: Path, lineno: int, hint: str = "") -> str:
+    """Decode one line as UTF-8 and check it for control characters (see the module
+    docstring), or raise a :class:`CorpusError` locating the bad byte or character."""
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        utf16 = lineno == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")
         raise CorpusError(
             path,
             lineno,
             f"invalid UTF-8 at byte offset {e.start} of the line (byte 0x{raw[e.start]:02x}); "
-            "expected UTF-8 text (convert with e.g. iconv -f latin1 -t utf-8)",
+            + ("this looks like UTF-16 (convert with e.g. iconv -f utf-16 -t utf-8)" if utf16 else
+               "expected UTF-8 text (convert with e.g. iconv -f latin1 -t utf-8)"),
         ) from None
+    bad = _CONTROL.search(text)
+    if bad:
+        code = ord(bad.group())
+        name = _CONTROL_NAMES.get(code)
+        raise CorpusError(
+            path,
+            lineno,
+            f"control character U+{code:04X}{f' ({name})' if name else ''} at column "
+            f"{bad.start() + 1}; expected plain text, where tab is the only control character "
+            "allowed" + (f" ({hint})" if hint else ""),
+        )
+    return text
 
 
-def _check_text(text: str, side: str, path: Path, lineno: int, max_chars: int | None) -> None:
+def _strip(text: str) -> str:
+    """``text`` without surrounding whitespace and byte-order marks."""
+    text = text.strip()
+    if text and (text[0] == BOM or text[-1] == BOM):
+        text = _EDGES.sub("", text)
+    return text
+
+
+def _check_text(
+    text: str, side: str, path: Path, lineno: int, max_chars: int | None, hint: str = _SKIP_HINT
+) -> None:
     """Raise a :class:`CorpusError` if a stripped line is empty or too long."""
     if not text:
         raise CorpusError(
             path,
             lineno,
-            f"empty {side} line (expected non-empty text on both sides; {_SKIP_HINT})",
+            f"empty {side} line (expected non-empty text on both sides; {hint})",
         )
     if max_chars is not None and len(text) > max_chars:
         raise CorpusError(
             path,
             lineno,
             f"{side} line has {len(text)} characters, more than the limit of {max_chars} "
-            f"(expected one sentence per line; a missing line break? {_SKIP_HINT})",
+            f"(expected one sentence per line; a missing line break? {hint})",
         )
 
 
@@ -122,26 +182,27 @@ def _parse_pair(
     tgt: Path | None,
     lineno: int,
     max_chars: int | None,
+    hint: str = _SKIP_HINT,
 ) -> tuple[str, str]:
     """Turn one raw line (TSV when ``tgt`` is None) or a pair of raw lines into clean text."""
     if tgt is None:
-        cols = _decode(raw_src, src, lineno).split("\t")
+        cols = _decode(raw_src, src, lineno, hint).split("\t")
         if len(cols) != 2:
             raise CorpusError(
                 src,
                 lineno,
                 f"found {len(cols)} tab-separated columns, expected exactly 2 "
-                f"(source<TAB>target; {_SKIP_HINT})",
+                f"(source<TAB>target; {hint})",
             )
-        s, t = cols[0].strip(), cols[1].strip()
-        _check_text(s, "source", src, lineno, max_chars)
-        _check_text(t, "target", src, lineno, max_chars)
+        s, t = _strip(cols[0]), _strip(cols[1])
+        _check_text(s, "source", src, lineno, max_chars, hint)
+        _check_text(t, "target", src, lineno, max_chars, hint)
         return s, t
     assert raw_tgt is not None
-    s = _decode(raw_src, src, lineno).strip()
-    t = _decode(raw_tgt, tgt, lineno).strip()
-    _check_text(s, "source", src, lineno, max_chars)
-    _check_text(t, "target", tgt, lineno, max_chars)
+    s = _strip(_decode(raw_src, src, lineno, hint))
+    t = _strip(_decode(raw_tgt, tgt, lineno, hint))
+    _check_text(s, "source", src, lineno, max_chars, hint)
+    _check_text(t, "target", tgt, lineno, max_chars, hint)
     return s, t
 
 
@@ -151,14 +212,17 @@ def read_parallel(
     *,
     skip_bad: bool = False,
     max_chars: int = 5000,
+    hint: str = _SKIP_HINT,
 ) -> tuple[list[str], list[str], ReadReport]:
     """Read a parallel corpus: two line-aligned files, or one two-column TSV file.
 
-    Lines are stripped of their terminator and of surrounding whitespace. Bad pairs (invalid
-    UTF-8, an empty side, a side longer than ``max_chars`` characters, a TSV line without exactly
-    two columns) raise a :class:`CorpusError`, or are skipped and counted when ``skip_bad``.
-    Files with different line counts always raise: the alignment is unknown, so no pair can be
-    trusted.
+    Lines are stripped of their terminator, of surrounding whitespace and of byte-order marks.
+    Bad pairs (invalid UTF-8, a control character, an empty side, a side longer than
+    ``max_chars`` characters, a TSV line without exactly two columns) raise a
+    :class:`CorpusError`, or are skipped and counted when ``skip_bad``; ``hint`` is the advice
+    their messages end with (by default: how to skip them in a training config). Files with
+    different line counts always raise: the alignment is unknown, so no pair can be trusted.
+    So does an empty file (no lines at all).
 
     Returns:
         ``(src_lines, tgt_lines, report)``.
@@ -196,6 +260,7 @@ def read_parallel(
                 tgt_path,
                 lineno,
                 max_chars,
+                hint,
             )
         except CorpusError as e:
             if not skip_bad:
@@ -214,22 +279,31 @@ def read_parallel(
             f"has {n_src} lines but {tgt_path} has {n_tgt} lines; expected line-aligned files "
             "with the same number of lines (this cannot be skipped)",
         )
+    if n_src == 0:
+        expected = "one sentence per line" if tgt_path is not None else (
+            "one source<TAB>target pair per line")
+        raise CorpusError(src_path, None, f"empty file, expected {expected}")
     if first_error is not None:
         raise first_error
     report.n_pairs = len(src_lines)
     return src_lines, tgt_lines, report
 
 
-def read_lines(path: str | Path, *, max_chars: int | None = None) -> list[str]:
+def read_lines(
+    path: str | Path, *, max_chars: int | None = None, stream: BinaryIO | None = None
+) -> list[str]:
     """Read a monolingual file (plain or gzip), one stripped line per entry.
 
-    Empty lines are kept as ``""`` so that outputs stay aligned with inputs; invalid UTF-8 and
-    lines longer than ``max_chars`` raise a :class:`CorpusError` naming the line.
+    Empty lines are kept as ``""`` so that outputs stay aligned with inputs; an empty file gives
+    no lines. Invalid UTF-8, control characters and lines longer than ``max_chars`` raise a
+    :class:`CorpusError` naming the line. With ``stream`` (a binary file object such as
+    ``sys.stdin.buffer``, read as plain text), lines come from it and ``path`` only names it
+    in messages (e.g. ``"<stdin>"``).
     """
     path = Path(path)
     lines: list[str] = []
-    for lineno, raw in enumerate(_raw_lines(path), start=1):
-        text = _decode(raw, path, lineno).strip()
+    for lineno, raw in enumerate(_raw_lines(path, stream), start=1):
+        text = _strip(_decode(raw, path, lineno))
         if max_chars is not None and len(text) > max_chars:
             raise CorpusError(
                 path,

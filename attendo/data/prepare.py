@@ -6,14 +6,22 @@ model directory, so translation later applies exactly the same preprocessing.
 
 from __future__ import annotations
 
+import glob
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
 from .batching import CopyIds
-from .corpus import length_filter, read_parallel
-from .tokenizers import Tokenizer, build_vocab, load_tokenizer, save_tokenizer, train_tokenizer
+from .corpus import CorpusError, length_filter, read_parallel
+from .tokenizers import (
+    SentencePieceTokenizer,
+    Tokenizer,
+    build_vocab,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
 from .toy import split_toy, toy_task
 from .vocab import Vocab
 
@@ -76,27 +84,105 @@ def encode_copy(
     return [copy_ids(src.pieces(corpus.src[i]), tgt.pieces(corpus.tgt[i]), tgt.vocab) for i in rows]
 
 
+@dataclass(frozen=True)
+class CorpusFiles:
+    """One training corpus: a source file and its line-aligned target (None: a TSV file).
+    ``entry`` is the position in ``data.train_src`` it came from (its weight's index)."""
+
+    entry: int
+    src: str
+    tgt: str | None
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _expand(pattern: str, key: str) -> list[str]:
+    if not _is_glob(pattern):
+        return [pattern]
+    found = sorted(glob.glob(pattern))
+    if not found:
+        raise CorpusError(pattern, None, f"{key}: no file matches this pattern")
+    return found
+
+
+def train_files(cfg: DataConfig) -> list[CorpusFiles]:
+    """The training corpora of ``cfg``: each entry of ``data.train_src`` (a path or a shell
+    glob, expanded in sorted order) paired with the same entry of ``data.train_tgt``."""
+    srcs = cfg.train_src if isinstance(cfg.train_src, list) else [cfg.train_src]
+    tgts = cfg.train_tgt if isinstance(cfg.train_tgt, list) else [cfg.train_tgt] * len(srcs)
+    out: list[CorpusFiles] = []
+    for entry, (s, t) in enumerate(zip(srcs, tgts)):
+        ss = _expand(s, "data.train_src")
+        ts = _expand(t, "data.train_tgt") if t else [None] * len(ss)
+        if len(ss) != len(ts):
+            raise CorpusError(
+                s, None, f"data.train_src matches {len(ss)} files but data.train_tgt {t!r} "
+                f"matches {len(ts)}; expected one target file per source file",
+            )
+        out.extend(CorpusFiles(entry, a, b) for a, b in zip(ss, ts))
+    return out
+
+
+def multi_corpus(cfg: DataConfig) -> bool:
+    """Whether the training data is several files, a glob, or weighted."""
+    return bool(
+        isinstance(cfg.train_src, list) or _is_glob(cfg.train_src) or cfg.train_weights
+    )
+
+
+def _read(cfg: DataConfig, src: str, tgt: str | None, name: str) -> Corpus | None:
+    if not src:
+        return None
+    s, t, report = read_parallel(
+        src, tgt or None, skip_bad=cfg.skip_bad_lines, max_chars=cfg.max_chars
+    )
+    if not s:  # every line was skipped (an empty file is already a CorpusError)
+        raise CorpusError(
+            src, None,
+            f"no usable {name} pairs: all {report.n_skipped} lines were skipped as bad "
+            f"(data.skip_bad_lines); the first: {report.problems[0]}",
+        )
+    if report.n_skipped:
+        log.warning("%s: skipped %d bad pairs: %s", name, report.n_skipped, report.summary())
+    return Corpus(s, t)
+
+
+def load_eval_corpora(cfg: DataConfig) -> tuple[Corpus | None, Corpus | None]:
+    """Read the valid and test pairs (files only, not the toy task) as raw text."""
+    return _read(cfg, cfg.valid_src, cfg.valid_tgt, "valid"), _read(
+        cfg, cfg.test_src, cfg.test_tgt, "test"
+    )
+
+
 def load_corpora(cfg: DataConfig, seed: int = 0) -> tuple[Corpus, Corpus | None, Corpus | None]:
-    """Read (or generate) train, valid and test pairs as raw text."""
+    """Read (or generate) train, valid and test pairs as raw text.
+
+    Several training corpora are concatenated once each (``data.train_weights`` apply to the
+    batches of the prepared path, see :mod:`attendo.data.binarized`)."""
     if cfg.toy:
         n = cfg.toy_train_size + cfg.toy_valid_size + cfg.toy_test_size
         src, tgt = toy_task(cfg.toy, n, seed, max_len=cfg.toy_max_len)
         tr, va, te = split_toy(src, tgt, cfg.toy_valid_size, cfg.toy_test_size)
         return Corpus(*tr), Corpus(*va), (Corpus(*te) if te[0] else None)
+    train = Corpus([], [])
+    for files in train_files(cfg):
+        part = _read(cfg, files.src, files.tgt, "train")
+        assert part is not None
+        train.src.extend(part.src)
+        train.tgt.extend(part.tgt)
+    return train, *load_eval_corpora(cfg)
 
-    def read(src: str, tgt: str, name: str) -> Corpus | None:
-        if not src:
-            return None
-        s, t, report = read_parallel(
-            src, tgt or None, skip_bad=cfg.skip_bad_lines, max_chars=cfg.max_chars
+
+def make_tokenizer(cfg: DataConfig, texts: list[str], seed: int = 0) -> Tokenizer:
+    """The tokenizer of ``cfg.tokenizer``; sentencepiece kinds train on at most
+    ``cfg.spm_sample`` of ``texts`` (drawn with ``random.Random(seed)``)."""
+    if cfg.tokenizer in ("bpe", "unigram"):
+        return SentencePieceTokenizer.train(
+            texts, cfg.tokenizer, cfg.vocab_size, seed=seed, max_sentences=cfg.spm_sample
         )
-        if report.n_skipped:
-            log.warning("%s: skipped %d bad pairs: %s", name, report.n_skipped, report.summary())
-        return Corpus(s, t)
-
-    train = read(cfg.train_src, cfg.train_tgt, "train")
-    assert train is not None
-    return train, read(cfg.valid_src, cfg.valid_tgt, "valid"), read(cfg.test_src, cfg.test_tgt, "test")
+    return train_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, seed=seed)
 
 
 def build_codecs(cfg: DataConfig, train: Corpus, seed: int = 0) -> tuple[Codec, Codec]:
@@ -107,12 +193,12 @@ def build_codecs(cfg: DataConfig, train: Corpus, seed: int = 0) -> tuple[Codec, 
 
     src_texts, tgt_texts = norm(train.src), norm(train.tgt)
     if cfg.joint_vocab:
-        tok = train_tokenizer(cfg.tokenizer, src_texts + tgt_texts, cfg.vocab_size, seed=seed)
+        tok = make_tokenizer(cfg, src_texts + tgt_texts, seed)
         vocab = build_vocab(tok, src_texts + tgt_texts, cfg.vocab_size, cfg.min_freq)
         return Codec(tok, vocab, cfg.lowercase), Codec(tok, vocab, cfg.lowercase)
     codecs = []
     for texts in (src_texts, tgt_texts):
-        tok = train_tokenizer(cfg.tokenizer, texts, cfg.vocab_size, seed=seed)
+        tok = make_tokenizer(cfg, texts, seed)
         codecs.append(Codec(tok, build_vocab(tok, texts, cfg.vocab_size, cfg.min_freq), cfg.lowercase))
     return codecs[0], codecs[1]
 

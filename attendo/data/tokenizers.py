@@ -17,10 +17,14 @@ from typing import ClassVar
 
 import sentencepiece as spm
 
+from attendo.checkpoint import ModelFileError, read_regular_file
 from attendo.data.vocab import Vocab
 from attendo.utils import atomic_write_bytes, atomic_write_text
 
 TOKENIZER_KINDS = ("word", "char", "bpe", "unigram")
+MAX_TOKENIZER_JSON_BYTES = 1 << 20  # {prefix}.tokenizer.json is a few dozen bytes
+MAX_TOKENIZER_FILE_BYTES = 64 << 20  # a 32k-piece SentencePiece model is under 1 MB
+MAX_TOKENIZER_FILES = 16
 
 
 class Tokenizer(ABC):
@@ -101,7 +105,14 @@ class SentencePieceTokenizer(Tokenizer):
             )
         self.kind = kind
         self.model = bytes(model)
-        self.sp = spm.SentencePieceProcessor(model_proto=self.model)
+        if not self.model:  # SentencePieceProcessor(model_proto=b"") loads nothing, silently
+            raise ValueError("not a SentencePiece model (the model is empty)")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=self.model)
+        except RuntimeError as e:  # a protobuf that does not parse or is no valid model
+            raise ValueError(f"not a SentencePiece model ({' '.join(str(e).split())})") from None
+        if self.sp.get_piece_size() <= 0:
+            raise ValueError("not a SentencePiece model (it has no pieces)")
 
     def encode(self, text: str) -> list[str]:
         return self.sp.encode(text, out_type=str)
@@ -212,30 +223,73 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path, prefix: str) -> None:
 
 
 def load_tokenizer(directory: str | Path, prefix: str) -> Tokenizer:
-    """Load a tokenizer stored by :func:`save_tokenizer`."""
+    """Load a tokenizer stored by :func:`save_tokenizer`.
+
+    The files the JSON lists must be regular files of bounded size inside ``directory`` (a
+    name that leads elsewhere, or a FIFO, is refused without being opened). Anything wrong is
+    a :class:`~attendo.checkpoint.ModelFileError` (a FileNotFoundError when a file is missing)
+    whose message starts with the file's path."""
     directory = Path(directory)
     meta_path = directory / f"{prefix}.tokenizer.json"
+    raw = read_regular_file(meta_path, "tokenizer description", MAX_TOKENIZER_JSON_BYTES)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{meta_path}: tokenizer description not found") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: not valid JSON ({e})") from None
-    kind = meta.get("kind") if isinstance(meta, dict) else None
-    if kind not in _CLASSES:
-        raise ValueError(
-            f"{meta_path}: unknown tokenizer kind {kind!r}; expected one of {list(TOKENIZER_KINDS)}"
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ModelFileError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(
+            f'{meta_path}: expected a JSON object {{"kind": ..., "files": [...]}}, '
+            f"got {type(meta).__name__}"
         )
+    kind = meta.get("kind")
+    if not isinstance(kind, str) or kind not in _CLASSES:
+        raise ModelFileError(
+            f"{meta_path}: unknown tokenizer kind {_short(kind)}; "
+            f"expected one of {list(TOKENIZER_KINDS)}"
+        )
+    names = meta.get("files", [])
+    if (
+        not isinstance(names, list)
+        or len(names) > MAX_TOKENIZER_FILES
+        or not all(isinstance(n, str) and n for n in names)
+    ):
+        raise ModelFileError(
+            f"{meta_path}: 'files' must be a list of at most {MAX_TOKENIZER_FILES} file names, "
+            f"got {_short(names)}"
+        )
+    try:
+        root = directory.resolve()
+    except (OSError, RuntimeError) as e:
+        raise ModelFileError(f"{directory}: cannot resolve the model directory ({e})") from None
     files = {}
-    for name in meta.get("files", []):
+    for name in names:
         path = directory / f"{prefix}.{name}"
         try:
-            files[name] = path.read_bytes()
+            inside = path.resolve().is_relative_to(root)
+        except (OSError, RuntimeError):  # e.g. a symlink loop
+            inside = False
+        if not inside or "/" in name or "\\" in name:
+            raise ModelFileError(
+                f"{meta_path}: tokenizer file {_short(name)} is not a file inside the model "
+                f"directory {directory}"
+            )
+        try:
+            files[name] = read_regular_file(path, "tokenizer file", MAX_TOKENIZER_FILE_BYTES)
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{path}: tokenizer file listed in {meta_path} is missing"
             ) from None
-    return _CLASSES[kind].from_files(kind, files)
+    try:
+        return _CLASSES[kind].from_files(kind, files)
+    except (ValueError, RuntimeError) as e:
+        where = ", ".join(str(directory / f"{prefix}.{n}") for n in files) or str(meta_path)
+        raise ModelFileError(f"{where}: unusable {kind} tokenizer: {e}") from None
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """repr of a value from a file, cut to ``limit`` characters for one-line messages."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def build_vocab(

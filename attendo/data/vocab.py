@@ -13,6 +13,8 @@ from pathlib import Path
 
 from attendo.utils import atomic_write_text
 
+MAX_VOCAB_BYTES = 256 << 20  # a vocabulary file larger than this is not one attendo wrote
+
 
 class Vocab:
     """Token <-> id mapping whose first four entries are :attr:`SPECIALS`.
@@ -136,21 +138,34 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
-        """Read a vocabulary written by :meth:`save` (a bare JSON list of tokens also works)."""
+        """Read a vocabulary written by :meth:`save` (a bare JSON list of tokens also works).
+
+        A missing file is a FileNotFoundError; anything else wrong (not a regular file, too
+        big, not JSON, wrong types or structure) a :class:`~attendo.checkpoint.ModelFileError`
+        whose message starts with the path."""
+        from attendo.checkpoint import ModelFileError, read_regular_file
+
         path = Path(path)
+        raw = read_regular_file(path, "vocabulary file", MAX_VOCAB_BYTES)
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: vocabulary file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not a JSON vocabulary file ({e})") from None
+            obj = json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ModelFileError(f"{path}: not a JSON vocabulary file ({e})") from None
         if isinstance(obj, list):
             tokens, counts = obj, None
         elif isinstance(obj, dict) and isinstance(obj.get("tokens"), list):
             tokens, counts = obj["tokens"], obj.get("counts")
         else:
-            raise ValueError(f'{path}: expected a JSON object {{"tokens": [...]}} or a list')
+            raise ModelFileError(f'{path}: expected a JSON object {{"tokens": [...]}} or a list')
+        if counts is not None and not (
+            isinstance(counts, dict)
+            and all(type(n) is int and n >= 0 for n in counts.values())
+        ):
+            raise ModelFileError(
+                f'{path}: "counts" must map tokens to non-negative integers'
+            )
         try:
             return cls(tokens, counts=counts)
         except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+            msg = " ".join(str(e).split())  # one line, and short: it may quote the file
+            raise ModelFileError(f"{path}: {msg[:300]}{'...' if len(msg) > 300 else ''}") from None

@@ -17,6 +17,24 @@ the scorer (after :meth:`Scorer.add_coverage`), so that it can learn to look els
 - dot, scaled_dot, general, location: these have no hidden layer to put it in, so a learned
   scalar is added to the score, e_ij = f(s_i, h_j) + w_c cov_ij (w_c < 0 steers attention
   away from positions already covered; w_c = 0 ignores coverage).
+
+Normalizer (``model.attention_normalizer``): a_i = softmax(e_i) by default, or sparsemax /
+1.5-entmax (see :mod:`attendo.model.normalizers`), which give exactly zero weight to
+low-scoring positions. Padding gets exactly zero weight with every normalizer.
+
+Local attention (Luong et al. 2015, sec. 3.2; ``model.attention_window`` D > 0 with
+``model.local``). Positions are 0-based, S_b the number of real source positions of row b and
+i the 0-based target step. After scoring (so it works with every scorer):
+
+- monotonic (local-m): p_i = min(i, S_b - 1); scores outside [p_i - D, p_i + D] are masked
+  before normalizing, so those positions get exactly zero weight and the weights sum to 1.
+- predictive (local-p): p_i = S_b * sigmoid(v_p^T tanh(W_p q_i)) in [0, S_b], q_i the
+  attention query (s_i for Luong style, s_{i-1} for Bahdanau style); scores at positions j with
+  |j - p_i| > D are masked, the rest normalized, and each weight multiplied by
+  exp(-(j - p_i)^2 / (2 sigma^2)), sigma = D / 2 (Luong eq. 10). As in the paper the weights are
+  not renormalized afterwards (they sum to <= 1) and the context is sum_j a_ij h_j. The
+  Gaussian carries the gradient to p_i; the hard window edge carries none. At least one real
+  position is always inside the window (D >= 1 and p_i in [0, S_b]).
 """
 
 from __future__ import annotations
@@ -27,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .normalizers import NORMALIZERS, normalize
+
 
 def masked_softmax(scores: Tensor, src_pad_mask: Tensor) -> Tensor:
     """Softmax over the last axis with padding positions forced to exactly zero weight.
@@ -35,6 +55,17 @@ def masked_softmax(scores: Tensor, src_pad_mask: Tensor) -> Tensor:
     """
     scores = scores.masked_fill(src_pad_mask.unsqueeze(1), float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def masked_normalize(scores: Tensor, src_pad_mask: Tensor, normalizer: str = "softmax") -> Tensor:
+    """:func:`masked_softmax` with any normalizer of :mod:`attendo.model.normalizers`.
+
+    scores: (B, Tq, S); src_pad_mask: (B, S) or (B, Tq, S), True where no weight may go.
+    """
+    if normalizer == "softmax" and src_pad_mask.dim() == 2:
+        return masked_softmax(scores, src_pad_mask)
+    invalid = src_pad_mask if src_pad_mask.dim() == 3 else src_pad_mask.unsqueeze(1)
+    return normalize(scores, normalizer, invalid)
 
 
 class Scorer(nn.Module):
@@ -177,15 +208,56 @@ def build_scorer(
     return scorer
 
 
-class Attention(nn.Module):
-    """A scorer plus the shared masked softmax and weighted sum."""
+LOCAL_KINDS = ("monotonic", "predictive")
 
-    def __init__(self, scorer: Scorer):
+
+class Attention(nn.Module):
+    """A scorer plus the shared masked normalizer (softmax by default) and weighted sum,
+    optionally local (window > 0; see the module docstring)."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        normalizer: str = "softmax",
+        window: int = 0,
+        local: str = "monotonic",
+        query_dim: int | None = None,
+    ):
         super().__init__()
+        if normalizer not in NORMALIZERS:
+            raise ValueError(
+                f"unknown attention normalizer {normalizer!r}; choose one of {list(NORMALIZERS)}"
+            )
+        if window < 0:
+            raise ValueError(f"attention window must be >= 0, got {window}")
+        if window and local not in LOCAL_KINDS:
+            raise ValueError(f"unknown local attention {local!r}; choose one of {list(LOCAL_KINDS)}")
         self.scorer = scorer
+        self.normalizer = normalizer
+        self.window = window
+        self.local = local if window else None
+        if self.local == "predictive":
+            if query_dim is None:
+                raise ValueError("local-p attention needs query_dim")
+            self.W_p = nn.Linear(query_dim, query_dim, bias=False)
+            self.v_p = nn.Linear(query_dim, 1, bias=False)
 
     def prepare(self, keys: Tensor) -> Tensor:
         return self.scorer.prepare(keys)
+
+    def aligned_position(self, query: Tensor, src_pad_mask: Tensor, step: int | Tensor) -> Tensor:
+        """p_i, the window centre (B, Tq) (float): local-m min(i, S_b - 1) with i = step + q for
+        query q (step: the target step of the first query, int or (B,)); local-p
+        S_b * sigmoid(v_p^T tanh(W_p q_i))."""
+        dtype = torch.promote_types(query.dtype, torch.float32)  # positions need fp32 at least
+        S_b = (~src_pad_mask).sum(-1, keepdim=True).to(dtype)  # (B, 1)
+        if self.local == "predictive":
+            gate = self.v_p(torch.tanh(self.W_p(query))).squeeze(-1)  # (B, Tq)
+            return S_b * torch.sigmoid(gate.to(dtype))
+        Tq = query.size(1)
+        i = torch.arange(Tq, device=query.device).unsqueeze(0)  # (1, Tq)
+        i = i + (step.unsqueeze(-1) if isinstance(step, Tensor) else step)
+        return torch.minimum(i.to(S_b.dtype), (S_b - 1).clamp_min(0))  # (B, Tq)
 
     def forward(
         self,
@@ -194,8 +266,28 @@ class Attention(nn.Module):
         values: Tensor,
         src_pad_mask: Tensor,
         cov: Tensor | None = None,
+        step: int | Tensor = 0,
     ) -> tuple[Tensor, Tensor]:
-        """query (B, Tq, Dq), values (B, S, Dv), coverage cov (B, Tq, S) or None
-        -> context (B, Tq, Dv), weights (B, Tq, S)."""
-        weights = masked_softmax(self.scorer.score(query, prepared, cov), src_pad_mask)
+        """query (B, Tq, Dq), values (B, S, Dv), coverage cov (B, Tq, S) or None, step (local-m:
+        the target step of query 0) -> context (B, Tq, Dv), weights (B, Tq, S)."""
+        scores = self.scorer.score(query, prepared, cov)
+        if not self.window:
+            weights = self._normalize(scores, src_pad_mask)
+            return torch.bmm(weights, values), weights
+        p = self.aligned_position(query, src_pad_mask, step)  # (B, Tq)
+        j = torch.arange(src_pad_mask.size(1), device=query.device, dtype=p.dtype)  # (S,)
+        dist = j - p.unsqueeze(-1)  # (B, Tq, S)
+        outside = (dist.detach().abs() > self.window) | src_pad_mask.unsqueeze(1)
+        weights = self._normalize(scores, outside)
+        if self.local == "predictive":
+            sigma = self.window / 2
+            weights = weights * torch.exp(-(dist * dist) / (2 * sigma * sigma)).to(weights.dtype)
         return torch.bmm(weights, values), weights
+
+    def _normalize(self, scores: Tensor, invalid: Tensor) -> Tensor:
+        """Masked weights; in scores' dtype like torch.softmax, except under autocast, where
+        sparse normalizers keep their fp32 result (as autocast's softmax does)."""
+        weights = masked_normalize(scores, invalid, self.normalizer)
+        if weights.dtype != scores.dtype and not torch.is_autocast_enabled(scores.device.type):
+            weights = weights.to(scores.dtype)
+        return weights

@@ -26,6 +26,10 @@ and the batch). ``step`` then returns log-probabilities over V + n_ext and maps 
 (B, T) and ``"src_ext"`` (B, S), which :meth:`OutputLayer.token_loss` and
 :meth:`OutputLayer.log_probs` need. The mixture is computed in log space, so a saturated
 p_gen (0 or 1) gives no NaN.
+
+Sparse and local attention (``model.attention_normalizer``, ``model.attention_window`` and
+``model.local``, RNN decoder): see :mod:`attendo.model.attention`. The state counts the target
+step ``t`` (local-m centres its window on it). Either turns the fused teacher-forced pass off.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class RNNDecoderState(DecoderState):
     cov: Tensor | None = None  # (B, S) coverage sum_{i'<i} a_i' (model.coverage), else None
     src_ext: Tensor | None = None  # (B, S) source ids in the extended vocabulary (model.copy)
     n_ext: int = 0  # extra (source-only) words in the extended vocabulary of this batch
+    t: int = 0  # target steps taken so far (local-m attention centres its window on it)
 
     PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"memory", "keys", "src_pad_mask", "src_ext"})
 
@@ -257,10 +262,15 @@ class RNNDecoder(OutputLayer, nn.Module):
         coverage: bool = False,
         copy: bool = False,
         unk_id: int = 1,
+        normalizer: str = "softmax",
+        window: int = 0,
+        local: str = "monotonic",
     ):
         super().__init__()
-        if (coverage or copy) and attention == "none":
-            raise ValueError("coverage and copy need attention (attention='none' given)")
+        if (coverage or copy or window) and attention == "none":
+            raise ValueError("coverage, copy and local attention need attention (attention='none' given)")
+        if copy and window and local == "predictive":
+            raise ValueError("copy needs attention weights that sum to 1; local-p's do not")
         self.vocab_size = vocab_size
         self.coverage, self.copy, self.unk_id = coverage, copy, unk_id
         self.hidden = hidden
@@ -286,7 +296,8 @@ class RNNDecoder(OutputLayer, nn.Module):
         self.bridge_c = nn.Linear(enc_final_dim, hidden) if bridge and rnn_type == "lstm" else None
         if self.use_attn:
             self.attention = Attention(
-                build_scorer(attention, hidden, enc_dim, location_max_len, coverage=coverage)
+                build_scorer(attention, hidden, enc_dim, location_max_len, coverage=coverage),
+                normalizer=normalizer, window=window, local=local, query_dim=hidden,
             )
             self.W_c = nn.Linear(enc_dim + hidden, self.out_dim, bias=False)
         if copy:
@@ -354,7 +365,7 @@ class RNNDecoder(OutputLayer, nn.Module):
         """query (B, H) -> context (B, D_enc), weights (B, S)."""
         cov = None if state.cov is None else state.cov.unsqueeze(1)  # (B, 1, S)
         ctx, a = self.attention(
-            query.unsqueeze(1), state.keys, state.memory, state.src_pad_mask, cov
+            query.unsqueeze(1), state.keys, state.memory, state.src_pad_mask, cov, step=state.t
         )
         return ctx.squeeze(1), a.squeeze(1)
 
@@ -370,7 +381,7 @@ class RNNDecoder(OutputLayer, nn.Module):
             parts.append(state.attn_vec)
         s, h, c = self._rnn(torch.cat(parts, -1), state.h, state.c)
         if not self.use_attn:
-            return s, dataclasses.replace(state, h=h, c=c, attn_vec=s), info
+            return s, dataclasses.replace(state, h=h, c=c, attn_vec=s, t=state.t + 1), info
         if self.style == "luong":
             ctx, a = self._attend(s, state)
         vec = torch.tanh(self.W_c(torch.cat([ctx, s], -1)))  # (B, O)
@@ -383,7 +394,7 @@ class RNNDecoder(OutputLayer, nn.Module):
             logit = self.W_gen(torch.cat([ctx, s, emb], -1)).squeeze(-1)  # (B,)
             info["p_gen"] = torch.sigmoid(logit)
             info["p_gen_logit"] = logit
-        state = dataclasses.replace(state, h=h, c=c, attn_vec=vec, cov=cov)
+        state = dataclasses.replace(state, h=h, c=c, attn_vec=vec, cov=cov, t=state.t + 1)
         return vec, state, info
 
     def step(self, y_prev: Tensor, state: RNNDecoderState, need_info: bool = True
@@ -402,8 +413,8 @@ class RNNDecoder(OutputLayer, nn.Module):
 
     def fusable(self) -> bool:
         """Whether :meth:`forward` can run as one fused autograd node (see
-        :mod:`attendo.model.fused_rnn`): one GRU layer, Luong-style additive attention, no
-        coverage, no copy."""
+        :mod:`attendo.model.fused_rnn`): one GRU layer, Luong-style additive attention with
+        softmax, global (not local), no coverage, no copy."""
         return (
             self.fused
             and self.rnn_type == "gru"
@@ -411,6 +422,8 @@ class RNNDecoder(OutputLayer, nn.Module):
             and self.use_attn
             and self.style == "luong"
             and type(self.attention.scorer) is AdditiveScorer
+            and self.attention.normalizer == "softmax"
+            and not self.attention.window
             and self.attention.scorer.w_c is None
             and not self.coverage
             and not self.copy

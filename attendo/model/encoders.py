@@ -58,7 +58,9 @@ class RNNEncoder(nn.Module):
         """src: (B, S) ids; src_lens: (B,) true lengths (>= 1)."""
         B, S = src.shape
         emb = self.dropout(self.embed(src))  # (B, S, E)
-        if self.fusable():
+        # on CUDA the packed nn.GRU below runs cuDNN's fused recurrent kernels, which the
+        # hand-written pass (a Python loop over time steps) cannot beat
+        if self.fusable() and src.device.type == "cpu":
             out, h = fused_gru_encode(emb, src_lens, self.rnn)  # (B, S, dirs*H), (dirs, B, H)
             return EncoderOutput(
                 out=self.dropout(out),

@@ -21,7 +21,7 @@ class LossParts(NamedTuple):
     loss: Tensor  # summed training objective: (label-smoothed) NLL + lambda * coverage loss
     nll: Tensor  # summed NLL (detached)
     cov: Tensor | None  # summed coverage loss sum_ij min(a_ij, cov_ij) (detached), or None
-    n_tokens: int  # non-pad target tokens
+    n_tokens: Tensor  # non-pad target tokens (a 0-dim tensor: no host sync)
 
 
 class Seq2Seq(nn.Module):
@@ -96,7 +96,8 @@ class Seq2Seq(nn.Module):
             if coverage_weight:
                 loss = loss + coverage_weight * cov
             cov = cov.detach()
-        return LossParts(loss, nll.detach(), cov, int(keep.sum()))
+        # the count stays a tensor: no host synchronisation inside a training step
+        return LossParts(loss, nll.detach(), cov, keep.sum())
 
     def loss(
         self,
@@ -113,7 +114,7 @@ class Seq2Seq(nn.Module):
         parts = self.losses(
             src, src_lens, tgt_in, tgt_out, pad_id, label_smoothing, coverage_weight, src_ext
         )
-        return parts.loss, parts.nll, parts.n_tokens
+        return parts.loss, parts.nll, int(parts.n_tokens)
 
 
 def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0) -> Seq2Seq:
@@ -143,6 +144,7 @@ def _build_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int) -> nn.Module:
             vocab_size, cfg.d_model, cfg.heads, cfg.ff_dim, layers=cfg.enc_layers,
             dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
             positions=cfg.positions, max_positions=cfg.max_positions, pad_id=pad_id,
+            normalizer=cfg.attention_normalizer,
         )
     if cfg.encoder == "cnn":
         return CNNEncoder(
@@ -168,6 +170,7 @@ def _build_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int)
             dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
             positions=cfg.positions, max_positions=cfg.max_positions, tie_output=cfg.tie_output,
             attn_layer=cfg.attn_layer, pad_id=pad_id, copy=cfg.copy,
+            normalizer=cfg.attention_normalizer,
         )
     return RNNDecoder(
         vocab_size,
@@ -188,6 +191,9 @@ def _build_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int)
         pad_id=pad_id,
         coverage=cfg.coverage,
         copy=cfg.copy,
+        normalizer=cfg.attention_normalizer,
+        window=cfg.attention_window,
+        local=cfg.local,
     )
 
 

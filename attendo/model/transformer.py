@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .decoders import DecoderState, OutputLayer
 from .dropout import Dropout
 from .encoders import EncoderOutput
+from .normalizers import NORMALIZERS, normalize
 
 # --------------------------------------------------------------------------- attention
 
@@ -61,12 +62,22 @@ class MultiHeadAttention(nn.Module):
     ``attend`` uses ``F.scaled_dot_product_attention`` (fused kernels) unless the weights are
     asked for; then it computes them explicitly and returns them per head (B, H, Tq, Tk).
     Both paths give the same output (tested). Weights are returned, never stored.
+
+    ``normalizer`` (``model.attention_normalizer``): softmax, or sparsemax / 1.5-entmax (see
+    :mod:`attendo.model.normalizers`), which always take the explicit-weights path (SDPA only
+    does softmax); masked positions get exactly zero weight.
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, kv_dim: int | None = None):
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, kv_dim: int | None = None,
+                 normalizer: str = "softmax"):
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
+        if normalizer not in NORMALIZERS:
+            raise ValueError(
+                f"unknown attention normalizer {normalizer!r}; choose one of {list(NORMALIZERS)}"
+            )
+        self.normalizer = normalizer
         self.heads, self.d_head, self.dropout = heads, d_model // heads, dropout
         self.is_self = kv_dim is None
         if self.is_self:
@@ -120,7 +131,7 @@ class MultiHeadAttention(nn.Module):
         # one query per row (incremental decoding) on CPU: the fused kernel's tiling costs more
         # than three plain operations (bench/sdpa_one_query.py)
         plain = Tq == 1 and q.device.type == "cpu"
-        if not need_weights and not plain:
+        if not need_weights and not plain and self.normalizer == "softmax":
             if causal and key_pad_mask is None:  # the fused kernel builds the causal mask itself
                 ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:
@@ -129,9 +140,13 @@ class MultiHeadAttention(nn.Module):
         else:
             scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (B, H, Tq, Tk)
             mask = attention_mask(key_pad_mask, causal, Tq, Tk, q.device)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)
+            if self.normalizer != "softmax":
+                invalid = None if mask is None else ~mask
+                weights = normalize(scores.float(), self.normalizer, invalid).to(q.dtype)
+            else:
+                if mask is not None:
+                    scores = scores.masked_fill(~mask, float("-inf"))
+                weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)
             ctx = F.dropout(weights, p, self.training) @ v  # (B, H, Tq, d)
             if not need_weights:
                 weights = None
@@ -148,9 +163,8 @@ class MultiHeadAttention(nn.Module):
         n = B // g
         qg = q.view(n, g, H, d).transpose(1, 2)  # (n, H, g, d)
         scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (n, H, g, S)
-        if key_pad_mask is not None:
-            scores = scores.masked_fill(key_pad_mask.view(n, 1, g, -1), float("-inf"))
-        w = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        invalid = None if key_pad_mask is None else key_pad_mask.view(n, 1, g, -1)
+        w = normalize(scores.float(), self.normalizer, invalid).to(q.dtype)
         p = self.dropout if self.training else 0.0
         ctx = (F.dropout(w, p, self.training) @ v).transpose(1, 2).reshape(B, 1, H * d)  # (B, 1, D)
         weights = w.transpose(1, 2).reshape(B, H, 1, -1) if need_weights else None  # (B, H, 1, S)
@@ -267,9 +281,9 @@ class TransformerEncoderLayer(_Residual):
     """Self-attention over the source, then the feed-forward network (sec. 3.1)."""
 
     def __init__(self, d_model: int, heads: int, ff_dim: int, dropout: float = 0.1,
-                 attn_dropout: float = 0.1, norm: str = "pre"):
+                 attn_dropout: float = 0.1, norm: str = "pre", normalizer: str = "softmax"):
         super().__init__(norm, dropout)
-        self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout)
+        self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout, normalizer=normalizer)
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.norm_attn, self.norm_ff = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
 
@@ -287,10 +301,12 @@ class TransformerDecoderLayer(_Residual):
     then the feed-forward network (sec. 3.1)."""
 
     def __init__(self, d_model: int, heads: int, ff_dim: int, enc_dim: int, dropout: float = 0.1,
-                 attn_dropout: float = 0.1, norm: str = "pre"):
+                 attn_dropout: float = 0.1, norm: str = "pre", normalizer: str = "softmax"):
         super().__init__(norm, dropout)
-        self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout)
-        self.cross_attn = MultiHeadAttention(d_model, heads, attn_dropout, kv_dim=enc_dim)
+        self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout, normalizer=normalizer)
+        self.cross_attn = MultiHeadAttention(
+            d_model, heads, attn_dropout, kv_dim=enc_dim, normalizer=normalizer
+        )
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.norm_self = nn.LayerNorm(d_model)
         self.norm_cross = nn.LayerNorm(d_model)
@@ -423,10 +439,11 @@ class TransformerEncoder(_EmbeddedTokens):
         positions: str = "sinusoidal",
         max_positions: int = 512,
         pad_id: int = 0,
+        normalizer: str = "softmax",
     ):
         super().__init__(vocab_size, d_model, positions, max_positions, dropout, pad_id)
         self.layers = nn.ModuleList(
-            [TransformerEncoderLayer(d_model, heads, ff_dim, dropout, attn_dropout, norm)
+            [TransformerEncoderLayer(d_model, heads, ff_dim, dropout, attn_dropout, norm, normalizer)
              for _ in range(layers)]
         )
         self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else None
@@ -550,6 +567,7 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         pad_id: int = 0,
         copy: bool = False,
         unk_id: int = 1,
+        normalizer: str = "softmax",
     ):
         super().__init__(vocab_size, d_model, positions, max_positions, dropout, pad_id)
         if not -layers <= attn_layer < layers:
@@ -557,7 +575,8 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         self.vocab_size = vocab_size
         self.copy, self.unk_id = copy, unk_id
         self.layers = nn.ModuleList(
-            [TransformerDecoderLayer(d_model, heads, ff_dim, enc_dim, dropout, attn_dropout, norm)
+            [TransformerDecoderLayer(d_model, heads, ff_dim, enc_dim, dropout, attn_dropout, norm,
+                                     normalizer)
              for _ in range(layers)]
         )
         self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else None

@@ -1,0 +1,351 @@
+"""Word alignments read off attention: ``attendo align``, ``Translation.alignment`` and the AER
+of ``attendo evaluate --align-gold``.
+
+**Attention rows.** Row t of a decoder's attention is computed at the step whose input is
+target piece t-1 (``<s>`` for t = 0) and which *predicts* piece t. Teacher forcing on a given
+target of T pieces gives T + 1 rows (the last predicts ``</s>``).
+
+**Methods** (links between source piece s and target piece t, then mapped to words):
+
+- ``argmax``: each target piece t is linked to its most attended source piece, argmax of row t.
+- ``threshold``: every (s, t) whose weight in row t is >= the threshold (0.5 by default).
+- ``shift`` (Chen et al. 2020, "Accurate word alignment induction from neural machine
+  translation"): argmax of row t + 1, the step whose *input* is piece t and which predicts
+  piece t + 1. A Transformer decoder's cross-attention at the step that predicts a word tends
+  to look at the source word aligned to the *previous* word; shifting by one removes that lag.
+  The last piece of an output that stops without ``</s>`` has no next row and keeps its own.
+
+**Transformers**: by default the cross-attention of the model's ``model.attn_layer`` averaged
+over its heads (what the model reports as its attention); ``layer`` picks another layer
+(0-based, -1 = last) and ``head`` one head instead of the average.
+
+**Pieces to words.** Pieces are grouped into whitespace words by
+:func:`attendo.diagnostics.word_groups` (sentencepiece: a piece starting with "▁" starts a
+word; char: "▁" separates words). A source word and a target word are linked when *any* of
+their pieces are linked. Indices are of whitespace words of the given text (0-based). A
+sentence whose pieces do not group into as many words as its text has (a tokenizer that
+normalises the text) gets no links and is counted as skipped.
+
+**Symmetrisation** of a forward (source -> target) and a reverse (target -> source) model's
+links, both as (source word, target word): ``intersect``, ``union``, ``grow-diag`` and
+``grow-diag-final`` as in Koehn et al. 2003 / Moses (``train-model.perl``, "grow-diag-final").
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import diagnostics as dg
+from .data.batching import collate, make_batches
+
+log = logging.getLogger("attendo")
+
+METHODS = ("argmax", "threshold", "shift")
+SYMMETRIZE = ("intersect", "union", "grow-diag", "grow-diag-final")
+Links = set[tuple[int, int]]
+
+# -- attention ------------------------------------------------------------------------------
+
+
+def is_transformer(model) -> bool:
+    from .model.transformer import TransformerDecoder
+
+    return isinstance(model.decoder, TransformerDecoder)
+
+
+def pick_heads(heads: np.ndarray, layer: int | None, head: int | None,
+               default_layer: int) -> np.ndarray:
+    """(T, L, H, S) per-head cross-attention -> (T, S): layer ``layer`` (default
+    ``default_layer``), head ``head`` or the mean of the heads."""
+    L, H = heads.shape[1], heads.shape[2]
+    layer = default_layer if layer is None else layer
+    if not -L <= layer < L:
+        raise ValueError(f"--layer {layer}: the model has {L} decoder layers (0..{L - 1}, -1 = last)")
+    a = heads[:, layer]
+    if head is None:
+        return a.mean(1)
+    if not -H <= head < H:
+        raise ValueError(f"--head {head}: the model has {H} heads (0..{H - 1}, -1 = last)")
+    return a[:, head]
+
+
+@torch.no_grad()
+def forced_attention(
+    translator, src: Sequence[str], tgt: Sequence[str], batch_size: int = 64,
+    layer: int | None = None, head: int | None = None,
+) -> list[tuple[list[str], list[str], np.ndarray] | None]:
+    """Teacher-forced attention over a given target: per sentence (source pieces, target
+    pieces, attention (len(target pieces) + 1, len(source pieces))), the last row the one
+    that predicts ``</s>``; None for an empty side. With ``layer`` or ``head`` (Transformers
+    only) the decoder is stepped one position at a time to get every layer's heads."""
+    model = translator.model
+    if (layer is not None or head is not None) and not is_transformer(model):
+        raise ValueError("--layer and --head are for Transformer decoders only")
+    sp = [translator.src.pieces(s) for s in src]
+    tp = [translator.tgt.pieces(r) for r in tgt]
+    src_ids = [translator.src.vocab.encode(p) for p in sp]
+    tgt_ids = [translator.tgt.vocab.encode(p) for p in tp]
+    todo = [i for i in range(len(src)) if src_ids[i] and tgt_ids[i]]
+    out: list[tuple[list[str], list[str], np.ndarray] | None] = [None] * len(src)
+    was_training = model.training
+    model.eval()
+    for plan in make_batches([len(src_ids[i]) for i in todo], [len(tgt_ids[i]) for i in todo],
+                             batch_size=batch_size, batch_type="sentences", shuffle=False):
+        rows = [todo[k] for k in plan]
+        b = collate([src_ids[i] for i in rows], [tgt_ids[i] for i in rows], rows)
+        b = b.to(translator.device)
+        # a pointer-generator needs the source in its extended vocabulary; the regular ids do
+        # for attention, which does not depend on the extension
+        extra = {"src_ext": b.src} if getattr(model, "copies", False) else {}
+        if layer is None and head is None:
+            _, info = model(b.src, b.src_lens, b.tgt_in, **extra)
+            attn = info["attn"].float().cpu().numpy()  # (B, T + 1, S)
+        else:
+            state = model.start(b.src, b.src_lens, extra.get("src_ext"))
+            steps = []
+            for t in range(b.tgt_in.size(1)):
+                _, state, info = model.decoder.step(b.tgt_in[:, t], state, need_info=True)
+                steps.append(info["attn_heads"].float().cpu().numpy())  # (B, L, H, S)
+            heads = np.stack(steps, 1)  # (B, T + 1, L, H, S)
+            attn = np.stack([pick_heads(h, layer, head, model.decoder.attn_layer)
+                             for h in heads])
+        for k, i in enumerate(rows):
+            out[i] = (sp[i], tp[i], attn[k, : len(tgt_ids[i]) + 1, : len(src_ids[i])])
+    model.train(was_training)
+    return out
+
+
+# -- links ----------------------------------------------------------------------------------
+
+
+def piece_links(attn: np.ndarray, n_tgt: int, method: str = "argmax",
+                threshold: float = 0.5) -> Links:
+    """(source piece, target piece) links of ``n_tgt`` target pieces from attention rows
+    (>= n_tgt rows, row t predicting piece t; see the module docstring for the methods)."""
+    a = np.asarray(attn, dtype=np.float64)
+    if n_tgt == 0 or a.size == 0:
+        return set()
+    if method == "shift":
+        rows = a[1 : n_tgt + 1]
+        if len(rows) < n_tgt:  # no row after the last piece: it keeps its own
+            rows = np.concatenate([rows, a[len(rows) : n_tgt]])
+        return {(int(s), t) for t, s in enumerate(rows.argmax(1))}
+    if method == "argmax":
+        return {(int(s), t) for t, s in enumerate(a[:n_tgt].argmax(1))}
+    if method == "threshold":
+        ts, ss = np.nonzero(a[:n_tgt] >= threshold)
+        return {(int(s), int(t)) for t, s in zip(ts, ss)}
+    raise ValueError(f"alignment method {method!r}: expected one of {', '.join(METHODS)}")
+
+
+def pieces_to_words(links: Links, src_groups: Sequence[Sequence[int]],
+                    tgt_groups: Sequence[Sequence[int]]) -> Links:
+    """Word links from piece links: words are linked when any of their pieces are; pieces
+    in no word (char tokenizer's "▁") are dropped."""
+    sw = {p: w for w, g in enumerate(src_groups) for p in g}
+    tw = {p: w for w, g in enumerate(tgt_groups) for p in g}
+    return {(sw[s], tw[t]) for s, t in links if s in sw and t in tw}
+
+
+def word_links(attn: np.ndarray, src_pieces: list[str], tgt_pieces: list[str],
+               kinds: tuple[str, str], n_src_words: int, n_tgt_words: int,
+               method: str = "argmax", threshold: float = 0.5) -> Links | None:
+    """Word links of one sentence pair, or None when its pieces do not group into
+    ``n_src_words`` and ``n_tgt_words`` words. ``tgt_pieces`` without ``</s>``."""
+    sg, tg = dg.word_groups(src_pieces, kinds[0]), dg.word_groups(tgt_pieces, kinds[1])
+    if len(sg) != n_src_words or len(tg) != n_tgt_words:
+        return None
+    return pieces_to_words(piece_links(attn, len(tgt_pieces), method, threshold), sg, tg)
+
+
+def _kinds(translator) -> tuple[str, str]:
+    return translator.src.tokenizer.kind, translator.tgt.tokenizer.kind
+
+
+def align_pairs(translator, src: Sequence[str], tgt: Sequence[str], method: str = "argmax",
+                threshold: float = 0.5, layer: int | None = None, head: int | None = None,
+                batch_size: int = 64) -> list[Links | None]:
+    """Teacher-forced word links (source word, target word) of each given sentence pair;
+    None for a pair whose pieces do not map onto its words (or with an empty side)."""
+    out: list[Links | None] = []
+    for s, t, fa in zip(src, tgt, forced_attention(translator, src, tgt, batch_size, layer, head)):
+        if fa is None:
+            out.append(None)
+            continue
+        sp, tp, attn = fa
+        out.append(word_links(attn, sp, tp, _kinds(translator), len(s.split()), len(t.split()),
+                              method, threshold))
+    return out
+
+
+def translation_links(translator, t, src_text: str, method: str = "argmax",
+                      threshold: float = 0.5, layer: int | None = None,
+                      head: int | None = None) -> Links | None:
+    """Word links between the words of ``src_text`` and those of ``t.text``, for its
+    Translation ``t`` made with attention; None when there is no attention or the pieces do
+    not map onto the words."""
+    if t.attention is None:
+        return None
+    attn = t.attention
+    if layer is not None or head is not None:
+        if "attn_heads" not in t.info:
+            raise ValueError("--layer and --head are for Transformer decoders only")
+        # default_layer -1 is not used when layer is given; with head only, the model's layer
+        attn = pick_heads(t.info["attn_heads"], layer, head,
+                          getattr(translator.model.decoder, "attn_layer", -1))
+    pieces = [p for p in t.tgt_tokens if p != "</s>"]
+    return word_links(attn, t.src_tokens, pieces, _kinds(translator), len(src_text.split()),
+                      len(t.text.split()), method, threshold)
+
+
+# -- symmetrisation -------------------------------------------------------------------------
+
+_NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+def symmetrize(fwd: Links, rev: Links, how: str = "grow-diag") -> Links:
+    """Combine forward and reverse links, both as (source word, target word).
+
+    grow-diag (Koehn's Moses): start from the intersection; repeatedly, for each link and
+    each of its 8 neighbours (horizontal, vertical, diagonal) that is in the union, add the
+    neighbour when its source or its target word is still unaligned, until nothing is added.
+    grow-diag-final: then add each union link (forward links first, then reverse, in order)
+    whose source or target word is still unaligned."""
+    fwd, rev = set(fwd), set(rev)
+    if how == "intersect":
+        return fwd & rev
+    if how == "union":
+        return fwd | rev
+    if how not in SYMMETRIZE:
+        raise ValueError(f"symmetrisation {how!r}: expected one of {', '.join(SYMMETRIZE)}")
+    union = fwd | rev
+    a = fwd & rev
+    src_done = {i for i, _ in a}
+    tgt_done = {j for _, j in a}
+
+    def add(i: int, j: int) -> None:
+        a.add((i, j))
+        src_done.add(i)
+        tgt_done.add(j)
+
+    added = True
+    while added:
+        added = False
+        for i, j in sorted(a):
+            for di, dj in _NEIGHBOURS:
+                n = (i + di, j + dj)
+                if n in union and n not in a and (n[0] not in src_done or n[1] not in tgt_done):
+                    add(*n)
+                    added = True
+    if how == "grow-diag-final":
+        for links in (fwd, rev):
+            for i, j in sorted(links):
+                if (i, j) not in a and (i not in src_done or j not in tgt_done):
+                    add(i, j)
+    return a
+
+
+def transpose(links: Links | None) -> Links | None:
+    return None if links is None else {(j, i) for i, j in links}
+
+
+# -- scoring --------------------------------------------------------------------------------
+
+
+def score(links: Sequence[Links | None], gold: Sequence[dg.GoldAlignment]) -> dict[str, Any]:
+    """AER, precision and recall over the sentences with links (None: skipped)."""
+    totals = [0, 0, 0, 0]
+    used = 0
+    for a, g in zip(links, gold):
+        if a is None:
+            continue
+        for k, v in enumerate(dg.aer_counts(a, g)):
+            totals[k] += v
+        used += 1
+    e = dg.aer(*totals)
+    p, r = dg.precision_recall(*totals)
+    return {"aer": e, "precision": p, "recall": r, "sentences": used,
+            "skipped": len(links) - used, "links": totals[0], "sure": totals[1]}
+
+
+# -- attendo align --------------------------------------------------------------------------
+
+BAD_PAIR_HINT = (
+    "attendo align aligns every pair: --src and --tgt need a non-empty sentence on every "
+    "line; fix or remove this line in both files"
+)
+
+
+def run_align(args) -> int:
+    """``attendo align`` (see ``attendo align --help``); returns the exit status."""
+    from .data.corpus import read_lines, read_parallel
+    from .translator import Translator
+    from .utils import atomic_write_text
+
+    if args.translate == bool(args.tgt):
+        raise ValueError("give either --tgt (align given pairs) or --translate (align the "
+                         "model's own translations)")
+    if args.gold and args.translate:
+        raise ValueError("--gold scores given pairs: use --tgt, not --translate")
+    if args.symmetrize and not args.reverse_model:
+        raise ValueError("--symmetrize needs --reverse-model (the target -> source model)")
+    if not 0.0 < args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
+    for path, flag in ((args.output, "--output"), (args.hyp_output, "--hyp-output")):
+        if path and Path(path).is_dir():
+            raise ValueError(f"{path}: is a directory, expected a file path for {flag}")
+    if args.hyp_output and not args.translate:
+        raise ValueError("--hyp-output is for --translate")
+    fwd = Translator.from_dir(args.model, device=args.device)
+    rev = Translator.from_dir(args.reverse_model, device=args.device) if args.reverse_model else None
+    for m, t in ((args.model, fwd), (args.reverse_model, rev)):
+        if t is not None and not getattr(t.model.decoder, "use_attn", True):
+            raise ValueError(f"{m}: this model has no attention (model.attention: none)")
+    if args.translate:
+        src = read_lines(args.src, max_chars=None)
+    else:
+        src, tgt, _ = read_parallel(args.src, args.tgt, max_chars=10**6, hint=BAD_PAIR_HINT)
+    gold = None
+    if args.gold:
+        gold = dg.read_gold_alignments(args.gold, args.gold_format)
+        dg.check_gold(gold, args.gold, [len(s.split()) for s in src],
+                      [len(t.split()) for t in tgt])
+    opts = dict(method=args.method, threshold=args.threshold, layer=args.layer, head=args.head)
+    if args.translate:
+        outs = fwd.translate(src, beam=args.beam, return_attention=True)
+        tgt = [o.text for o in outs]
+        links = [translation_links(fwd, o, s, **opts) for o, s in zip(outs, src)]
+    else:
+        links = align_pairs(fwd, src, tgt, batch_size=args.batch_size, **opts)
+    if rev is not None:
+        back = [transpose(x) for x in align_pairs(rev, tgt, src, batch_size=args.batch_size,
+                                                  **opts)]
+        links = [None if f is None or b is None else symmetrize(f, b, args.symmetrize or "grow-diag")
+                 for f, b in zip(links, back)]
+    skipped = sum(x is None for x in links)
+    if skipped:
+        log.warning("%d of %d sentence pairs could not be mapped from pieces to words (or "
+                    "have an empty side): written as empty lines", skipped, len(links))
+    lines = [dg.format_alignment_line(x or ()) for x in links]
+    if args.translate and args.hyp_output:  # the translations the links refer to
+        atomic_write_text(args.hyp_output, "".join(t + "\n" for t in tgt))
+    text = "".join(line + "\n" for line in lines)
+    if args.output:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+    if gold is not None:
+        r = score(links, gold)
+        fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+        report = (f"AER {fmt(r['aer'])}  precision {fmt(r['precision'])}  recall "
+                  f"{fmt(r['recall'])}  ({r['sentences']} sentences, {r['skipped']} skipped; "
+                  f"links {r['links']}, sure {r['sure']})")
+        print(report, file=sys.stdout if args.output else sys.stderr)
+    return 0
