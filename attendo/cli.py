@@ -180,6 +180,13 @@ def cmd_align(args) -> int:
     return run_align(args)
 
 
+def cmd_align_prior(args) -> int:
+    from .align import run_align_prior
+
+    _check_output_path(args.output, "--output")
+    return run_align_prior(args)
+
+
 def cmd_attend(args) -> int:
     from .explorer import explorer_data, explorer_page
     from .translator import Translator
@@ -426,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
     al.add_argument("--device", default="cpu")
     al.set_defaults(func=cmd_align)
+
+    ap = sub.add_parser("align-prior", help="eflomal word links of a training corpus (for "
+                        "train.guided_alignment.file; needs attendo[align])")
+    ap.add_argument("--src", required=True, help="source sentences, one per line")
+    ap.add_argument("--tgt", required=True, help="target sentences, one per line")
+    ap.add_argument("--output", "-o", required=True,
+                    help="links file: grow-diag symmetrised, Pharaoh 'i-j' 0-based")
+    ap.add_argument("--lowercase", action="store_true", help="lowercase before aligning")
+    ap.set_defaults(func=cmd_align_prior)
 
     a = sub.add_parser("attend", help="attention heatmaps (PNG) and the HTML explorer")
     a.add_argument("--model", required=True)

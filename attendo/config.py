@@ -263,6 +263,27 @@ class ModelConfig:
 
 
 @dataclass
+class GuidedAlignmentConfig:
+    """Guided alignment (Garg et al. 2019): a cross-entropy between the decoder's attention
+    and given word links, added to the training loss (``train.guided_alignment``)."""
+
+    # Pharaoh links (0-based ``i-j``: source word i, target word j, whitespace words of the raw
+    # training text), one line per training pair in data.train_src order; "" = off
+    file: str = ""
+    weight: float = 0.1  # lambda of the alignment loss (per aligned target piece)
+    # Transformer decoder: the supervised cross-attention layer (null = model.attn_layer) and
+    # head; the RNN decoder's single attention is supervised and these are ignored
+    layer: int | None = None
+    head: int = 0
+
+    def validate(self) -> None:
+        _check_finite("train.guided_alignment", self)
+        if self.file and self.weight <= 0:
+            raise ConfigError(
+                f"train.guided_alignment.weight: must be > 0, got {self.weight}")
+
+
+@dataclass
 class TrainConfig:
     """Optimisation, validation, checkpoints and budgets."""
 
@@ -302,9 +323,16 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
     # lambda of the coverage loss sum_j min(a_ij, cov_ij) (See et al. 2017); needs model.coverage
     coverage_loss: float = 0.0
+    # See et al.'s two-phase recipe: before this update the model trains as if it had no
+    # coverage (the coverage weights, which start at 0, stay at 0 and the coverage loss is off);
+    # from it on both are on. 0 = coverage from the first update
+    coverage_from_step: int = 0
+    # attention supervised by word links: {file, weight, layer, head} (GuidedAlignmentConfig)
+    guided_alignment: GuidedAlignmentConfig = field(default_factory=GuidedAlignmentConfig)
 
     def validate(self) -> None:
         _check_finite("train", self)
+        self.guided_alignment.validate()
         if self.lr <= 0:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -314,7 +342,7 @@ class TrainConfig:
         for key in ("batch_size", "log_every", "valid_every", "valid_max_sents", "accum_steps"):
             _positive(f"train.{key}", getattr(self, key))
         for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "keep_last", "threads",
-                    "num_workers"):
+                    "num_workers", "coverage_from_step"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}: must be >= 0")
         for key in ("max_minutes", "clip_norm", "weight_decay", "min_lr"):
@@ -385,11 +413,18 @@ class Config:
         self.train.validate()
         self.decode.validate()
         m = self.model
+        if self.train.coverage_from_step and not m.coverage:
+            raise ConfigError(
+                "train.coverage_from_step: needs model.coverage: true (it is when the coverage "
+                "mechanism and its loss start)"
+            )
         if self.train.coverage_loss > 0 and not m.coverage:
             raise ConfigError(
                 "train.coverage_loss: needs model.coverage: true (the loss is on the coverage "
                 "vector the decoder carries)"
             )
+        if self.train.guided_alignment.file:
+            self._validate_guided_alignment()
         if m.tie_src_tgt and not self.data.joint_vocab:
             raise ConfigError(
                 "model.tie_src_tgt: needs data.joint_vocab: true (one vocabulary for both sides)"
@@ -402,6 +437,31 @@ class Config:
                     f"{longest} tokens (decode.max_input_tokens / decode.max_len / data.max_len + 1)"
                 )
         return self
+
+    def _validate_guided_alignment(self) -> None:
+        ga, m = self.train.guided_alignment, self.model
+        key = "train.guided_alignment"
+        if m.decoder == "rnn" and m.attention == "none":
+            raise ConfigError(f"{key}.file: supervises the attention, but model.attention is 'none'")
+        if m.attention_normalizer != "softmax":
+            raise ConfigError(
+                f"{key}.file: the alignment cross-entropy needs softmax attention (sparsemax and "
+                f"entmax give exact zeros, whose log is -inf); model.attention_normalizer is "
+                f"{m.attention_normalizer!r}")
+        if self.data.skip_bad_lines:
+            raise ConfigError(
+                f"{key}.file: its lines follow the training pairs one for one, so "
+                "data.skip_bad_lines (which drops pairs) cannot be on")
+        if m.decoder == "transformer":
+            if ga.layer is not None and not -m.dec_layers <= ga.layer < m.dec_layers:
+                raise ConfigError(
+                    f"{key}.layer: {ga.layer} is not a decoder layer (dec_layers="
+                    f"{m.dec_layers}; use 0..{m.dec_layers - 1}, -1 for the last, or null for "
+                    "model.attn_layer)")
+            if not -m.heads <= ga.head < m.heads:
+                raise ConfigError(
+                    f"{key}.head: {ga.head} is not a head (model.heads={m.heads}; use "
+                    f"0..{m.heads - 1})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -425,6 +485,22 @@ def _positive(key: str, value: float) -> None:
         raise ConfigError(f"{key}: must be > 0, got {value}")
 
 
+def _describe(hint: Any) -> str:
+    """A type hint in words: str | list[str] -> 'a string or a list of strings'."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        word = _describe(inner).removeprefix("a ").removeprefix("an ")
+        return f"a list of {word}s"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             type(None): "null"}
+    return names.get(hint, str(hint))
+
+
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     """Check (and lightly coerce) one value against its type hint."""
     origin = typing.get_origin(hint)
@@ -444,7 +520,7 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
                 return _check_type(key, value, option)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} does not match {hint}")
+        raise ConfigError(f"{key}: expected {_describe(hint)}, got {value!r}")
     if hint is type(None):
         if value is not None:
             raise ConfigError(f"{key}: expected null")

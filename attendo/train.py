@@ -32,7 +32,7 @@ from .checkpoint import (
     save_training_state,
     save_weights,
 )
-from .config import Config, load_config
+from .config import Config, ConfigError, load_config
 from .data.batching import BatchStream, iterate_batches
 from .data.binarized import PreparedCorpus, StalePreparation, ensure_prepared, prepared_dir
 from .data.prepare import (
@@ -47,6 +47,7 @@ from .data.prepare import (
 )
 from .data.vocab import Vocab
 from .model.seq2seq import Seq2Seq, build_model
+from .model.transformer import TransformerDecoder
 from .translator import Translator
 from .utils import atomic_write_text
 
@@ -119,16 +120,18 @@ class _LossModule(torch.nn.Module):
 
     Returns (loss, nll, n_tokens, coverage loss or None); see :meth:`Seq2Seq.losses`."""
 
-    def __init__(self, model: Seq2Seq, label_smoothing: float, coverage_loss: float = 0.0):
+    def __init__(self, model: Seq2Seq, label_smoothing: float, coverage_loss: float = 0.0,
+                 align_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.label_smoothing = label_smoothing
         self.coverage_loss = coverage_loss
+        self.align_weight = align_weight  # train.guided_alignment.weight
 
-    def forward(self, src, src_lens, tgt_in, tgt_out, src_ext=None):
+    def forward(self, src, src_lens, tgt_in, tgt_out, src_ext=None, align=None):
         return self.model.losses(
             src, src_lens, tgt_in, tgt_out, Vocab.PAD, self.label_smoothing,
-            self.coverage_loss, src_ext,
+            self.coverage_loss, src_ext, align, self.align_weight,
         )
 
 
@@ -234,6 +237,7 @@ class Trainer:
             if cfg.model.copy:
                 self.valid_copy = encode_copy(self.valid, self.src, self.tgt, valid_kept)
         copy = encode_copy(train, self.src, self.tgt, kept) if cfg.model.copy else None
+        align = self._guided_targets(cfg, train, kept)
         if resume:  # sizes in config.yaml checked against the checkpoint before allocating
             self.model: Seq2Seq = build_model_for_weights(
                 self.dir / LAST_FILE, cfg.model, len(self.src.vocab), len(self.tgt.vocab),
@@ -267,9 +271,24 @@ class Trainer:
         if self.dist.enabled:
             # the saved RNG is rank 0's; give each rank its own dropout stream again
             torch.manual_seed(tc.seed * 1000 + self.dist.rank + self.state.step)
+        ga = tc.guided_alignment
+        if align is not None and isinstance(self.model.decoder, TransformerDecoder):
+            # the supervised head's layer takes the explicit-weights path in forward()
+            layer = self.model.decoder.attn_layer if ga.layer is None else ga.layer
+            self.model.decoder.align_head = (layer % cfg.model.dec_layers,
+                                             ga.head % cfg.model.heads)
         self.loss_module: torch.nn.Module = _LossModule(
-            self.model, tc.label_smoothing, tc.coverage_loss
+            self.model, tc.label_smoothing, tc.coverage_loss,
+            ga.weight if align is not None else 0.0,
         )
+        self._objective = self.loss_module  # the module itself, also once DDP wraps it
+        # the coverage weights (w_c of the scorer, zero-initialised) for coverage_from_step
+        self._coverage_params = [p for n, p in self.model.named_parameters()
+                                 if n.endswith(".w_c")]
+        if tc.coverage_from_step and not resume:
+            with torch.no_grad():  # phase one: coverage has no effect on the scores
+                for p in self._coverage_params:
+                    p.zero_()
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -278,7 +297,7 @@ class Trainer:
         self.stream = BatchStream(
             src_ids, tgt_ids, tc.batch_size, tc.batch_type, tc.seed,
             epoch=self.state.epoch, offset=self.state.offset,
-            rank=self.dist.rank, world_size=self.dist.world_size, copy=copy,
+            rank=self.dist.rank, world_size=self.dist.world_size, copy=copy, align=align,
         )
         self.batches = iterate_batches(
             self.stream, tc.num_workers, pin_memory=self.device.type == "cuda"
@@ -288,7 +307,32 @@ class Trainer:
         self._last_valid_step: int | None = self.state.step if resume else None
         # summed coverage loss of the last train_step (None: the model has no coverage)
         self.step_cov: float | None = None
+        # summed alignment cross-entropy and aligned target pieces of the last train_step
+        # (None: no guided alignment)
+        self.step_align: tuple[float, float] | None = None
         self.bad_updates = 0  # non-finite updates in a row (skipped)
+
+    def _guided_targets(self, cfg: Config, train: Corpus | None, kept: list[int] | None):
+        """Per kept training pair, its (target piece, source piece) links from
+        train.guided_alignment.file (see :func:`attendo.align.guided_targets`), or None."""
+        ga = cfg.train.guided_alignment
+        if not ga.file:
+            return None
+        if train is None or kept is None:  # prepared_dir() already refuses this
+            raise ConfigError("train.guided_alignment.file: needs the in-memory training path "
+                              "(one training file, data.prepared unset)")
+        if not Path(ga.file).is_file():
+            raise ConfigError(f"train.guided_alignment.file: {ga.file}: no such file")
+        from .align import guided_targets
+
+        align, unmapped = guided_targets(ga.file, train.src, train.tgt, kept, self.src, self.tgt)
+        n_links = sum(len(a) for a in align)
+        log.info("guided alignment: %d piece links from %s (weight %g)", n_links, ga.file,
+                 ga.weight)
+        if unmapped:
+            log.warning("guided alignment: %d of %d training pairs have no links: their pieces "
+                        "do not group into their whitespace words", unmapped, len(align))
+        return align
 
     # -- bookkeeping -------------------------------------------------------------------
     def _setup_file_log(self) -> None:
@@ -381,10 +425,15 @@ class Trainer:
         local = sum(b.n_tgt_tokens if tc.normalization == "tokens" else b.size for b in batches)
         # DDP averages gradients over ranks, so each rank divides by (global count / world)
         denom = distributed.all_sum(self.dist, float(local), self.device) / self.dist.world_size
+        # two-phase coverage (See et al. 2017): no coverage loss and no change to the coverage
+        # weights (still 0, so the model is one without coverage) before coverage_from_step
+        phase_one = self.state.step + 1 < tc.coverage_from_step
+        self._objective.coverage_loss = 0.0 if phase_one else tc.coverage_loss
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, nll, coverage
+        # loss, nll, coverage, alignment cross-entropy, aligned target pieces
+        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
         total_n = 0
-        has_cov = False
+        has_cov = has_align = False
         for i, batch in enumerate(batches):
             batch = batch.to(self.device, non_blocking=True)
             last = i == len(batches) - 1
@@ -393,9 +442,11 @@ class Trainer:
                 sync = self.loss_module.no_sync()  # all-reduce once, after the last micro-batch
             with sync:
                 with self._autocast():
-                    loss, nll, cov, n = self.loss_module(
-                        batch.src, batch.src_lens, batch.tgt_in, batch.loss_target, batch.src_ext
+                    parts = self.loss_module(
+                        batch.src, batch.src_lens, batch.tgt_in, batch.loss_target, batch.src_ext,
+                        batch.align,
                     )
+                    loss, nll, cov, n = parts[:4]
                 scaled = loss / denom
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             sums[0] += loss.detach()
@@ -403,7 +454,14 @@ class Trainer:
             if cov is not None:
                 sums[2] += cov.detach() if torch.is_tensor(cov) else cov
                 has_cov = True
+            if parts[4] is not None:  # guided alignment
+                sums[3] += parts[4].detach()
+                sums[4] += parts[5]
+                has_align = True
             total_n += batch.n_tgt_tokens
+        if phase_one:
+            for p in self._coverage_params:
+                p.grad = None  # the optimizer skips them: they stay exactly 0
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         # the gradient norm (clipped to train.clip_norm when set) is the same on every rank
@@ -413,8 +471,9 @@ class Trainer:
         )
         # the one host synchronisation of an update: the logged sums and the finiteness check
         check = torch.cat([sums, norm.reshape(1).to(sums)])
-        loss_sum, nll_sum, cov_sum, norm_value = check.tolist()
+        loss_sum, nll_sum, cov_sum, align_sum, n_aligned, norm_value = check.tolist()
         self.step_cov = cov_sum if has_cov else None
+        self.step_align = (align_sum, n_aligned) if has_align else None
         finite = math.isfinite(norm_value) and (self.dist.enabled or math.isfinite(loss_sum))
         if self.scaler is None and not finite:
             # never apply a non-finite update (it would turn every weight into NaN); stop when
@@ -451,6 +510,7 @@ class Trainer:
                    dynamic_ncols=True, desc="train")
         win_loss = win_nll = 0.0
         win_cov: float | None = None
+        win_align: list[float] | None = None  # summed alignment CE, aligned target pieces
         win_tok, win_t0 = 0, time.time()
         clean = False
         try:
@@ -464,6 +524,10 @@ class Trainer:
                 win_loss, win_nll, win_tok = win_loss + loss, win_nll + nll, win_tok + n
                 if self.step_cov is not None:
                     win_cov = (win_cov or 0.0) + self.step_cov
+                if self.step_align is not None:
+                    win_align = win_align or [0.0, 0.0]
+                    win_align[0] += self.step_align[0]
+                    win_align[1] += self.step_align[1]
                 bar.update(1)
                 if st.step % tc.log_every == 0:
                     dt = max(time.time() - win_t0, 1e-9)
@@ -474,6 +538,8 @@ class Trainer:
                     }
                     if win_cov is not None:  # per target token, before the lambda weight
                         rec["cov_loss"] = win_cov / max(win_tok, 1)
+                    if win_align is not None:  # per aligned target piece, before the lambda
+                        rec["align_loss"] = win_align[0] / max(win_align[1], 1)
                     if self.device.type == "cuda":  # peak GPU memory since the start
                         rec["peak_mem_mb"] = round(
                             torch.cuda.max_memory_allocated(self.device) / 2**20)
@@ -482,16 +548,21 @@ class Trainer:
                                 lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
                     if "cov_loss" in rec:
                         post["cov"] = f"{rec['cov_loss']:.4f}"
+                    if "align_loss" in rec:
+                        post["align"] = f"{rec['align_loss']:.4f}"
                     if tc.max_minutes and not tc.max_steps:  # tqdm has no total to estimate from
                         left = max(0.0, tc.max_minutes * 60 - self.elapsed())
                         post["eta"] = time.strftime("%H:%M:%S", time.gmtime(left))
                     bar.set_postfix(post)
                     if not tc.progress:
                         cov_text = f"  cov_loss {rec['cov_loss']:.4f}" if "cov_loss" in rec else ""
+                        if "align_loss" in rec:
+                            cov_text += f"  align_loss {rec['align_loss']:.4f}"
                         log.info("step %d  loss %.3f  ppl %.2f%s  lr %.2e  %.0f tok/s",
                                  st.step, rec["loss"], rec["ppl"], cov_text, lr, rec["tok_per_s"])
                     win_loss = win_nll = 0.0
                     win_cov = None
+                    win_align = None
                     win_tok, win_t0 = 0, time.time()
                 if st.step % tc.valid_every == 0:
                     self.validate_and_save()

@@ -333,3 +333,39 @@ def test_training_logs_cov_loss_and_translate_uses_decode_overrides(
     assert cli.main(["translate", "--model", str(run), "-i", str(src),
                      "decode.block_ngram_repeat=-2"]) == 2
     assert "decode.block_ngram_repeat" in capsys.readouterr().err
+
+
+def _weights(path) -> dict[str, Tensor]:
+    from attendo.checkpoint import read_safetensors
+
+    tensors, _ = read_safetensors(path)
+    return {k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}
+
+
+def test_coverage_from_step_is_a_model_without_coverage_until_then(toy_config, tmp_path):
+    """See et al.'s recipe: before train.coverage_from_step the coverage weights stay exactly
+    0 (so coverage changes no attention score) and there is no coverage loss; from that update
+    on, coverage and its loss are on."""
+    common = ["model.attention=additive", "train.valid_every=5", "train.keep_last=0",
+              "model.dropout=0.0"]
+    two = tmp_path / "two_phase"
+    Trainer(toy_config(*common, "model.coverage=true", "train.coverage_loss=1.0",
+                       "train.coverage_from_step=6", "train.max_steps=10", out_dir=two)).run()
+    at5, at10 = _weights(two / "checkpoints/step-5.safetensors"), _weights(
+        two / "checkpoints/step-10.safetensors")
+    cov_keys = [k for k in at5 if k.endswith(".w_c")]
+    assert cov_keys
+    for k in cov_keys:
+        assert torch.count_nonzero(at5[k]) == 0, k  # phase 1: untouched
+        assert torch.count_nonzero(at10[k]) > 0, k  # phase 2: learning
+    # and phase one has no coverage loss: the same run with lambda = 0 is identical to step 5
+    no_loss = tmp_path / "no_loss"
+    Trainer(toy_config(*common, "model.coverage=true", "train.coverage_loss=0.0",
+                       "train.coverage_from_step=6", "train.max_steps=5", out_dir=no_loss)).run()
+    same = _weights(no_loss / "checkpoints/step-5.safetensors")
+    assert all(torch.equal(same[k], at5[k]) for k in at5)
+    # w_c = 0 means e_ij + 0 * cov_ij (additive: inside the tanh): coverage changed no score
+    recs = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "train" and r["step"] == 10 for r in recs)
+    with pytest.raises(ConfigError, match="train.coverage_from_step: needs model.coverage"):
+        toy_config("train.coverage_from_step=5")

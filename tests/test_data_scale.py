@@ -183,19 +183,22 @@ def _with_bad_lines(tmp_path, bad_at):
     return _write(tmp_path / "b.src", src), _write(tmp_path / "b.tgt", tgt)
 
 
-def test_bad_line_in_a_worker_chunk_names_file_and_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])  # found in pass 1 / in pass 2
+def test_bad_line_in_a_worker_chunk_names_file_and_line(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setattr(binarized, "CHUNK_LINES", 50)
     a = _corpus(tmp_path, "a", 120, 0)
     b = _with_bad_lines(tmp_path, [173, 301])
-    cfg = _cfg(tmp_path, train_src=[a[0], b[0]], train_tgt=[a[1], b[1]])
+    cfg = _cfg(tmp_path, train_src=[a[0], b[0]], train_tgt=[a[1], b[1]], tokenizer=tokenizer)
     with pytest.raises(CorpusError, match=r"b\.src:173: control character U\+0000"):
         prepare(cfg.data, tmp_path / "p", workers=2, progress=False)
 
 
-def test_skipped_lines_are_counted_across_workers(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_skipped_lines_are_counted_across_workers(tmp_path, monkeypatch, tokenizer):
     monkeypatch.setattr(binarized, "CHUNK_LINES", 50)
     b = _with_bad_lines(tmp_path, [3, 60, 173, 301, 400])
-    cfg = _cfg(tmp_path, train_src=b[0], train_tgt=b[1], skip_bad_lines=True)
+    cfg = _cfg(tmp_path, train_src=b[0], train_tgt=b[1], skip_bad_lines=True,
+               tokenizer=tokenizer)
     m = prepare(cfg.data, tmp_path / "p", workers=2, progress=False)
     _, _, report = read_parallel(*b, skip_bad=True)
     assert (m["pairs"], m["skipped"]) == (report.n_pairs, report.n_skipped) == (395, 5)

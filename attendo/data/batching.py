@@ -58,6 +58,10 @@ class Batch:
         src_ext: ``(B, S)`` source ids in the extended vocabulary (copy models), padded; else None.
         tgt_out_ext: ``(B, T)`` ``tgt_out`` in the extended vocabulary (copy models), else None.
         src_oovs: per example, the source-only words with extended ids V, V+1, ... (copy models).
+        align: ``(B, T, S)`` float guided-alignment targets (``train.guided_alignment``), else
+            None: row t is p(t, .), uniform over the source pieces linked to target piece t
+            (the piece ``tgt_out[:, t]`` that attention row t predicts), all zero when piece t
+            has no links.
     """
 
     src: Tensor
@@ -71,6 +75,7 @@ class Batch:
     src_ext: Tensor | None = None
     tgt_out_ext: Tensor | None = None
     src_oovs: list[list[str]] | None = None
+    align: Tensor | None = None
 
     @property
     def n_ext(self) -> int:
@@ -129,6 +134,7 @@ class Batch:
             src_ext=move(self.src_ext),
             tgt_out_ext=move(self.tgt_out_ext),
             src_oovs=self.src_oovs,
+            align=move(self.align),
         )
 
     def pin_memory(self) -> Batch:
@@ -148,6 +154,7 @@ class Batch:
             src_ext=pin(self.src_ext),
             tgt_out_ext=pin(self.tgt_out_ext),
             src_oovs=self.src_oovs,
+            align=pin(self.align),
         )
 
 
@@ -171,6 +178,7 @@ def collate(
     bos: int = Vocab.BOS,
     eos: int = Vocab.EOS,
     copy: list[CopyIds] | None = None,
+    align: list[np.ndarray] | None = None,
 ) -> Batch:
     """Pad a list of examples into a :class:`Batch`.
 
@@ -178,7 +186,10 @@ def collate(
     ``tgt_out = y EOS`` (teacher forcing: position t of ``tgt_in`` predicts position t of
     ``tgt_out``). An empty source gives a row of padding with length 0; models must cope with it
     or callers must avoid it. With ``copy`` (one :class:`CopyIds` per example) the batch also
-    gets ``src_ext``, ``tgt_out_ext`` (``tgt_ext`` then EOS) and ``src_oovs``.
+    gets ``src_ext``, ``tgt_out_ext`` (``tgt_ext`` then EOS) and ``src_oovs``. With ``align``
+    (per example an int array (K, 2) of linked (target piece, source piece) pairs, see
+    :func:`attendo.align.guided_targets`) the batch gets ``align`` (B, T, S): each linked row
+    normalised to sum to 1.
     """
     if not src_ids:
         raise ValueError("cannot collate an empty batch")
@@ -215,6 +226,8 @@ def collate(
         tgt_out_ext = _pad([c.tgt_ext for c in copy], y_lens, width, pad)  # type: ignore[misc]
         tgt_out_ext[rows, y_lens] = eos
         ext["tgt_out_ext"] = tgt_out_ext
+    if align is not None:
+        ext["align"] = _align_targets(align, width, S)
     return Batch(
         src,
         src_lens,
@@ -225,6 +238,21 @@ def collate(
         _n_tgt_tokens=int(tgt_lens.sum()),
         **ext,
     )
+
+
+def _align_targets(links: list[np.ndarray], T: int, S: int) -> Tensor:
+    """(B, T, S) float: 1 at each (target piece, source piece) link of each example, rows
+    then divided by their sums (rows without links stay 0)."""
+    if len(links) == 0:
+        raise ValueError("cannot collate guided-alignment targets of an empty batch")
+    out = torch.zeros(len(links), T, S)
+    rows = [np.full(len(a), b, dtype=np.int64) for b, a in enumerate(links)]
+    pairs = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1, 2) for a in links])
+    if len(pairs):
+        b = torch.from_numpy(np.concatenate(rows))
+        t, s = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
+        out[b, t, s] = 1.0
+    return out / out.sum(-1, keepdim=True).clamp_min(1.0)
 
 
 def _cut(
@@ -356,6 +384,7 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
         copy: list[CopyIds] | None = None,
+        align: list[np.ndarray] | None = None,
     ) -> None:
         if not src_ids:
             raise ValueError("cannot stream batches from an empty dataset")
@@ -366,6 +395,9 @@ class BatchStream:
         self.src_ids = src_ids
         self.tgt_ids = tgt_ids
         self.copy = copy  # per-example extended-vocabulary ids (copy models), else None
+        if align is not None and len(align) != len(src_ids):
+            raise ValueError(f"got {len(src_ids)} sources but {len(align)} alignment entries")
+        self.align = align  # per-example (target piece, source piece) links, else None
         self.batch_size = batch_size
         self.batch_type = batch_type
         self.seed = seed
@@ -421,7 +453,7 @@ class BatchStream:
         self.offset += 1
         if self.offset == len(self._plan):
             self.epoch, self.offset = self.epoch + 1, 0
-        return _collate_plan(idx, self.src_ids, self.tgt_ids, self.copy)
+        return _collate_plan(idx, self.src_ids, self.tgt_ids, self.copy, self.align)
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch": ..., "offset": ...}`` of the next batch (plain ints, JSON-safe)."""
@@ -449,12 +481,14 @@ def _collate_plan(
     src_ids: list[list[int]],
     tgt_ids: list[list[int]],
     copy: list[CopyIds] | None,
+    align: list[np.ndarray] | None = None,
 ) -> Batch:
     return collate(
         [src_ids[i] for i in idx],
         [tgt_ids[i] for i in idx],
         idx,
         copy=None if copy is None else [copy[i] for i in idx],
+        align=None if align is None else [align[i] for i in idx],
     )
 
 
@@ -467,14 +501,16 @@ class _PlanDataset(torch.utils.data.Dataset):
         src_ids: list[list[int]],
         tgt_ids: list[list[int]],
         copy: list[CopyIds] | None = None,
+        align: list[np.ndarray] | None = None,
     ):
         self.plan, self.src_ids, self.tgt_ids, self.copy = plan, src_ids, tgt_ids, copy
+        self.align = align
 
     def __len__(self) -> int:
         return len(self.plan)
 
     def __getitem__(self, i: int) -> Batch:
-        return _collate_plan(self.plan[i], self.src_ids, self.tgt_ids, self.copy)
+        return _collate_plan(self.plan[i], self.src_ids, self.tgt_ids, self.copy, self.align)
 
 
 def iterate_batches(
@@ -489,7 +525,8 @@ def iterate_batches(
     while True:
         plan, start = stream.batches(), stream.offset
         loader = torch.utils.data.DataLoader(
-            _PlanDataset(plan[start:], stream.src_ids, stream.tgt_ids, stream.copy),
+            _PlanDataset(plan[start:], stream.src_ids, stream.tgt_ids, stream.copy,
+                         stream.align),
             batch_size=None,
             shuffle=False,
             num_workers=num_workers,

@@ -49,8 +49,15 @@ from tqdm import tqdm
 from ..config import ConfigError, DataConfig
 from ..utils import atomic_write_text
 from .corpus import MAX_REPORTED_PROBLEMS, CorpusError, _parse_pair, _raw_lines
-from .prepare import Codec, CorpusFiles, load_codecs, make_tokenizer, multi_corpus, save_codecs
-from .prepare import train_files
+from .prepare import (
+    Codec,
+    CorpusFiles,
+    load_codecs,
+    make_tokenizer,
+    multi_corpus,
+    save_codecs,
+    train_files,
+)
 from .tokenizers import SentencePieceTokenizer
 from .vocab import Vocab
 
@@ -82,13 +89,19 @@ def prepared_dir(cfg) -> Path | None:
     data: DataConfig = cfg.data
     if data.toy:
         return None
+    guided = bool(cfg.train.guided_alignment.file)
     if data.prepared or multi_corpus(data):
         if cfg.model.copy:
             raise ConfigError(
                 "model.copy: copy models read their training data into memory; give one "
                 "training file (no list, glob or weights) and leave data.prepared unset")
+        if guided:
+            raise ConfigError(
+                "train.guided_alignment.file: guided alignment reads its training data into "
+                "memory; give one training file (no list, glob or weights) and leave "
+                "data.prepared unset")
         return Path(data.prepared or Path(cfg.train.out_dir) / "prepared")
-    if not cfg.model.copy and _total_bytes(train_files(data)) > AUTO_PREPARE_BYTES:
+    if not (cfg.model.copy or guided) and _total_bytes(train_files(data)) > AUTO_PREPARE_BYTES:
         return Path(cfg.train.out_dir) / "prepared"
     return None
 
@@ -179,35 +192,18 @@ def _clean(task: tuple, settings: dict) -> tuple[list[str], list[str], list[int]
     return ss, ts, pos, skipped, problems
 
 
-def _scan_chunk(task: tuple, settings: dict, tau: tuple[float, float]) -> dict:
-    """Pass 1 on one chunk: validate; for word/char tokenizers count pieces; for
-    sentencepiece return the texts whose random priority is below ``tau`` (bottom-k
-    sampling: the k lowest priorities of all chunks are a uniform sample of size k)."""
-    chunk_id = task[0]
-    ss, ts, pos, skipped, problems = _clean(task, settings)
-    out: dict[str, Any] = {"kept": len(ss), "skipped": skipped, "problems": problems}
-    kind = settings["tokenizer"]
-    if kind in ("word", "char"):
-        from .tokenizers import train_tokenizer
+def _scan_chunk(task: tuple, settings: dict) -> dict:
+    """Pass 1 (word/char) on one chunk: validate, count the pieces."""
+    ss, ts, _, skipped, _ = _clean(task, settings)
+    from .tokenizers import train_tokenizer
 
-        tok = train_tokenizer(kind, [], 1)
-        counts = [Counter(), Counter()]
-        for side, texts in enumerate((ss, ts)):
-            c = counts[0 if settings["joint_vocab"] else side]
-            for text in texts:
-                c.update(tok.encode(text))
-        out["counts"] = counts
-    else:
-        rng = np.random.default_rng([settings["seed"], chunk_id])
-        pri = rng.random((2, len(task[4])))  # a priority per line and side
-        picked = []
-        for side, texts in enumerate((ss, ts)):
-            for text, k in zip(texts, pos):
-                p = float(pri[side, k])
-                if p < tau[0 if settings["joint_vocab"] else side]:
-                    picked.append((p, side, chunk_id, k, text))
-        out["sample"] = picked
-    return out
+    tok = train_tokenizer(settings["tokenizer"], [], 1)
+    counts = [Counter(), Counter()]
+    for side, texts in enumerate((ss, ts)):
+        c = counts[0 if settings["joint_vocab"] else side]
+        for text in texts:
+            c.update(tok.encode(text))
+    return {"kept": len(ss), "skipped": skipped, "counts": counts}
 
 
 _WORKER: dict[str, Any] = {}
@@ -220,7 +216,8 @@ def _init_encoder(src: Codec, tgt: Codec, spm_ids: bool) -> None:
 def _encode_side(codec: Codec, texts: list[str], spm_ids: bool, dtype) -> tuple:
     if spm_ids:
         assert isinstance(codec.tokenizer, SentencePieceTokenizer)
-        ids = codec.tokenizer.sp.encode(texts, out_type=int)
+        # one thread: the worker processes already use every core
+        ids = codec.tokenizer.sp.encode(texts, out_type=int, num_threads=1)
     else:
         ids = [codec.vocab.encode(codec.tokenizer.encode(t)) for t in texts]
     lens = np.fromiter((len(x) for x in ids), np.int32, count=len(ids))
@@ -234,11 +231,11 @@ def _encode_side(codec: Codec, texts: list[str], spm_ids: bool, dtype) -> tuple:
 def _encode_chunk(task: tuple, settings: dict, dtype: str) -> dict:
     """Pass 2 on one chunk: validate again, encode both sides (sentencepiece: to piece ids,
     counted, mapped to vocabulary ids once the vocabulary is known)."""
-    ss, ts, _, skipped, _ = _clean(task, settings)
+    ss, ts, _, skipped, problems = _clean(task, settings)
     spm_ids = _WORKER["spm_ids"]
     src = _encode_side(_WORKER["src"], ss, spm_ids, np.dtype(dtype))
     tgt = _encode_side(_WORKER["tgt"], ts, spm_ids, np.dtype(dtype))
-    return {"kept": len(ss), "skipped": skipped, "src": src, "tgt": tgt}
+    return {"kept": len(ss), "skipped": skipped, "problems": problems, "src": src, "tgt": tgt}
 
 
 class _Runner:
@@ -285,78 +282,86 @@ def _tasks(files: list[CorpusFiles], counts: list[dict]):
             chunk_id += 1
 
 
-def _scan(cfg: DataConfig, files: list[CorpusFiles], settings: dict, workers: int, progress: bool):
-    """Pass 1: validate everything; returns (per-file stats, sample(s) or vocabularies)."""
-    stats = [{"lines": 0, "pairs": 0, "skipped": 0} for _ in files]
-    problems: list[str] = []
-    spm = cfg.tokenizer in ("bpe", "unigram")
+def _sample_spm(cfg: DataConfig, files: list[CorpusFiles], settings: dict, progress: bool):
+    """Pass 1 for sentencepiece: a uniform sample of at most ``spm_sample`` sentences (per
+    side, or of both sides when joint) in one read of the files, by bottom-k sampling: every
+    line gets a random priority (seeded by chunk), the k lowest win. Only lines below the
+    running k-th priority are decoded and validated here (bad ones are left out; pass 2
+    reports or counts them), so this pass costs little more than reading the files."""
     k = cfg.spm_sample
     heaps: list[list] = [[], []]  # per pool (one when joint): max-heaps of (-priority, item)
-    counters = [Counter(), Counter()]
-    first_error: CorpusError | None = None
-    runner = _Runner(workers)
-    bar = tqdm(desc="check", unit=" pairs", unit_scale=True, disable=not progress,
+    bar = tqdm(desc="sample", unit=" pairs", unit_scale=True, disable=not progress,
                dynamic_ncols=True)
 
     def tau(pool: int) -> float:
         h = heaps[pool]
         return -h[0][0] if len(h) >= k else 1.0
 
-    def take(file_index: int, res: dict) -> None:
-        st = stats[file_index]
-        st["pairs"] += res["kept"]
-        st["skipped"] += res["skipped"]
-        problems.extend(res["problems"][: MAX_REPORTED_PROBLEMS - len(problems)])
-        bar.update(res["kept"] + res["skipped"])
-        if "counts" in res:
-            for c, more in zip(counters, res["counts"]):
-                c.update(more)
-        for p, side, chunk_id, pos, text in res.get("sample", ()):
-            h = heaps[0 if cfg.joint_vocab else side]
-            item = (-p, side, chunk_id, pos, text)
-            if len(h) < k:
-                heapq.heappush(h, item)
-            elif p < -h[0][0]:
-                heapq.heapreplace(h, item)
-
-    counts: list[dict] = [{} for _ in files]
-    index_of: list[int] = []
     try:
-        for i, task in _tasks(files, counts):
+        for _, (chunk_id, src, tgt, lineno, raw_s, raw_t) in _tasks(files, [{} for _ in files]):
+            pri = np.random.default_rng([settings["seed"], chunk_id]).random((2, len(raw_s)))
+            limit = np.array([[tau(0)], [tau(0 if cfg.joint_vocab else 1)]])
+            for pos in np.flatnonzero((pri < limit).any(axis=0)).tolist():
+                try:
+                    pair = _parse_pair(raw_s[pos], raw_t[pos] if raw_t is not None else None,
+                                       Path(src), Path(tgt) if tgt else None, lineno + pos,
+                                       settings["max_chars"])
+                except CorpusError:
+                    continue
+                for side, text in enumerate(pair):
+                    pool = 0 if cfg.joint_vocab else side
+                    p = float(pri[side, pos])
+                    if p >= tau(pool):
+                        continue
+                    item = (-p, side, chunk_id, pos, text.lower() if cfg.lowercase else text)
+                    if len(heaps[pool]) < k:
+                        heapq.heappush(heaps[pool], item)
+                    else:
+                        heapq.heapreplace(heaps[pool], item)
+            bar.update(len(raw_s))
+    finally:
+        bar.close()
+    # in corpus order: all of a sample's sources, then its targets, as the in-memory path
+    # passes them, so a corpus that fits in the sample gives the same tokenizer
+    return [[item[4] for item in sorted(h, key=lambda x: x[1:4])] for h in heaps]
+
+
+def _count_pieces(cfg: DataConfig, files: list[CorpusFiles], settings: dict, workers: int,
+                  progress: bool) -> list[Counter]:
+    """Pass 1 for word/char tokenizers: validate everything (a bad line stops here, before
+    any encoding, unless skipped) and count the pieces for the vocabularies."""
+    counters = [Counter(), Counter()]
+    first_error: CorpusError | None = None
+    runner = _Runner(workers)
+    bar = tqdm(desc="count", unit=" pairs", unit_scale=True, disable=not progress,
+               dynamic_ncols=True)
+
+    def take(res: dict) -> None:
+        bar.update(res["kept"] + res["skipped"])
+        for c, more in zip(counters, res["counts"]):
+            c.update(more)
+
+    try:
+        for _, task in _tasks(files, [{} for _ in files]):
             if first_error is not None:
                 continue  # read on only to count lines: a count mismatch is the likelier cause
-            index_of.append(i)
             try:
-                done = runner.submit(_scan_chunk, task, settings, (tau(0), tau(1)))
+                for res in runner.submit(_scan_chunk, task, settings):
+                    take(res)
             except CorpusError as e:
                 first_error = e
-                continue
-            for res in done:
-                take(index_of.pop(0), res)
-        try:
+        if first_error is None:
             for res in runner.drain():
-                take(index_of.pop(0), res)
-        except CorpusError as e:
-            first_error = first_error or e
+                take(res)
+    except CorpusError as e:
+        if first_error is None or "lines but" in e.problem:
+            raise
     finally:
         runner.close()
         bar.close()
     if first_error is not None:
         raise first_error
-    for st, c, f in zip(stats, counts, files):
-        st["lines"] = c.get("lines", 0)
-        if st["pairs"] == 0:
-            raise CorpusError(
-                f.src, None,
-                f"no usable train pairs: all {st['skipped']} lines were skipped as bad "
-                f"(data.skip_bad_lines); the first: {problems[0] if problems else '?'}",
-            )
-    if spm:
-        # in corpus order: all of a sample's sources, then its targets, as the in-memory
-        # path passes them, so a corpus that fits in the sample gives the same tokenizer
-        samples = [[item[4] for item in sorted(h, key=lambda x: x[1:4])] for h in heaps]
-        return stats, problems, samples
-    return stats, problems, counters
+    return counters
 
 
 def _codecs_after_scan(cfg: DataConfig, found, seed: int) -> tuple[Codec, Codec]:
@@ -399,7 +404,10 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
     workers = workers if workers is not None else cfg.workers
     workers = workers or os.cpu_count() or 1
     settings = {k: getattr(cfg, k) for k in PREP_KEYS} | {"seed": seed}
-    stats, problems, found = _scan(cfg, files, settings, workers, progress)
+    if cfg.tokenizer in ("bpe", "unigram"):
+        found = _sample_spm(cfg, files, settings, progress)
+    else:
+        found = _count_pieces(cfg, files, settings, workers, progress)
     t_scan = time.time() - t0
     src, tgt = _codecs_after_scan(cfg, found, seed)
     del found
@@ -414,10 +422,18 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
     piece_counts: dict[str, np.ndarray | None] = {"src": None, "tgt": None}
     runner = _Runner(workers, _init_encoder, (src, tgt, spm_ids))
     bar = tqdm(desc="encode", unit=" pairs", unit_scale=True, disable=not progress,
-               total=sum(s["pairs"] + s["skipped"] for s in stats), dynamic_ncols=True)
+               dynamic_ncols=True)
     sinks = {side: open(out / f"{side}.tokens.bin", "wb") for side in ("src", "tgt")}
+    stats = [{"lines": 0, "pairs": 0, "skipped": 0} for _ in files]
+    problems: list[str] = []
+    line_counts: list[dict] = [{} for _ in files]
+    file_of: list[int] = []  # the file of each chunk in flight
 
     def take(res: dict) -> None:
+        st = stats[file_of.pop(0)]
+        st["pairs"] += res["kept"]
+        st["skipped"] += res["skipped"]
+        problems.extend(res["problems"][: MAX_REPORTED_PROBLEMS - len(problems)])
         for side in ("src", "tgt"):
             n, flat, counts = res[side]
             lens[side].append(n)
@@ -428,7 +444,8 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
         bar.update(res["kept"] + res["skipped"])
 
     try:
-        for _, task in _tasks(files, [{} for _ in files]):
+        for i, task in _tasks(files, line_counts):
+            file_of.append(i)
             for res in runner.submit(_encode_chunk, task, settings, dtype):
                 take(res)
         for res in runner.drain():
@@ -438,6 +455,14 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
         bar.close()
         for f in sinks.values():
             f.close()
+    for st, c, f in zip(stats, line_counts, files):
+        st["lines"] = c.get("lines", 0)
+        if st["pairs"] == 0:
+            raise CorpusError(
+                f.src, None,
+                f"no usable train pairs: all {st['skipped']} lines were skipped as bad "
+                f"(data.skip_bad_lines); the first: {problems[0] if problems else '?'}",
+            )
     n_pairs = sum(s["pairs"] for s in stats)
     for side in ("src", "tgt"):
         n = np.concatenate(lens[side]) if lens[side] else np.zeros(0, np.int32)
@@ -469,7 +494,7 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
         "vocab": {"src": len(src.vocab), "tgt": len(tgt.vocab),
                   "src_sha256": _vocab_hash(src.vocab), "tgt_sha256": _vocab_hash(tgt.vocab)},
         "corpora": corpora,
-        "seconds": {"check": round(t_scan, 2), "tokenizer": round(t_tok, 2),
+        "seconds": {"sample_or_count": round(t_scan, 2), "tokenizer": round(t_tok, 2),
                     "total": round(t_total, 2)},
         "workers": workers,
     }

@@ -177,15 +177,18 @@ def export_ctranslate2(model_dir: str | Path, out: str | Path, quantization: str
 
 def ct2_translate_pieces(ct2_translator, src_pieces: list[list[str]], caps: list[int] | int,
                          beam: int = 1, batch_size: int = 64, length_penalty: float = 0.0,
-                         ) -> list[list[str]]:
+                         scores: list[float] | None = None) -> list[list[str]]:
     """Translate source pieces with a ``ctranslate2.Translator`` under attendo's decoding
     rules: output caps per sentence (``max_output_lengths``; sentences are grouped by cap),
     no minimum length, scores as raw sums of log-probabilities when ``length_penalty`` is 0.
     (CTranslate2's length penalty is score / length ** alpha, not GNMT's, so only 0 agrees.)
-    An empty source gives an empty output, as in attendo."""
+    An empty source gives an empty output, as in attendo. ``scores``, when given a list, gets
+    each output's score (with ``length_penalty`` 0: the sum of its log-probabilities, EOS
+    included, as attendo's ``Translation.log_prob``)."""
     if isinstance(caps, int):
         caps = [caps] * len(src_pieces)
     out: list[list[str]] = [[] for _ in src_pieces]
+    got = [0.0] * len(src_pieces)
     groups: dict[int, list[int]] = {}
     for i, (p, cap) in enumerate(zip(src_pieces, caps)):
         if p:
@@ -194,8 +197,12 @@ def ct2_translate_pieces(ct2_translator, src_pieces: list[list[str]], caps: list
         res = ct2_translator.translate_batch(
             [src_pieces[i] for i in rows], max_batch_size=batch_size, beam_size=beam,
             length_penalty=length_penalty, max_decoding_length=cap, min_decoding_length=0,
-            max_input_length=0,
+            max_input_length=0, return_scores=scores is not None,
         )
         for i, r in zip(rows, res):
             out[i] = r.hypotheses[0]
+            if scores is not None:
+                got[i] = r.scores[0]
+    if scores is not None:
+        scores[:] = got
     return out

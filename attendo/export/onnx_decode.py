@@ -103,7 +103,8 @@ class OnnxTranslator:
         return source, recurrent
 
     def _step(self, y: np.ndarray, t: int, source: dict, recurrent: dict) -> tuple[np.ndarray, dict]:
-        feed = {"y_prev": y, **source, **recurrent}
+        feed = {n: v for n, v in recurrent.items() if n in self.step_inputs}  # some go unread
+        feed.update(source, y_prev=y)
         if "step" in self.step_inputs:
             feed["step"] = np.array(t, dtype=np.int64)
         res = dict(zip(self.step_outputs, self.step.run(None, feed)))

@@ -22,6 +22,28 @@ class LossParts(NamedTuple):
     nll: Tensor  # summed NLL (detached)
     cov: Tensor | None  # summed coverage loss sum_ij min(a_ij, cov_ij) (detached), or None
     n_tokens: Tensor  # non-pad target tokens (a 0-dim tensor: no host sync)
+    # guided alignment: summed cross-entropy -sum_t sum_s p(t,s) log a(t,s) (detached) and the
+    # number of aligned target pieces (0-dim tensors), or None without alignment targets
+    align: Tensor | None = None
+    n_aligned: Tensor | None = None
+
+
+ALIGN_EPS = 1e-9  # attention weights are clamped to this before the log
+
+
+def alignment_loss(attn: Tensor, align: Tensor) -> tuple[Tensor, Tensor]:
+    """Guided alignment (Garg et al. 2019): (summed cross-entropy, aligned rows) of attention
+    ``attn`` (B, T, S) against targets ``align`` (B, T, S), each row a distribution over
+    source positions or all zero (a target piece without links, or padding), i.e.
+    (-sum_t sum_s p(t,s) log a(t,s), N_aligned); the loss is their ratio. Row t of ``attn``
+    is the teacher-forced row that *predicts* target piece t. Both are 0-dim tensors."""
+    if attn.shape != align.shape:
+        raise ValueError(f"attention {tuple(attn.shape)} and alignment targets "
+                         f"{tuple(align.shape)} differ in shape")
+    p = align.float()
+    logs = attn.float().clamp_min(ALIGN_EPS).log()
+    ce = -(p * logs).sum()
+    return ce, (p.sum(-1) > 0).sum()
 
 
 class Seq2Seq(nn.Module):
@@ -79,10 +101,19 @@ class Seq2Seq(nn.Module):
         label_smoothing: float = 0.0,
         coverage_weight: float = 0.0,
         src_ext: Tensor | None = None,
+        align: Tensor | None = None,
+        align_weight: float = 0.0,
     ) -> LossParts:
         """Summed (label-smoothed) loss, NLL and coverage loss over non-pad targets, and their
         count. ``coverage_weight`` is train.coverage_loss (lambda, See et al. 2017, eq. 13);
         the coverage loss is measured whenever the decoder has coverage.
+
+        ``align`` (B, T, S) (``Batch.align``): guided-alignment targets for the supervised
+        attention (the Transformer decoder's ``info["align_attn"]`` head, else ``info["attn"]``);
+        :func:`alignment_loss` is then measured, and with ``align_weight`` (lambda) the loss
+        gets lambda * CE / N_aligned * n_tokens: after the trainer divides the summed loss by
+        the target-token count, that is lambda times the mean cross-entropy per aligned target
+        piece, -lambda / N_aligned * sum_t sum_s p(t,s) log a(t,s).
 
         The output layer runs only on non-pad positions: with length-bucketed batches that is
         most of them, but it is still the most expensive matrix product of an RNN model.
@@ -96,8 +127,18 @@ class Seq2Seq(nn.Module):
             if coverage_weight:
                 loss = loss + coverage_weight * cov
             cov = cov.detach()
-        # the count stays a tensor: no host synchronisation inside a training step
-        return LossParts(loss, nll.detach(), cov, keep.sum())
+        n_tokens = keep.sum()
+        ce = n_aligned = None
+        if align is not None:
+            attn = info.get("align_attn", info["attn"])
+            if attn is None:
+                raise ValueError("guided alignment needs attention, and this model has none")
+            ce, n_aligned = alignment_loss(attn, align)
+            if align_weight:
+                loss = loss + align_weight * ce * (n_tokens / n_aligned.clamp_min(1))
+            ce = ce.detach()
+        # the counts stay tensors: no host synchronisation inside a training step
+        return LossParts(loss, nll.detach(), cov, n_tokens, ce, n_aligned)
 
     def loss(
         self,

@@ -587,6 +587,9 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
             self.W_gen = nn.Linear(3 * d_model, 1)  # p_gen from [c_i; s_i; x_i]
         self.heads, self.d_head = heads, d_model // heads
         self.attn_layer = attn_layer % layers
+        # guided alignment (train.guided_alignment): (layer, head) whose cross-attention the
+        # teacher-forced forward returns as info["align_attn"]; set by the trainer, not saved
+        self.align_head: tuple[int, int] | None = None
         self.d_model = self.out_dim = d_model
         self.reset_parameters()
 
@@ -669,15 +672,22 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         if self.copy:
             tgt_in = tgt_in.masked_fill(tgt_in >= self.vocab_size, self.unk_id)
         x = emb = self._embed(tgt_in)  # (B, T, D)
-        attn = None
+        attn = align_attn = None
+        # guided alignment: its layer also takes the explicit-weights path (the others keep
+        # the fused SDPA kernel); row t of its (B, T, S) weights predicts tgt_out[:, t]
+        align_layer, align_head = self.align_head or (None, 0)
         for i, layer in enumerate(self.layers):
-            need = i == self.attn_layer
+            need = i == self.attn_layer or i == align_layer
             x, _, _, w, ctx = layer(x, state.cross_k[i], state.cross_v[i],
                                     state.src_pad_mask, need_weights=need)
-            if need:
+            if i == self.attn_layer:
                 attn, attn_ctx = w.mean(1), ctx  # (B, T, S), (B, T, D)
+            if i == align_layer:
+                align_attn = w[:, align_head]  # (B, T, S)
         top = self._top(x)
         info = {"attn": attn}
+        if align_attn is not None:
+            info["align_attn"] = align_attn
         if self.copy:
             self._p_gen(info, attn_ctx, top, emb)
             info["src_ext"] = state.src_ext
