@@ -179,3 +179,21 @@ def test_measured_facts_are_numbers_not_conclusions():
     assert "rare source words" not in text  # none of them in the references: nothing to say
     for word in ("better", "worse", "improve", "fix", "confirm"):
         assert word not in text.lower()
+
+
+STUDIES = sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_shipped_study_configs_validate(path):
+    """Every shipped study loads: keys, variants and each variant's full config validate."""
+    from attendo.config import ConfigError
+    from attendo.study import load_study
+
+    try:
+        study = load_study(path)
+    except ConfigError as e:
+        if "no such file" in str(e):  # its data is not on this machine (e.g. data/multi30k)
+            pytest.skip(str(e))
+        raise
+    assert study.variants and len(study.configs) == len(study.variants)
