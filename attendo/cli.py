@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -86,6 +85,7 @@ def cmd_train(args) -> int:
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
     cfg = load_config(args.config, overrides)  # before importing torch: bad configs fail fast
+    from . import distributed
     from .train import Trainer, clear_run
 
     out = Path(cfg.train.out_dir)
@@ -100,7 +100,7 @@ def cmd_train(args) -> int:
         # so its leftovers are cleared as --overwrite would
         if not args.overwrite:
             log.warning("%s: a run stopped before its first checkpoint; starting over", out)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 touches the files
+        if distributed.is_rank_zero():  # under torchrun only rank 0 touches the files
             clear_run(out)
     Trainer(cfg).run()
     return 0

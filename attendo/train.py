@@ -450,9 +450,9 @@ class Trainer:
                 scaled = loss / denom
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             sums[0] += loss.detach()
-            sums[1] += nll.detach() if torch.is_tensor(nll) else nll
+            sums[1] += nll  # detached by Seq2Seq.losses, like cov
             if cov is not None:
-                sums[2] += cov.detach() if torch.is_tensor(cov) else cov
+                sums[2] += cov
                 has_cov = True
             if parts[4] is not None:  # guided alignment
                 sums[3] += parts[4].detach()

@@ -234,18 +234,25 @@ def _step_all(model, src, src_lens, tgt_in):
     return torch.stack(lps, 1), torch.stack(attns, 1)
 
 
-@pytest.mark.parametrize("variant,attention,style,rnn", DEC_GRID,
-                         ids=[f"{v}-{a}-{s}-{r}" for v, a, s, r in DEC_GRID])
-def test_step_equals_teacher_forced(variant, attention, style, rnn):
-    kw = VARIANTS[variant]
-    model = make_model(V, attention=attention, attention_style=style, rnn_type=rnn, **kw)
-    assert not model.decoder.fusable()
+def _assert_step_equals_teacher_forced(model):
+    """Step-by-step decoding gives the teacher-forced log-probabilities and attention;
+    returns the data and the teacher-forced info."""
     src, src_lens, tgt_in = _data()
     with torch.no_grad():
         lp_tf, info = model.log_probs(src, src_lens, tgt_in)
         lp_step, attn_step = _step_all(model, src, src_lens, tgt_in)
     torch.testing.assert_close(lp_step, lp_tf, atol=1e-5, rtol=0)
     torch.testing.assert_close(attn_step, info["attn"], atol=1e-5, rtol=0)
+    return src, src_lens, info
+
+
+@pytest.mark.parametrize("variant,attention,style,rnn", DEC_GRID,
+                         ids=[f"{v}-{a}-{s}-{r}" for v, a, s, r in DEC_GRID])
+def test_step_equals_teacher_forced(variant, attention, style, rnn):
+    kw = VARIANTS[variant]
+    model = make_model(V, attention=attention, attention_style=style, rnn_type=rnn, **kw)
+    assert not model.decoder.fusable()
+    src, src_lens, info = _assert_step_equals_teacher_forced(model)
     attn = info["attn"]
     pad = _mask(src_lens.tolist(), src.size(1))[:, None].expand_as(attn)
     assert torch.all(attn[pad] == 0)
@@ -256,7 +263,7 @@ def test_step_equals_teacher_forced(variant, attention, style, rnn):
     if kw.get("local") == "monotonic":
         D = kw["attention_window"]
         for b, n in enumerate(src_lens.tolist()):
-            for t in range(tgt_in.size(1)):
+            for t in range(attn.size(1)):
                 p = min(t, n - 1)
                 far = [j for j in range(src.size(1)) if abs(j - p) > D]
                 assert torch.all(attn[b, t, far] == 0)
@@ -327,12 +334,7 @@ def test_transformer_step_equals_teacher_forced(name):
     model = make_model(V, encoder="transformer", decoder="transformer", d_model=16, heads=2,
                        ff_dim=32, enc_layers=1, dec_layers=2, attention_normalizer=name)
     assert all(m.normalizer == name for m in model.modules() if isinstance(m, MultiHeadAttention))
-    src, src_lens, tgt_in = _data()
-    with torch.no_grad():
-        lp_tf, info = model.log_probs(src, src_lens, tgt_in)
-        lp_step, attn_step = _step_all(model, src, src_lens, tgt_in)
-    torch.testing.assert_close(lp_step, lp_tf, atol=1e-5, rtol=0)
-    torch.testing.assert_close(attn_step, info["attn"], atol=1e-5, rtol=0)
+    src, src_lens, info = _assert_step_equals_teacher_forced(model)
     pad = _mask(src_lens.tolist(), src.size(1))[:, None].expand_as(info["attn"])
     assert torch.all(info["attn"][pad] == 0)
 
