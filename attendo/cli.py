@@ -187,42 +187,143 @@ def cmd_align_prior(args) -> int:
     return run_align_prior(args)
 
 
+def _forced_outputs(translator, texts: list[str], refs: list[str], layer: int | None,
+                    head: int | None) -> list:
+    """Translations holding the attention teacher-forced on the given targets ``refs``
+    (``text`` the target, no score; no attention where a side is empty)."""
+    from .align import forced_attention
+    from .translator import Translation
+
+    out = []
+    for ref, fa in zip(refs, forced_attention(translator, texts, refs, layer=layer, head=head)):
+        if fa is None:
+            out.append(Translation(ref, [], [], math.nan, math.nan, None))
+        else:
+            sp, tp, attn = fa
+            out.append(Translation(ref, sp, tp + ["</s>"], math.nan, math.nan, attn))
+    return out
+
+
+def _attend_gold(path: str, fmt: str, texts: list[str], refs: list[str]) -> list:
+    """``--align-gold``: one line of links per sentence, each inside its sentence pair."""
+    from . import diagnostics as dg
+
+    gold = dg.read_gold_alignments(path, fmt)
+    if len(gold) != len(texts):
+        raise CLIError(f"{path}: {len(gold)} lines, but there are {len(texts)} input sentences "
+                       "(--align-gold needs one line of links per sentence, in order)")
+    maybe, base = dg.GOLD_FORMATS[fmt]
+    for k, (g, src, ref) in enumerate(zip(gold, texts, refs)):
+        ns, nt = len(src.split()), len(ref.split())
+        for i, j in sorted(g.possible):
+            if i >= ns or j >= nt:
+                sep = "-" if (i, j) in g.sure else maybe
+                raise CLIError(
+                    f"{path}:{g.line}: link {i + base}{sep}{j + base} is outside sentence "
+                    f"{k + 1} (its source has {ns} words, its target {nt}; {fmt} word indices "
+                    f"are {base}-based)")
+    return gold
+
+
+def _attend_links(args, translator, texts: list[str], outs: list, gold: list | None) -> list:
+    """Per sentence, the link sets to draw (gold, and/or read off the attention with
+    ``--show-alignment``), or None."""
+    from .align import translation_links
+    from .explorer import tokenizer_kinds
+    from .viz import LinkSet, alignment_groups, gold_link_sets
+
+    if gold is None and not args.show_alignment:
+        return [None] * len(outs)
+    kinds = tokenizer_kinds(translator)
+    out: list = []
+    for k, (src, o) in enumerate(zip(texts, outs)):
+        if o.attention is None or o.attention.size == 0:
+            out.append(None)
+            continue
+        sg, tg = alignment_groups(o.src_tokens, o.tgt_tokens, kinds)
+        if len(sg) != len(src.split()) or len(tg) != len(o.text.split()):
+            log.warning("sentence %d: its pieces do not group into its whitespace words; no "
+                        "alignment drawn", k + 1)
+            out.append(None)
+            continue
+        sets = gold_link_sets(gold[k].sure, gold[k].possible) if gold is not None else []
+        if args.show_alignment:
+            links = translation_links(translator, o, src, method=args.show_alignment,
+                                      threshold=args.align_threshold)
+            sets.append(LinkSet("model", links or set(), f"attention {args.show_alignment}"))
+        out.append(sets or None)
+    return out
+
+
 def cmd_attend(args) -> int:
-    from .explorer import explorer_data, explorer_page
+    from .data.corpus import read_lines
+    from .explorer import explorer_data, explorer_page, tokenizer_kinds
     from .translator import Translator
     from .utils import atomic_write_text
     from .viz import draw_translation
 
     _check_decode_flags(args)
     _check_output_path(args.html, "--html")
+    if args.tgt and (args.beam is not None or args.n_best is not None):
+        raise CLIError("--beam and --n-best are for translating; with --tgt the attention is "
+                       "teacher-forced on the given targets")
+    if args.align_gold and not args.tgt:
+        raise CLIError("--align-gold links name words of the reference, not of the model's "
+                       "translation: give the references with --tgt FILE (the attention is "
+                       "then teacher-forced on them)")
+    if not 0.0 < args.align_threshold <= 1.0:
+        raise CLIError(f"--align-threshold must be in (0, 1], got {args.align_threshold}")
     translator = Translator.from_dir(args.model, device=args.device)
     if not getattr(translator.model.decoder, "use_attn", True):
         raise CLIError(f"{args.model}: this model has no attention (model.attention: none)")
     texts = _read_input(args.input) if args.input else list(args.sentences)
     if not texts:
         raise CLIError("give sentences as arguments or --input FILE")
-    beam = translator.cfg.decode.beam_size if args.beam is None else args.beam
-    _check_n_best(args.n_best, beam, beam)
-    n_best = args.n_best or (min(beam, 5) if args.html else 1)
-    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=True)
+    refs = None
+    if args.tgt:
+        refs = read_lines(args.tgt, max_chars=None)
+        if len(refs) != len(texts):
+            raise CLIError(f"{args.tgt}: {len(refs)} lines, but there are {len(texts)} input "
+                           "sentences (--tgt needs one target per sentence, in order)")
+    gold = _attend_gold(args.align_gold, args.gold_format, texts, refs) if args.align_gold else None
+    if refs is None:
+        beam = translator.cfg.decode.beam_size if args.beam is None else args.beam
+        _check_n_best(args.n_best, beam, beam)
+        n_best = args.n_best or (min(beam, 5) if args.html else 1)
+        outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=True)
+    else:
+        outs = _forced_outputs(translator, texts, refs, args.layer, args.head)
     selfs = translator.encoder_self_attention([o.src_tokens for o in outs])
+    links = _attend_links(args, translator, texts, outs, gold)
+    kinds = tokenizer_kinds(translator)
     if args.out is not None or not args.html:  # with --html alone, no PNGs
         out_dir = Path(args.out or "attention")
         for i, (src, o, sa) in enumerate(zip(texts, outs, selfs)):
             if o.attention is None or o.attention.size == 0:
-                print(f"{i}: empty input, no picture", file=sys.stderr)
+                what = "empty source or target" if refs is not None else "empty input"
+                print(f"{i}: {what}, no picture", file=sys.stderr)
                 continue
             title = f"{src} -> {o.text}"
+            title = title[:120] + ("..." if len(title) > 120 else "")
+            # with --tgt, --layer/--head chose the cross-attention (no per-head grids): they
+            # still pick the encoder's self-attention
+            pick = refs is None or sa is not None
+            if refs is not None:  # say what the main heatmap shows
+                title += " [given target" + "".join(
+                    f", {k} {v}" for k, v in (("layer", args.layer), ("head", args.head))
+                    if v is not None) + "]"
             paths = draw_translation(
-                o, out_dir, f"attention-{i:03d}", title[:120] + ("..." if len(title) > 120 else ""),
-                merge=args.merge_subwords, layer=args.layer, head=args.head, self_attention=sa,
-                dpi=args.dpi,
+                o, out_dir, f"attention-{i:03d}", title,
+                merge=args.merge_subwords, layer=args.layer if pick else None,
+                head=args.head if pick else None, self_attention=sa, dpi=args.dpi,
+                alignment=links[i], kinds=kinds,
             )
             for path in paths:
                 print(f"{path}\t{o.text}")
     if args.html:
         name = Path(args.model).resolve().name
-        data = explorer_data(translator, texts, outs, args.merge_subwords, name, selfs)
+        data = explorer_data(translator, texts, outs, args.merge_subwords, name, selfs,
+                             alignments=links)
         atomic_write_text(args.html, explorer_page(data, title=f"attendo explorer: {name}"))
         print(f"{args.html}\texplorer of {len(texts)} sentence(s)")
     return 0
@@ -459,6 +560,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--head", type=int, default=None,
                    help="Transformer: draw only this head (0-based, -1 = last)")
     a.add_argument("--merge-subwords", action="store_true", help="label words, not pieces")
+    a.add_argument("--tgt", metavar="FILE",
+                   help="target sentences, one per input sentence: draw the attention "
+                        "teacher-forced on them instead of translating")
+    a.add_argument("--align-gold", metavar="FILE",
+                   help="gold word links to draw over the heatmap, one line per sentence "
+                        "(needs --tgt): sure as solid squares, possible as dashed squares")
+    a.add_argument("--gold-format", choices=["pharaoh", "talp"], default="pharaoh",
+                   help="pharaoh: 0-based, 'i?j' possible; talp: 1-based, 'ipj' possible")
+    a.add_argument("--show-alignment", choices=["argmax", "threshold", "shift"], default=None,
+                   help="draw the word links read off the attention as dots (see attendo align)")
+    a.add_argument("--align-threshold", type=float, default=0.5,
+                   help="weight for --show-alignment threshold (default 0.5)")
     a.add_argument("--dpi", type=int, default=100, help="PNG resolution (default 100)")
     a.add_argument("--device", default="cpu")
     a.set_defaults(func=cmd_attend)

@@ -1,6 +1,7 @@
 """The attention explorer: one self-contained HTML page (inline CSS, JS and JSON data; no
 network) with the translation, a heatmap to hover, a layer/head selector, the n-best list,
-and p_gen/coverage where the model has them.
+p_gen/coverage where the model has them, and word alignment links (gold and/or read off the
+attention) over the heatmap, with a toggle.
 
 The same page and script serve two uses:
 
@@ -11,12 +12,16 @@ The same page and script serve two uses:
 
 :func:`sentence_record` turns a :class:`~attendo.translator.Translation` into the record both
 use, so a file and the server agree on the format. Weights are rounded to 3 decimals.
+Alignment links go into the best hypothesis as ``links``: one entry per
+:class:`~attendo.viz.LinkSet`, ``{"kind", "label", "links": [[i, j], ...] (source word,
+output word), "cells": [[row, col], ...]}``, the cells of the heatmap the script outlines.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .utils import atomic_write_text
-from .viz import merge_matrix, merge_subwords
+from .viz import LinkSet, alignment_cells, merge_matrix, merge_subwords
 
 DIGITS = 3
 
@@ -70,14 +75,32 @@ def _hyp_record(t, n_src: int, src_groups, merge: bool, heads: bool) -> dict:
     return rec
 
 
+def link_records(alignment: Sequence[LinkSet], src_tokens: list[str], tgt_tokens: list[str],
+                 kinds: tuple[str, str] | None, merge: bool = False) -> list[dict]:
+    """The ``links`` entries of a hypothesis: each link set's word links and its heatmap
+    cells (see :func:`attendo.viz.alignment_cells`), sorted; empty sets left out."""
+    out = []
+    for ls, cells in alignment_cells(alignment, src_tokens, tgt_tokens, kinds, merge):
+        if ls.links:
+            out.append({"kind": ls.kind, "label": ls.label,
+                        "links": [list(x) for x in sorted(ls.links)],
+                        "cells": [list(x) for x in sorted(cells)]})
+    return out
+
+
 def sentence_record(source: str, t, self_attention: np.ndarray | None = None,
-                    merge: bool = False, all_heads: bool = False) -> dict:
+                    merge: bool = False, all_heads: bool = False,
+                    alignment: Sequence[LinkSet] | None = None,
+                    kinds: tuple[str, str] | None = None) -> dict:
     """The explorer's record of one translated sentence (JSON-ready).
 
     t: a Translation (its n-best in ``t.nbest``); self_attention: encoder self-attention
     (L, H, S, S) or None. merge: label words instead of pieces (weights merged as in
     :func:`attendo.viz.merge_attention`). Per-head cross-attention is kept for the best
     hypothesis only, unless all_heads, to keep files of many sentences small.
+    alignment: word links of the best hypothesis (source word, word of ``t.text``), kept as
+    its ``links`` when it has attention to draw them on; kinds: the (source, target)
+    tokenizer kinds that group pieces into words (None: the tokens are the words).
     """
     src = list(t.src_tokens)
     src_groups = None
@@ -88,6 +111,10 @@ def sentence_record(source: str, t, self_attention: np.ndarray | None = None,
     hyps = t.nbest or [t]
     rec["hyps"] = [_hyp_record(h, len(src), src_groups, merge, all_heads or k == 0)
                    for k, h in enumerate(hyps)]
+    if alignment and "attention" in rec["hyps"][0]:
+        links = link_records(alignment, src, list(hyps[0].tgt_tokens), kinds, merge)
+        if links:
+            rec["hyps"][0]["links"] = links
     if self_attention is not None and len(src):
         w = np.asarray(self_attention)[..., : len(src), : len(src)]
         rec["self_attention"] = _round(merge_matrix(w, src_groups, src_groups))
@@ -133,14 +160,24 @@ def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
+def tokenizer_kinds(translator) -> tuple[str, str]:
+    """The (source, target) tokenizer kinds, which group pieces into words."""
+    return translator.src.tokenizer.kind, translator.tgt.tokenizer.kind
+
+
 def explorer_data(translator, texts: list[str], outs: list, merge: bool = False,
-                  name: str = "", selfs: list | None = None) -> dict:
+                  name: str = "", selfs: list | None = None,
+                  alignments: Sequence[Sequence[LinkSet] | None] | None = None) -> dict:
     """The page's data for translated texts (outs from ``translate(..., return_attention=True)``):
     the model summary and one record per sentence, with encoder self-attention if it has any
-    (selfs: ``translator.encoder_self_attention`` of outs, when the caller has it already)."""
+    (selfs: ``translator.encoder_self_attention`` of outs, when the caller has it already)
+    and the word links of ``alignments`` (one list of link sets or None per sentence)."""
     if selfs is None:
         selfs = translator.encoder_self_attention([o.src_tokens for o in outs])
-    records = [sentence_record(s, o, a, merge) for s, o, a in zip(texts, outs, selfs)]
+    alignments = alignments if alignments is not None else [None] * len(outs)
+    kinds = tokenizer_kinds(translator)
+    records = [sentence_record(s, o, a, merge, alignment=al, kinds=kinds)
+               for s, o, a, al in zip(texts, outs, selfs, alignments)]
     return {"model": model_summary(translator, name), "sentences": records}
 
 

@@ -1,8 +1,14 @@
 """``attendo serve``: a translation server (FastAPI + uvicorn) with the live explorer page.
 
 - ``POST /translate`` ``{"text": "..." | ["...", ...], "beam": 5, "n_best": 1,
-  "return_attention": false}`` -> ``{"translations": [record, ...], "time_ms": ...}``, one
-  record per sentence in the format of :func:`attendo.explorer.sentence_record`.
+  "return_attention": false, "alignment": false, "align_method": "argmax"}`` ->
+  ``{"translations": [record, ...], "time_ms": ...}``, one record per sentence in the format
+  of :func:`attendo.explorer.sentence_record`. With ``"alignment": true`` each record also
+  has ``"alignment": [[i, j], ...]``: word links of the best hypothesis read off its attention
+  (:func:`attendo.align.translation_links`; ``align_method`` argmax, threshold at 0.5, or
+  shift), i a whitespace word of the source and j one of ``text``, 0-based (empty when the
+  pieces do not map onto the words); with ``return_attention`` too, the best hypothesis
+  carries them as ``links`` for the explorer to draw.
 - ``GET /health``: status, the model, batching settings, limits and counters.
 - ``GET /``: the explorer page, posting to ``/translate``.
 
@@ -43,11 +49,13 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .explorer import explorer_page, model_summary, sentence_record
+from .align import METHODS, translation_links
+from .explorer import explorer_page, model_summary, sentence_record, tokenizer_kinds
+from .viz import LinkSet
 
 log = logging.getLogger("attendo")
 
-REQUEST_KEYS = ("text", "beam", "n_best", "return_attention")
+REQUEST_KEYS = ("text", "beam", "n_best", "return_attention", "alignment", "align_method")
 
 
 @dataclass
@@ -189,9 +197,28 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+@dataclass(frozen=True)
+class TranslateRequest:
+    """A checked /translate request."""
+
+    texts: list[str]
+    beam: int
+    n_best: int
+    return_attention: bool
+    align_method: str | None = None  # None: no alignment asked for
+
+
 def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
                   count_tokens: Callable[[str], int]) -> tuple[list[str], int, int, bool]:
-    """Check a /translate body -> (texts, beam, n_best, return_attention); RequestError if not."""
+    """Check a /translate body -> (texts, beam, n_best, return_attention); RequestError if not.
+    (:func:`parse_translate_request` gives the alignment option too.)"""
+    r = parse_translate_request(body, limits, default_beam, count_tokens)
+    return r.texts, r.beam, r.n_best, r.return_attention
+
+
+def parse_translate_request(body: bytes, limits: ServeLimits, default_beam: int,
+                            count_tokens: Callable[[str], int]) -> TranslateRequest:
+    """Check a /translate body; RequestError (4xx) if it is not a valid request."""
     try:
         req = json.loads(body)
     except (ValueError, RecursionError) as e:
@@ -231,11 +258,21 @@ def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
     attn = req.get("return_attention", False)
     if not isinstance(attn, bool):
         raise RequestError(422, f'"return_attention" must be true or false, got {attn!r}')
+    align = req.get("alignment", False)
+    if not isinstance(align, bool):
+        raise RequestError(422, f'"alignment" must be true or false, got {align!r}')
+    method = req.get("align_method", "argmax")
+    if not isinstance(method, str) or method not in METHODS:
+        raise RequestError(422, f'"align_method" must be one of '
+                                f'{", ".join(repr(m) for m in METHODS)}, got {method!r}')
+    if "align_method" in req and not align:
+        raise RequestError(422, '"align_method" chooses how "alignment" is read off the '
+                                'attention: send it with "alignment": true')
     for i, t in enumerate(texts):  # last: it tokenizes
         n = count_tokens(t)
         if n > limits.max_tokens:
             raise RequestError(413, f"sentence {i}: {n} tokens; at most {limits.max_tokens}")
-    return texts, beam, n_best, attn
+    return TranslateRequest(texts, beam, n_best, attn, method if align else None)
 
 
 async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -292,12 +329,30 @@ def _size_error(size: int, limit: int, measured: bool) -> RequestError:
 
 
 def translate_records(translator, texts: list[str], beam: int, n_best: int,
-                      return_attention: bool) -> list[dict]:
-    """One translator call -> explorer records (with attention when asked)."""
-    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=return_attention)
+                      return_attention: bool, align_method: str | None = None) -> list[dict]:
+    """One translator call -> explorer records (with attention when asked; with the best
+    hypothesis' word links as ``alignment`` when ``align_method`` is given)."""
+    want_attn = return_attention or align_method is not None
+    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=want_attn)
+    links: list = [None] * len(outs)
+    if align_method is not None:
+        links = [sorted(translation_links(translator, o, s, method=align_method) or ())
+                 for s, o in zip(texts, outs)]
+    if not return_attention:  # attention was only needed for the links
+        for o in outs:
+            for h in o.nbest or [o]:
+                h.attention, h.info = None, {}
     selfs = (translator.encoder_self_attention([o.src_tokens for o in outs])
              if return_attention else [None] * len(outs))
-    return [sentence_record(s, o, a) for s, o, a in zip(texts, outs, selfs)]
+    kinds = tokenizer_kinds(translator)
+    records = []
+    for s, o, a, ln in zip(texts, outs, selfs, links):
+        overlay = [LinkSet("model", set(ln), f"attention {align_method}")] if ln else None
+        rec = sentence_record(s, o, a, alignment=overlay, kinds=kinds)
+        if ln is not None:
+            rec["alignment"] = [list(x) for x in ln]
+        records.append(rec)
+    return records
 
 
 def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 32,
@@ -371,7 +426,8 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
 
         try:
             body = await _read_body(request, limits.max_body_bytes, limits.read_timeout_s)
-            texts, beam, n_best, attn = parse_request(body, limits, default_beam, count_and_note)
+            req = parse_translate_request(body, limits, default_beam, count_and_note)
+            texts, beam, n_best, attn = req.texts, req.beam, req.n_best, req.return_attention
             size = estimate_response_bytes(texts, n_tokens, n_best, attn, per_hyp, best_extra,
                                            per_source)
             if size > limits.max_response_bytes:
@@ -384,7 +440,7 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
         except ClientDisconnect:  # gone before its body arrived: nothing to answer
             log.debug("client disconnected while sending /translate")
             return _error(499, "client disconnected")
-        future = batcher.submit(texts, (beam, n_best, attn))
+        future = batcher.submit(texts, (beam, n_best, attn, req.align_method))
         try:
             records = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
         except TimeoutError:

@@ -93,8 +93,9 @@ class Translator:
 
     def search_model(self, precision: str = "fp32") -> Seq2Seq:
         """The model to search with: ``self.model`` for fp32 and bf16 (autocast); for int8 a
-        copy whose linear layers are dynamically quantized (int8 weights, activations
-        quantized per batch, as CTranslate2 does on CPU), made once and made again only when
+        copy whose linear layers are dynamically quantized (int8 weights with one scale per
+        output row, as CTranslate2's; activations quantized per call, where CTranslate2 scales
+        each row), made once and made again only when
         the weights change (training updates them in place, which bumps their version
         counters). Recurrent cells and embeddings stay fp32; log-probabilities are fp32."""
         if precision != "int8":
@@ -288,13 +289,15 @@ class Translator:
 
 def quantize_linear_int8(model: Seq2Seq) -> Seq2Seq:
     """A copy of model whose nn.Linear layers compute in int8 (PyTorch's dynamic
-    quantization: each weight matrix quantized once with one scale, activations quantized
-    on the fly per call; fbgemm kernels on x86). The copy is for inference only."""
-    from torch.ao.quantization import quantize_dynamic
+    quantization: each weight matrix quantized once with one scale per output row, as
+    CTranslate2 does, activations quantized on the fly per call; fbgemm kernels on x86). The
+    copy is for inference only."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     with warnings.catch_warnings():  # PyTorch warns that quantized tensors will move to torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False).eval()
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                dtype=torch.qint8, inplace=False).eval()
 
 
 def load(model_dir: str | Path, device: str = "cpu") -> Translator:

@@ -6,6 +6,10 @@
   strip for coverage (the attention each source token received in total, Tu et al. 2016).
 - :func:`plot_attention_grid`: every layer (rows) and head (columns) of a Transformer's
   cross-attention (L, H, T, S) or encoder self-attention (L, H, S, S).
+- Word alignments over a heatmap (``alignment=``, :class:`LinkSet`): gold sure links as solid
+  squares, gold possible links as dashed squares, links read off the attention as dots.
+  A word link (source word i, target word j) marks every (target piece, source piece) cell
+  of those words (:func:`link_cells`, the piece rule of :mod:`attendo.align`).
 
 Figure sizes come from :func:`heatmap_figsize` and :func:`grid_figsize`; a PNG is exactly
 ``figsize * dpi`` pixels (no tight bounding box), so callers know what they get.
@@ -14,7 +18,8 @@ Figure sizes come from :func:`heatmap_figsize` and :func:`grid_figsize`; a PNG i
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +28,7 @@ matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .diagnostics import word_groups  # noqa: E402
 from .utils import atomic_write_bytes  # noqa: E402
 
 SPECIALS = ("<s>", "</s>", "<unk>", "<pad>")
@@ -75,6 +81,133 @@ def merge_attention(attn: np.ndarray, src: list[str], tgt: list[str]):
     return merge_matrix(attn, tgt_groups, src_groups), src_words, tgt_words
 
 
+# -- word alignments over a heatmap --------------------------------------------------------
+
+LINK_KINDS = ("sure", "possible", "model")
+# how each kind is drawn: edge colour, line style, line width; "model" is a dot
+LINK_STYLE = {"sure": ("#ff2020", "-", 2.0), "possible": ("#ff2020", "--", 1.5),
+              "model": ("#111111", "-", 0.8)}
+LINK_LABELS = {"sure": "gold sure", "possible": "gold possible", "model": "attention links"}
+
+
+@dataclass
+class LinkSet:
+    """Word links drawn one way over a heatmap: (source word i, target word j), 0-based
+    whitespace words. ``kind``: "sure" (solid square), "possible" (dashed square) or
+    "model" (a dot: links read off the attention)."""
+
+    kind: str
+    links: set[tuple[int, int]]
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in LINK_KINDS:
+            raise ValueError(f"link kind {self.kind!r}: expected one of {', '.join(LINK_KINDS)}")
+        self.links = {(int(i), int(j)) for i, j in self.links}
+        self.label = self.label or LINK_LABELS[self.kind]
+
+
+def gold_link_sets(sure: Iterable[tuple[int, int]], possible: Iterable[tuple[int, int]] = ()
+                   ) -> list[LinkSet]:
+    """A gold alignment as link sets: the sure links, and the possible ones that are not sure
+    (a :class:`~attendo.diagnostics.GoldAlignment`'s ``possible`` includes its ``sure``)."""
+    sure = set(sure)
+    return [LinkSet("sure", sure), LinkSet("possible", set(possible) - sure)]
+
+
+def alignment_groups(src_tokens: Sequence[str], tgt_tokens: Sequence[str],
+                     kinds: tuple[str, str] | None) -> tuple[list[list[int]], list[list[int]]]:
+    """Token indices of each whitespace word of the source and of the output, by the
+    tokenizers' ``kinds`` (:func:`attendo.diagnostics.word_groups`; a final ``</s>`` belongs
+    to no word). ``kinds`` None: the tokens are the words."""
+    if kinds is None:
+        return [[k] for k in range(len(src_tokens))], [[k] for k in range(len(tgt_tokens))]
+    tgt = list(tgt_tokens)
+    if tgt and tgt[-1] == "</s>":
+        tgt = tgt[:-1]
+    return word_groups(list(src_tokens), kinds[0]), word_groups(tgt, kinds[1])
+
+
+def link_cells(links: Iterable[tuple[int, int]], src_groups: Sequence[Sequence[int]],
+               tgt_groups: Sequence[Sequence[int]]) -> set[tuple[int, int]]:
+    """Heatmap cells (row, column) = (output token, source token) of word links (source word
+    i, target word j): every token of output word j against every token of source word i.
+    A link outside the words is a ValueError."""
+    cells: set[tuple[int, int]] = set()
+    for i, j in links:
+        if not (0 <= i < len(src_groups) and 0 <= j < len(tgt_groups)):
+            raise ValueError(f"link {i}-{j} is outside the sentence pair ({len(src_groups)} "
+                             f"source words, {len(tgt_groups)} output words; 0-based)")
+        cells.update((r, c) for r in tgt_groups[j] for c in src_groups[i])
+    return cells
+
+
+def merge_cells(cells: Iterable[tuple[int, int]], row_groups: Sequence[Sequence[int]],
+                col_groups: Sequence[Sequence[int]]) -> set[tuple[int, int]]:
+    """Piece cells -> cells of merged tokens (:func:`merge_subwords` groups): a merged cell
+    is marked when any of its pieces' cells is."""
+    row_of = {p: k for k, g in enumerate(row_groups) for p in g}
+    col_of = {p: k for k, g in enumerate(col_groups) for p in g}
+    return {(row_of[r], col_of[c]) for r, c in cells}
+
+
+def alignment_cells(alignment: Sequence[LinkSet], src_tokens: Sequence[str],
+                    tgt_tokens: Sequence[str], kinds: tuple[str, str] | None = None,
+                    merge: bool = False) -> list[tuple[LinkSet, set[tuple[int, int]]]]:
+    """Each link set with its cells on the heatmap of ``src_tokens`` x ``tgt_tokens`` (pieces;
+    merged into words as :func:`merge_subwords` does when ``merge``)."""
+    sg, tg = alignment_groups(src_tokens, tgt_tokens, kinds)
+    out = []
+    for ls in alignment:
+        cells = link_cells(ls.links, sg, tg)
+        if merge:
+            cells = merge_cells(cells, merge_subwords(tgt_tokens)[1], merge_subwords(src_tokens)[1])
+        out.append((ls, cells))
+    return out
+
+
+def draw_alignment(ax, overlay: Sequence[tuple[LinkSet, set[tuple[int, int]]]]) -> list:
+    """Markers on the heatmap in ``ax`` (imshow coordinates: cell (r, c) centred at x=c,
+    y=r), one artist per cell: a solid square (sure), a dashed square inside the cell
+    (possible), a dot (model). Returns the artists."""
+    from matplotlib.patches import Rectangle
+
+    artists = []
+    for ls, cells in overlay:
+        color, style, width = LINK_STYLE[ls.kind]
+        for r, c in sorted(cells):
+            if ls.kind == "model":  # a marker in points: round whatever the cells' aspect
+                (a,) = ax.plot([c], [r], linestyle="", marker="o", markersize=5,
+                               markerfacecolor="white", markeredgecolor=color,
+                               markeredgewidth=width)
+            else:
+                h = 0.5 if ls.kind == "sure" else 0.34  # possible: inset, inside a sure square
+                a = Rectangle((c - h, r - h), 2 * h, 2 * h, fill=False, edgecolor=color,
+                              linestyle=style, linewidth=width, clip_on=False)
+                ax.add_patch(a)
+            artists.append(a)
+    return artists
+
+
+def _link_legend(fig, overlay: Sequence[tuple[LinkSet, set]]) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = []
+    for ls, _ in overlay:
+        color, style, width = LINK_STYLE[ls.kind]
+        if ls.kind == "model":
+            handles.append(Line2D([], [], marker="o", linestyle="", markersize=5,
+                                  markerfacecolor="white", markeredgecolor=color,
+                                  markeredgewidth=width, label=ls.label))
+        else:
+            handles.append(Patch(fill=False, edgecolor=color, linestyle=style, linewidth=width,
+                                 label=ls.label))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+                   fontsize=7, frameon=False)
+
+
 def heatmap_figsize(n_src: int, n_tgt: int, n_strips: int = 0, coverage: bool = False
                     ) -> tuple[float, float]:
     """Inches (width, height) of :func:`plot_attention`'s figure."""
@@ -119,6 +252,8 @@ def plot_attention(
     coverage: np.ndarray | None = None,
     row_name: str = "output",
     col_name: str = "source",
+    alignment: Sequence[LinkSet] | None = None,
+    kinds: tuple[str, str] | None = None,
 ) -> Path:
     """Write a PNG heatmap of attn (len(tgt_tokens), len(src_tokens)); returns the path.
 
@@ -126,8 +261,13 @@ def plot_attention(
     the heatmap with their values written in. coverage: (T, S) coverage before each step (or
     None); the strip below the heatmap is the coverage after the last step, coverage[-1] +
     attn[-1], i.e. how much attention each source token received in total.
+    alignment: word links drawn over the cells, with a legend below (see :class:`LinkSet`);
+    kinds: the (source, target) tokenizer kinds that group the tokens into words
+    (``"bpe"``, ``"char"``, ...; None: the tokens are the words).
     """
     attn = _check(attn, tgt_tokens, src_tokens, "attention")
+    overlay = [(ls, cells) for ls, cells in
+               alignment_cells(alignment or (), src_tokens, tgt_tokens, kinds, merge) if cells]
     strips = {k: np.asarray(v, dtype=float).reshape(-1) for k, v in (strips or {}).items()}
     for k, v in strips.items():
         if len(v) != len(tgt_tokens):
@@ -154,6 +294,9 @@ def plot_attention(
     )
     ax = fig.add_subplot(gs[0, 0])
     im = ax.imshow(attn, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    if overlay:
+        draw_alignment(ax, overlay)
+        _link_legend(fig, overlay)
     ax.set_yticks(range(T), labels=tgt_tokens)
     ax.set_ylabel(row_name)
     if total is None:
@@ -268,12 +411,16 @@ def _plot_heads(weights, rows, cols, stem: Path, what: str, layer, head, title, 
 
 def draw_translation(t, out_dir: str | Path, stem: str, title: str = "", merge: bool = False,
                      layer: int | None = None, head: int | None = None,
-                     self_attention: np.ndarray | None = None, dpi: int = 100) -> list[Path]:
+                     self_attention: np.ndarray | None = None, dpi: int = 100,
+                     alignment: Sequence[LinkSet] | None = None,
+                     kinds: tuple[str, str] | None = None) -> list[Path]:
     """Every picture of one translation (a :class:`~attendo.translator.Translation` with
     attention), named after stem in out_dir:
 
     - ``STEM.png``: the attention, with a strip per per-token value the model returned
-      (e.g. p_gen) and the coverage strip when it returned coverage;
+      (e.g. p_gen) and the coverage strip when it returned coverage, and the word links of
+      ``alignment`` drawn over it (words of ``t.src_tokens`` and ``t.tgt_tokens`` grouped by
+      the tokenizer ``kinds``, see :func:`plot_attention`);
     - ``STEM-cross.png``: a Transformer decoder's cross-attention, every layer and head (or
       ``-cross-L{l}.png`` / ``-cross-H{h}.png`` / ``-cross-L{l}H{h}.png`` for a chosen one);
     - ``STEM-self.png``: a Transformer encoder's self-attention, the same way.
@@ -285,7 +432,8 @@ def draw_translation(t, out_dir: str | Path, stem: str, title: str = "", merge: 
     cov = info.get("coverage")
     paths = [plot_attention(t.attention, src, tgt, stem_path.with_name(f"{stem}.png"), title,
                             merge, dpi, strips=strips,
-                            coverage=None if cov is None else cov[: len(tgt), : len(src)])]
+                            coverage=None if cov is None else cov[: len(tgt), : len(src)],
+                            alignment=alignment, kinds=kinds)]
     heads = info.get("attn_heads")  # (T, L, H, S)
     if heads is None and self_attention is None and (layer is not None or head is not None):
         raise ValueError("--layer/--head pick a Transformer's attention heads; this model has none")

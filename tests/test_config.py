@@ -11,7 +11,8 @@ from conftest import toy_raw
 
 from attendo.config import Config, ConfigError, config_from_dict, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted([*_CONFIG_DIR.glob("*.yaml"), *_CONFIG_DIR.glob("alignment/*.yaml")])
 
 
 def write_yaml(path: Path, raw: dict) -> Path:

@@ -343,6 +343,11 @@ def test_int8_search_uses_a_cached_quantized_copy(kind):
     int8_linear = torch.ao.nn.quantized.dynamic.Linear
     assert any(isinstance(m, int8_linear) for m in q.modules())
     assert not any(type(m) is torch.nn.Linear for m in q.modules())
+    # one scale per output row (as CTranslate2 quantizes its weights), not one per matrix
+    for m in q.modules():
+        if isinstance(m, int8_linear):
+            assert m.weight().qscheme() == torch.per_channel_affine
+            assert m.weight().q_per_channel_scales().numel() == m.out_features
     assert not any(isinstance(m, int8_linear) for m in tr.model.modules())
     assert tr.search_model("int8") is q
     assert tr.search_model("bf16") is tr.model and tr.search_model("fp32") is tr.model

@@ -18,6 +18,7 @@
     layer: "", // "" = the model's own attention (cross) ; else a layer index
     head: "", // "" = mean over heads ; else a head index
     view: null, // what the heatmap shows now (see currentView)
+    showLinks: true, // draw the alignment links of the hypothesis over the cross-attention
   };
 
   function $(id) { return document.getElementById(id); }
@@ -99,6 +100,7 @@
         v.m = state.head === "" ? meanHeads(layer) : layer[Number(state.head)];
       }
       if (cov && cov.length === v.m.length) v.coverage = cov;
+      if (hy.links && hy.links.length) v.links = hy.links;
     } else if (state.kind === "self") {
       var L = r.self_attention[Number(state.layer || 0)];
       v.m = state.head === "" ? meanHeads(L) : L[Number(state.head)];
@@ -173,6 +175,12 @@
       (names.length ? " repeat(" + names.length + ", 38px)" : "");
     grid.style.gridAutoRows = "minmax(" + cell + "px, auto)";
     var colMarked = hasMarks(v.cols), rowMarked = hasMarks(v.rows);
+    var linked = {}; // "i,j" -> the link sets that mark cell (i, j)
+    if (v.links && state.showLinks) {
+      v.links.forEach(function (set) {
+        set.cells.forEach(function (c) { (linked[c[0] + "," + c[1]] = linked[c[0] + "," + c[1]] || []).push(set); });
+      });
+    }
     grid.appendChild(el("div", "corner"));
     v.cols.forEach(function (tok, j) {
       var t = el("span", "tok col-tok", label(tok, colMarked));
@@ -192,6 +200,10 @@
         c.setAttribute("data-j", j);
         c.style.backgroundColor = ramp(VIRIDIS, w / v.scale);
         c.title = v.rows[i] + " \u2192 " + v.cols[j] + ": " + Number(w).toFixed(3);
+        (linked[i + "," + j] || []).forEach(function (set) {
+          c.classList.add("link-" + set.kind);
+          c.title += " \u00b7 " + set.label;
+        });
         grid.appendChild(c);
       });
       names.forEach(function (name) {
@@ -215,6 +227,21 @@
     }
     box.appendChild(grid);
     showCoverage(null);
+  }
+
+  // the alignment toggle and its legend, when the view has links
+  function showLinksBox(v) {
+    var box = $("links-box"), legend = $("links-legend");
+    legend.textContent = "";
+    box.hidden = !(v && v.links);
+    if (box.hidden) return;
+    $("show-links").checked = state.showLinks;
+    v.links.forEach(function (set) {
+      var item = el("span", "legend-item");
+      item.appendChild(el("span", "swatch link-" + set.kind));
+      item.appendChild(el("span", null, set.label + " (" + set.links.length + ")"));
+      legend.appendChild(item);
+    });
   }
 
   // coverage strip: total after the last step, or the coverage before step i while row i is hovered
@@ -249,6 +276,7 @@
     $("output").textContent = $("source").textContent = "";
     $("heatmap").textContent = "";
     $("view-note").textContent = "";
+    $("links-box").hidden = true;
     if (!r) {
       fillControls();
       $("heatmap").appendChild(el("p", "empty", DATA.mode === "live" ? "Type a sentence and press Translate." : "No sentences."));
@@ -267,6 +295,7 @@
     $("nbest-box").hidden = r.hyps.length < 2;
     fillControls();
     var v = state.view = currentView();
+    showLinksBox(v);
     if (!v) {
       $("heatmap").appendChild(el("p", "empty", !r.src_tokens.length ? "Empty input." : "No attention for this sentence (the model returns none, or it was not asked for)."));
       return;
@@ -326,6 +355,7 @@
   $("kind").addEventListener("change", function (e) { state.kind = e.target.value; state.layer = state.head = ""; render(); });
   $("layer").addEventListener("change", function (e) { state.layer = e.target.value; render(); });
   $("head").addEventListener("change", function (e) { state.head = e.target.value; render(); });
+  $("show-links").addEventListener("change", function (e) { state.showLinks = e.target.checked; render(); });
 
   // ------------------------------------------------------------------ model line, live mode
 
@@ -355,7 +385,8 @@
     fetch("translate", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text: lines, beam: beam, n_best: Math.min(beam, 5), return_attention: true }),
+      body: JSON.stringify({ text: lines, beam: beam, n_best: Math.min(beam, 5), return_attention: true,
+        alignment: true }),
     }).then(function (resp) {
       return resp.json().then(function (body) { return { ok: resp.ok, body: body }; });
     }).then(function (res) {
