@@ -165,7 +165,8 @@ def word_links(attn: np.ndarray, src_pieces: list[str], tgt_pieces: list[str],
     return pieces_to_words(piece_links(attn, len(tgt_pieces), method, threshold), sg, tg)
 
 
-def _kinds(translator) -> tuple[str, str]:
+def tokenizer_kinds(translator) -> tuple[str, str]:
+    """The (source, target) tokenizer kinds, which group pieces into words."""
     return translator.src.tokenizer.kind, translator.tgt.tokenizer.kind
 
 
@@ -180,8 +181,8 @@ def align_pairs(translator, src: Sequence[str], tgt: Sequence[str], method: str 
             out.append(None)
             continue
         sp, tp, attn = fa
-        out.append(word_links(attn, sp, tp, _kinds(translator), len(s.split()), len(t.split()),
-                              method, threshold))
+        out.append(word_links(attn, sp, tp, tokenizer_kinds(translator), len(s.split()),
+                              len(t.split()), method, threshold))
     return out
 
 
@@ -201,8 +202,8 @@ def translation_links(translator, t, src_text: str, method: str = "argmax",
         attn = pick_heads(t.info["attn_heads"], layer, head,
                           getattr(translator.model.decoder, "attn_layer", -1))
     pieces = [p for p in t.tgt_tokens if p != "</s>"]
-    return word_links(attn, t.src_tokens, pieces, _kinds(translator), len(src_text.split()),
-                      len(t.text.split()), method, threshold)
+    return word_links(attn, t.src_tokens, pieces, tokenizer_kinds(translator),
+                      len(src_text.split()), len(t.text.split()), method, threshold)
 
 
 # -- symmetrisation -------------------------------------------------------------------------
@@ -404,26 +405,18 @@ def guided_targets(path: str | Path, src_texts: Sequence[str], tgt_texts: Sequen
 ALIGN_EXTRA_HINT = "pip install 'attendo[align]'"
 
 
-def run_align_prior(args) -> int:
-    """``attendo align-prior``: eflomal (Östling & Tiedemann 2016) forward and reverse word
-    alignments of a parallel corpus, symmetrised with grow-diag, written as Pharaoh lines
-    (one per pair) over the whitespace words of the raw text: the links that
-    ``train.guided_alignment.file`` reads."""
+def eflomal_links(src: Sequence[str], tgt: Sequence[str], lowercase: bool = False
+                  ) -> tuple[list[Links], list[Links]]:
+    """eflomal's (Östling & Tiedemann 2016) forward and reverse links of each sentence pair,
+    both as (source word, target word) over whitespace words."""
     import tempfile
-
-    from .data.corpus import read_parallel
-    from .utils import atomic_write_text
 
     try:
         import eflomal
     except ImportError:
         raise ValueError("attendo align-prior needs the eflomal aligner, an optional "
                          f"dependency: {ALIGN_EXTRA_HINT}") from None
-    src, tgt, _ = read_parallel(
-        args.src, args.tgt, max_chars=10**6,
-        hint="attendo align-prior aligns every pair: --src and --tgt need a non-empty "
-             "sentence on every line; fix or remove this line in both files")
-    norm = (lambda x: x.lower()) if args.lowercase else (lambda x: x)  # noqa: E731
+    norm = (lambda x: x.lower()) if lowercase else (lambda x: x)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
         for name, lines in (("src", src), ("tgt", tgt)):
@@ -440,6 +433,21 @@ def run_align_prior(args) -> int:
     if len(fwd) != len(src) or len(rev) != len(src):
         raise RuntimeError(f"eflomal returned {len(fwd)} forward and {len(rev)} reverse lines "
                            f"for {len(src)} sentence pairs")
+    return fwd, rev
+
+
+def run_align_prior(args) -> int:
+    """``attendo align-prior``: eflomal forward and reverse word alignments of a parallel
+    corpus, symmetrised with grow-diag, written as Pharaoh lines (one per pair) over the
+    whitespace words of the raw text: the links that ``train.guided_alignment.file`` reads."""
+    from .data.corpus import read_parallel
+    from .utils import atomic_write_text
+
+    src, tgt, _ = read_parallel(
+        args.src, args.tgt, max_chars=10**6,
+        hint="attendo align-prior aligns every pair: --src and --tgt need a non-empty "
+             "sentence on every line; fix or remove this line in both files")
+    fwd, rev = eflomal_links(src, tgt, args.lowercase)
     links = [symmetrize(f, r, "grow-diag") for f, r in zip(fwd, rev)]
     atomic_write_text(args.output, "".join(dg.format_alignment_line(x) + "\n" for x in links))
     log.info("align-prior: %d sentence pairs, %d links written to %s", len(links),

@@ -228,8 +228,7 @@ def _attend_gold(path: str, fmt: str, texts: list[str], refs: list[str]) -> list
 def _attend_links(args, translator, texts: list[str], outs: list, gold: list | None) -> list:
     """Per sentence, the link sets to draw (gold, and/or read off the attention with
     ``--show-alignment``), or None."""
-    from .align import translation_links
-    from .explorer import tokenizer_kinds
+    from .align import tokenizer_kinds, translation_links
     from .viz import LinkSet, alignment_groups, gold_link_sets
 
     if gold is None and not args.show_alignment:
@@ -256,8 +255,9 @@ def _attend_links(args, translator, texts: list[str], outs: list, gold: list | N
 
 
 def cmd_attend(args) -> int:
+    from .align import tokenizer_kinds
     from .data.corpus import read_lines
-    from .explorer import explorer_data, explorer_page, tokenizer_kinds
+    from .explorer import explorer_data, explorer_page
     from .translator import Translator
     from .utils import atomic_write_text
     from .viz import draw_translation

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .align import tokenizer_kinds
 from .utils import atomic_write_text
 from .viz import LinkSet, alignment_cells, merge_matrix, merge_subwords
 
@@ -158,11 +159,6 @@ def explorer_page(data: dict | None = None, live: bool = False, title: str = "at
 
 def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-
-
-def tokenizer_kinds(translator) -> tuple[str, str]:
-    """The (source, target) tokenizer kinds, which group pieces into words."""
-    return translator.src.tokenizer.kind, translator.tgt.tokenizer.kind
 
 
 def explorer_data(translator, texts: list[str], outs: list, merge: bool = False,

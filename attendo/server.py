@@ -49,8 +49,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .align import METHODS, translation_links
-from .explorer import explorer_page, model_summary, sentence_record, tokenizer_kinds
+from .align import METHODS, tokenizer_kinds, translation_links
+from .explorer import explorer_page, model_summary, sentence_record
 from .viz import LinkSet
 
 log = logging.getLogger("attendo")
@@ -209,15 +209,7 @@ class TranslateRequest:
 
 
 def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
-                  count_tokens: Callable[[str], int]) -> tuple[list[str], int, int, bool]:
-    """Check a /translate body -> (texts, beam, n_best, return_attention); RequestError if not.
-    (:func:`parse_translate_request` gives the alignment option too.)"""
-    r = parse_translate_request(body, limits, default_beam, count_tokens)
-    return r.texts, r.beam, r.n_best, r.return_attention
-
-
-def parse_translate_request(body: bytes, limits: ServeLimits, default_beam: int,
-                            count_tokens: Callable[[str], int]) -> TranslateRequest:
+                  count_tokens: Callable[[str], int]) -> TranslateRequest:
     """Check a /translate body; RequestError (4xx) if it is not a valid request."""
     try:
         req = json.loads(body)
@@ -426,7 +418,7 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
 
         try:
             body = await _read_body(request, limits.max_body_bytes, limits.read_timeout_s)
-            req = parse_translate_request(body, limits, default_beam, count_and_note)
+            req = parse_request(body, limits, default_beam, count_and_note)
             texts, beam, n_best, attn = req.texts, req.beam, req.n_best, req.return_attention
             size = estimate_response_bytes(texts, n_tokens, n_best, attn, per_hyp, best_extra,
                                            per_source)

@@ -157,12 +157,12 @@ def alignment_cells(alignment: Sequence[LinkSet], src_tokens: Sequence[str],
     """Each link set with its cells on the heatmap of ``src_tokens`` x ``tgt_tokens`` (pieces;
     merged into words as :func:`merge_subwords` does when ``merge``)."""
     sg, tg = alignment_groups(src_tokens, tgt_tokens, kinds)
+    if merge:
+        rows, cols = merge_subwords(tgt_tokens)[1], merge_subwords(src_tokens)[1]
     out = []
     for ls in alignment:
         cells = link_cells(ls.links, sg, tg)
-        if merge:
-            cells = merge_cells(cells, merge_subwords(tgt_tokens)[1], merge_subwords(src_tokens)[1])
-        out.append((ls, cells))
+        out.append((ls, merge_cells(cells, rows, cols) if merge else cells))
     return out
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,7 +61,7 @@ def model_rows(tr: Translator, src, tgt, gold, rev: bool = False) -> tuple[list[
                     out.append(None)
                     continue
                 sp, tp, attn = x
-                out.append(al.word_links(attn, sp, tp, al._kinds(tr), len(s.split()),
+                out.append(al.word_links(attn, sp, tp, al.tokenizer_kinds(tr), len(s.split()),
                                          len(t.split()), method, thr))
             if rev:  # (de word, en word) for scoring and symmetrisation
                 out = [al.transpose(x) for x in out]
@@ -87,20 +86,9 @@ def bleu(tr: Translator, src: list[str], ref: list[str]) -> dict:
 
 
 def eflomal_rows(data: Path, gold, n_dev: int) -> list[dict]:
-    import eflomal
-
-    src = [" ".join(x.lower().split()) for x in read(data / "train.de")]
-    tgt = [" ".join(x.lower().split()) for x in read(data / "train.en")]
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        sp, tp = Path(tmp) / "src", Path(tmp) / "tgt"
-        sp.write_text("".join(x + "\n" for x in src), encoding="utf-8")
-        tp.write_text("".join(x + "\n" for x in tgt), encoding="utf-8")
-        with open(sp, encoding="utf-8") as sf, open(tp, encoding="utf-8") as tf:
-            eflomal.Aligner().align(sf, tf, links_filename_fwd=f"{tmp}/fwd",
-                                    links_filename_rev=f"{tmp}/rev", quiet=True)
-        fwd = [g.sure for g in dg.read_gold_alignments(f"{tmp}/fwd")][-n_dev:]
-        rev = [g.sure for g in dg.read_gold_alignments(f"{tmp}/rev")][-n_dev:]
+    fwd, rev = al.eflomal_links(read(data / "train.de"), read(data / "train.en"), lowercase=True)
+    fwd, rev = fwd[-n_dev:], rev[-n_dev:]
     log(f"eflomal: {time.time() - t0:.0f} s")
     rows = [{"method": "forward", **al.score(fwd, gold)},
             {"method": "reverse", **al.score(rev, gold)}]

@@ -25,6 +25,7 @@ from attendo.server import (  # noqa: E402
     REQUEST_KEYS,
     RequestError,
     ServeLimits,
+    TranslateRequest,
     create_app,
     estimate_response_bytes,
     parse_request,
@@ -291,10 +292,11 @@ def check_parse(body: bytes, translator) -> None:
         return len(translator.src.pieces(text))
 
     try:
-        texts, beam, n_best, attn = parse_request(body, LIMITS, 2, count_tokens)
+        req = parse_request(body, LIMITS, 2, count_tokens)
     except RequestError as e:
         assert 400 <= e.status < 500 and isinstance(e.message, str) and e.message
         return
+    texts, beam, n_best, attn = req.texts, req.beam, req.n_best, req.return_attention
     assert isinstance(texts, list) and 1 <= len(texts) <= LIMITS.max_sentences
     assert all(isinstance(t, str) and len(t) <= LIMITS.max_chars for t in texts)
     assert type(beam) is int and 1 <= beam <= LIMITS.max_beam
@@ -334,5 +336,5 @@ def test_parse_request_fuzz_damaged_json(translator, value, cut, junk):
 def test_fuzz_reaches_the_success_path(translator):
     """The fuzz above is not all refusals: a request drawn like them parses."""
     check_parse(b'{"text": ["a b", ""], "beam": 3, "n_best": 2}', translator)
-    assert parse_request(b'{"text": "a b"}', LIMITS, 2, lambda t: 2) == (["a b"], 2, 1, False)
+    assert parse_request(b'{"text": "a b"}', LIMITS, 2, lambda t: 2) == TranslateRequest(["a b"], 2, 1, False)
 
