@@ -4,8 +4,12 @@ Exports the model with ``attendo export --format ctranslate2`` (float32 weights;
 CTranslate2's ``compute_type="int8"`` at load, as attendo's decode.precision=int8 quantizes
 at load), then decodes the test set with each engine and precision under the same settings:
 beam 5, batches of 64 sentences, attendo's output caps (2 x source + 10), no length
-penalty, N threads. Timing covers text in -> text out (tokenization and detokenization
-included in both) after one warm-up batch; the best of --repeat runs is kept.
+penalty, the same rule for ending a sentence (attendo's decode.beam_stop=exact, CTranslate2's
+rule; --beam-stop first_k for attendo's default), N threads. Timing covers text in -> text out (tokenization and detokenization
+included in both) after one warm-up batch. The two engines' timed runs alternate (attendo,
+CTranslate2, attendo, ... --repeat rounds), so a slow spell of a shared machine falls on both;
+each row keeps its best run, and the JSON also has the speed ratio of every round and their
+median.
 
 ``--check N`` also decodes the first N lines greedily with attendo, CTranslate2 and the
 ONNX export (numpy + onnxruntime loop) and counts token-identical outputs.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,13 +40,21 @@ from attendo.metrics import bleu
 from attendo.translator import Translator, max_output_lengths
 
 
-def time_best(fn, repeat: int):
-    best, out = float("inf"), None
+def time_alternating(fn_a, fn_b, repeat: int):
+    """Run fn_a and fn_b in turn, repeat rounds: (best seconds of a, its output, best seconds
+    of b, its output, [seconds_b / seconds_a of each round])."""
+    best = [float("inf"), float("inf")]
+    outs: list = [None, None]
+    ratios = []
     for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+        secs = []
+        for i, fn in enumerate((fn_a, fn_b)):
+            t = time.perf_counter()
+            outs[i] = fn()
+            secs.append(time.perf_counter() - t)
+            best[i] = min(best[i], secs[-1])
+        ratios.append(secs[1] / secs[0])
+    return best[0], outs[0], best[1], outs[1], ratios
 
 
 def attendo_run(tr: Translator, texts, precision, beam, batch, device):
@@ -100,7 +113,10 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=2, help="timed runs per row (best kept)")
+    ap.add_argument("--repeat", type=int, default=2, help="timed rounds (attendo and CTranslate2 alternate; best run of each kept)")
+    ap.add_argument("--beam-stop", default="exact", choices=["exact", "first_k"],
+                    help="attendo's decode.beam_stop: exact stops as CTranslate2 does (default); "
+                         "first_k once beam_size hypotheses have ended (attendo's default)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N test lines (0 = all)")
     ap.add_argument("--check", type=int, default=0, help="greedy identity check on N lines")
     ap.add_argument("--no-onnx", action="store_true", help="leave ONNX out of --check")
@@ -118,6 +134,7 @@ def main() -> None:
     export_ctranslate2(args.model, tmp / "ct2")
     export_s = time.perf_counter() - t
     tr = Translator.from_dir(args.model)
+    tr.cfg.decode.beam_stop = args.beam_stop
     devices = ["cpu"]
     if torch.cuda.is_available() and ctranslate2.get_cuda_device_count() > 0:
         devices.append("cuda")
@@ -125,24 +142,27 @@ def main() -> None:
     for device in devices:
         if device == "cuda":
             tr = Translator.from_dir(args.model, device="cuda")
+            tr.cfg.decode.beam_stop = args.beam_stop
         precisions = [("fp32", "float32"), ("int8", "int8")] if device == "cpu" else [
             ("fp32", "float32"), ("bf16", "bfloat16")]
         for ours, theirs in precisions:
-            fn = attendo_run(tr, texts, ours, args.beam, args.batch_size, device)
-            sec, hyps = time_best(fn, args.repeat)
-            rows.append(dict(engine="attendo", device=device, precision=ours, seconds=round(sec, 2),
-                             sents_per_s=round(len(texts) / sec, 1), bleu=round(bleu(hyps, refs).score, 2)))
-            print(json.dumps(rows[-1]), flush=True)
+            fn_a = attendo_run(tr, texts, ours, args.beam, args.batch_size, device)
             ct = ctranslate2.Translator(str(tmp / "ct2"), device=device, compute_type=theirs,
                                         inter_threads=1, intra_threads=args.threads)
-            fn = ct2_run(ct, tr, texts, args.beam, args.batch_size)
-            ours_hyps = hyps
-            sec, hyps = time_best(fn, args.repeat)
-            rows.append(dict(engine="ctranslate2", device=device, precision=theirs,
-                             seconds=round(sec, 2), sents_per_s=round(len(texts) / sec, 1),
-                             bleu=round(bleu(hyps, refs).score, 2),
-                             same_as_attendo=sum(a == b for a, b in zip(ours_hyps, hyps))))
+            fn_c = ct2_run(ct, tr, texts, args.beam, args.batch_size)
+            sec_a, hyps_a, sec_c, hyps_c, ratios = time_alternating(fn_a, fn_c, args.repeat)
+            rows.append(dict(engine="attendo", device=device, precision=ours, seconds=round(sec_a, 2),
+                             sents_per_s=round(len(texts) / sec_a, 1),
+                             bleu=round(bleu(hyps_a, refs).score, 2),
+                             round_ratios=[round(r, 3) for r in ratios],
+                             median_ratio=round(statistics.median(ratios), 3)))
             print(json.dumps(rows[-1]), flush=True)
+            rows.append(dict(engine="ctranslate2", device=device, precision=theirs,
+                             seconds=round(sec_c, 2), sents_per_s=round(len(texts) / sec_c, 1),
+                             bleu=round(bleu(hyps_c, refs).score, 2),
+                             same_as_attendo=sum(a == b for a, b in zip(hyps_a, hyps_c))))
+            print(json.dumps(rows[-1]), flush=True)
+            del ct
     check = None
     if args.check:
         onnx_dir = None
@@ -157,18 +177,19 @@ def main() -> None:
         print(json.dumps(check), flush=True)
 
     print(f"\nmodel {args.model}, {len(texts)} sentences of {args.src}, beam {args.beam}, "
-          f"batch {args.batch_size}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"batch {args.batch_size}, attendo decode.beam_stop={args.beam_stop}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}; export {export_s:.1f} s\n")
-    print("| engine | device | precision | sentences/s | BLEU | attendo / CT2 speed | "
-          "outputs identical to attendo's |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| engine | device | precision | sentences/s | BLEU | attendo / CT2 speed (best runs) | "
+          "median of the rounds' ratios | outputs identical to attendo's |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for i in range(0, len(rows), 2):
         a, c = rows[i], rows[i + 1]
         for r in (a, c):
             ratio = f"{a['sents_per_s'] / c['sents_per_s']:.2f}x" if r is a else ""
+            median = f"{a['median_ratio']:.2f}x" if r is a else ""
             same = f"{c['same_as_attendo']} / {len(texts)}" if r is c else ""
             print(f"| {r['engine']} | {r['device']} | {r['precision']} | {r['sents_per_s']} | "
-                  f"{r['bleu']} | {ratio} | {same} |")
+                  f"{r['bleu']} | {ratio} | {median} | {same} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "check": check}, indent=2) + "\n")
 

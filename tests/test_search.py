@@ -460,3 +460,27 @@ def test_beam_early_stop_is_exact(alpha, beta, n_best, device):
     assert fast_rows <= slow_rows
     if alpha == 0.0 and beta == 0.0 and n_best == 1:
         assert fast_rows < slow_rows
+
+
+@pytest.mark.parametrize("alpha,beta,n_best", [(0.0, 0.0, 1), (0.0, 0.0, 2), (0.6, 0.0, 1),
+                                               (1.0, 0.2, 2)])
+def test_beam_stop_exact_finds_the_best_its_beam_can_reach(alpha, beta, n_best, device):
+    """stop="exact" (no stop at beam_size finished hypotheses) gives the same n-best as
+    running every sentence to its length cap, and never a lower score than stop="first_k"."""
+    model = _model("additive", eos_bias=0.8, device=device)
+    src, lens, caps = _batch(7, device, [14, 9, 12, 6, 13, 8])
+    atol = path_atol(device, 1e-5)
+
+    def run(stop, early=True):
+        return beam_search(model.decoder, model.start(src, lens), len(LENS), BOS, EOS, caps,
+                           beam_size=4, n_best=n_best, alpha=alpha, coverage_penalty=beta,
+                           early_stop=early, stop=stop)
+
+    exact, to_cap, first_k = run("exact"), run("exact", early=False), run("first_k")
+    for a, b, c in zip(exact, to_cap, first_k):
+        assert len(a) == len(b) == len(c) == n_best
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=atol)
+        assert a[0].score >= c[0].score - atol
+    with pytest.raises(ValueError, match="beam stop rule"):
+        run("sometimes")
