@@ -375,7 +375,7 @@ class DecodeConfig:
     # when beam search ends a sentence: first_k, once beam_size hypotheses have finished
     # (OpenNMT-py, fairseq, Joey NMT); exact, only once no live hypothesis can beat the best
     # finished ones (never a lower model score; CTranslate2's rule without penalties)
-    beam_stop: Literal["first_k", "exact"] = "first_k"
+    stop_rule: Literal["first_k", "exact"] = "first_k"
     # bf16: matrix products in bfloat16 while searching (autocast; scores stay fp32). Fast on
     # CPUs with AVX512-BF16/AMX and on GPUs. int8 (CPU only): linear layers dynamically
     # quantized to int8 (about twice as fast as fp32 on CPU). Outputs can differ slightly.

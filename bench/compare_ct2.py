@@ -4,8 +4,8 @@ Exports the model with ``attendo export --format ctranslate2`` (float32 weights;
 CTranslate2's ``compute_type="int8"`` at load, as attendo's decode.precision=int8 quantizes
 at load), then decodes the test set with each engine and precision under the same settings:
 beam 5, batches of 64 sentences, attendo's output caps (2 x source + 10), no length
-penalty, the same rule for ending a sentence (attendo's decode.beam_stop=exact, CTranslate2's
-rule; --beam-stop first_k for attendo's default), N threads. Timing covers text in -> text out (tokenization and detokenization
+penalty, the same rule for ending a sentence (attendo's decode.stop_rule=exact, CTranslate2's
+rule; --stop-rule first_k for attendo's default), N threads. Timing covers text in -> text out (tokenization and detokenization
 included in both) after one warm-up batch. The two engines' timed runs alternate (attendo,
 CTranslate2, attendo, ... --repeat rounds), so a slow spell of a shared machine falls on both;
 each row keeps its best run, and the JSON also has the speed ratio of every round and their
@@ -114,8 +114,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="timed rounds (attendo and CTranslate2 alternate; best run of each kept)")
-    ap.add_argument("--beam-stop", default="exact", choices=["exact", "first_k"],
-                    help="attendo's decode.beam_stop: exact stops as CTranslate2 does (default); "
+    ap.add_argument("--stop-rule", default="exact", choices=["exact", "first_k"],
+                    help="attendo's decode.stop_rule: exact stops as CTranslate2 does (default); "
                          "first_k once beam_size hypotheses have ended (attendo's default)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N test lines (0 = all)")
     ap.add_argument("--check", type=int, default=0, help="greedy identity check on N lines")
@@ -134,7 +134,7 @@ def main() -> None:
     export_ctranslate2(args.model, tmp / "ct2")
     export_s = time.perf_counter() - t
     tr = Translator.from_dir(args.model)
-    tr.cfg.decode.beam_stop = args.beam_stop
+    tr.cfg.decode.stop_rule = args.stop_rule
     devices = ["cpu"]
     if torch.cuda.is_available() and ctranslate2.get_cuda_device_count() > 0:
         devices.append("cuda")
@@ -142,7 +142,7 @@ def main() -> None:
     for device in devices:
         if device == "cuda":
             tr = Translator.from_dir(args.model, device="cuda")
-            tr.cfg.decode.beam_stop = args.beam_stop
+            tr.cfg.decode.stop_rule = args.stop_rule
         precisions = [("fp32", "float32"), ("int8", "int8")] if device == "cpu" else [
             ("fp32", "float32"), ("bf16", "bfloat16")]
         for ours, theirs in precisions:
@@ -177,7 +177,7 @@ def main() -> None:
         print(json.dumps(check), flush=True)
 
     print(f"\nmodel {args.model}, {len(texts)} sentences of {args.src}, beam {args.beam}, "
-          f"batch {args.batch_size}, attendo decode.beam_stop={args.beam_stop}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"batch {args.batch_size}, attendo decode.stop_rule={args.stop_rule}, {args.threads} threads, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}; export {export_s:.1f} s\n")
     print("| engine | device | precision | sentences/s | BLEU | attendo / CT2 speed (best runs) | "
           "median of the rounds' ratios | outputs identical to attendo's |")

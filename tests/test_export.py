@@ -113,8 +113,8 @@ def test_ctranslate2_decodes_like_attendo(transformer_dir, tmp_path):
             assert score > t.log_prob - 1e-4
         else:
             assert score == pytest.approx(t.log_prob, abs=1e-4)
-    # with decode.beam_stop=exact attendo stops as CTranslate2 does: the same outputs
-    tr.cfg.decode.beam_stop = "exact"
+    # with decode.stop_rule=exact attendo stops as CTranslate2 does: the same outputs
+    tr.cfg.decode.stop_rule = "exact"
     exact = _attendo(tr, texts, 3)
     assert exact == theirs
 
