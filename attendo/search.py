@@ -167,7 +167,7 @@ def _append_info(hist: dict[str, Tensor], info: dict[str, Tensor]) -> dict[str, 
     }
 
 
-BEAM_STOPS = ("first_k", "exact")
+STOP_RULES = ("first_k", "exact")  # decode.stop_rule
 
 
 @torch.no_grad()
@@ -185,7 +185,7 @@ def beam_search(
     block_ngram_repeat: int = 0,
     coverage_penalty: float = 0.0,
     early_stop: bool = True,
-    stop: str = "first_k",
+    stop_rule: str = "first_k",
 ) -> list[list[Hypothesis]]:
     """Batched beam search keeping ``beam_size`` live hypotheses per sentence.
 
@@ -200,13 +200,13 @@ def beam_search(
     reach is its score / lp(cap). Without a length penalty this stops a sentence as soon as
     its best candidate ends (OpenNMT-py's rule) instead of waiting for ``beam_size`` endings.
     ``early_stop=False`` turns that last test off (for comparison; the results are the same,
-    only slower). ``stop="exact"`` drops the first rule (``beam_size`` finished hypotheses):
-    a sentence then runs until no live hypothesis can still beat its ``n_best``-th finished one
-    (or its cap), so the result is never worse by model score; without penalties that is
-    CTranslate2's rule (stop once the top candidate of a step ends). The default
-    ``stop="first_k"`` is that of OpenNMT-py, fairseq and Joey NMT. (``stop="exact"`` with
-    ``early_stop=False`` runs every sentence to its length cap: a slow reference.) Returns ``n_best``
-    hypotheses per sentence, best first. block_ngram_repeat
+    only slower). ``stop_rule="exact"`` drops the first rule (``beam_size`` finished
+    hypotheses): a sentence then runs until no live hypothesis can still beat its
+    ``n_best``-th finished one (or its cap), so the result is never worse by model score;
+    without penalties that is CTranslate2's rule (stop once the top candidate of a step ends).
+    The default ``"first_k"`` is that of OpenNMT-py, fairseq and Joey NMT; ``"exact"`` with
+    ``early_stop=False`` runs every sentence to its length cap (a slow reference). Returns
+    ``n_best`` hypotheses per sentence, best first. block_ngram_repeat
     and coverage_penalty: see the module docstring. ``alpha`` must be finite and >= 0 (a
     negative one makes lp shrink with length, and the bound above would no longer hold).
     """
@@ -215,10 +215,10 @@ def beam_search(
             f"length penalty (alpha) must be a finite number >= 0, got {alpha}: beam search's "
             "exact early stop assumes lp(length) = ((5 + length) / 6) ** alpha never shrinks"
         )
-    if stop not in BEAM_STOPS:
-        raise ValueError(f"beam stop rule {stop!r} is not one of {list(BEAM_STOPS)}")
+    if stop_rule not in STOP_RULES:
+        raise ValueError(f"beam stop rule {stop_rule!r} is not one of {list(STOP_RULES)}")
     k = beam_size
-    at_k = stop == "first_k"
+    at_k = stop_rule == "first_k"
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)
     need_info = return_info or bool(coverage_penalty)

@@ -257,7 +257,7 @@ class Translator:
                 else:
                     hyps = beam_search(
                         model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps,
-                        beam_size=beam, n_best=n_best, alpha=alpha, stop=cfg.stop_rule, **opts)
+                        beam_size=beam, n_best=n_best, alpha=alpha, stop_rule=cfg.stop_rule, **opts)
             for b, (r, hs) in enumerate(zip(rows, hyps)):
                 oovs = None if batch.src_oovs is None else batch.src_oovs[b]
                 ts = [self._hyp_to_translation(h, pieces[r], oovs) for h in hs]

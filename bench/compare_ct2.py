@@ -5,11 +5,11 @@ CTranslate2's ``compute_type="int8"`` at load, as attendo's decode.precision=int
 at load), then decodes the test set with each engine and precision under the same settings:
 beam 5, batches of 64 sentences, attendo's output caps (2 x source + 10), no length
 penalty, the same rule for ending a sentence (attendo's decode.stop_rule=exact, CTranslate2's
-rule; --stop-rule first_k for attendo's default), N threads. Timing covers text in -> text out (tokenization and detokenization
-included in both) after one warm-up batch. The two engines' timed runs alternate (attendo,
-CTranslate2, attendo, ... --repeat rounds), so a slow spell of a shared machine falls on both;
-each row keeps its best run, and the JSON also has the speed ratio of every round and their
-median.
+rule; --stop-rule first_k for attendo's default), N threads. Timing covers text in -> text
+out (tokenization and detokenization included in both) after one warm-up batch. The two
+engines' timed runs alternate (attendo, CTranslate2, attendo, ... --repeat rounds), so a slow
+spell of a shared machine falls on both; each row keeps its best run, and the JSON also has
+the speed ratio of every round and their median.
 
 ``--check N`` also decodes the first N lines greedily with attendo, CTranslate2 and the
 ONNX export (numpy + onnxruntime loop) and counts token-identical outputs.
@@ -57,8 +57,8 @@ def time_alternating(fn_a, fn_b, repeat: int):
     return best[0], outs[0], best[1], outs[1], ratios
 
 
-def attendo_run(tr: Translator, texts, precision, beam, batch, device):
-    tr.cfg.decode.precision = precision
+def attendo_run(tr: Translator, texts, precision, stop_rule, beam, batch, device):
+    tr.cfg.decode.precision, tr.cfg.decode.stop_rule = precision, stop_rule
 
     def run():
         return [t.text for t in tr.translate(texts, beam=beam, batch_size=batch, length_penalty=0.0)]
@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=2, help="timed rounds (attendo and CTranslate2 alternate; best run of each kept)")
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="timed rounds (attendo and CTranslate2 alternate; best run of each kept)")
     ap.add_argument("--stop-rule", default="exact", choices=["exact", "first_k"],
                     help="attendo's decode.stop_rule: exact stops as CTranslate2 does (default); "
                          "first_k once beam_size hypotheses have ended (attendo's default)")
@@ -134,7 +135,6 @@ def main() -> None:
     export_ctranslate2(args.model, tmp / "ct2")
     export_s = time.perf_counter() - t
     tr = Translator.from_dir(args.model)
-    tr.cfg.decode.stop_rule = args.stop_rule
     devices = ["cpu"]
     if torch.cuda.is_available() and ctranslate2.get_cuda_device_count() > 0:
         devices.append("cuda")
@@ -142,11 +142,10 @@ def main() -> None:
     for device in devices:
         if device == "cuda":
             tr = Translator.from_dir(args.model, device="cuda")
-            tr.cfg.decode.stop_rule = args.stop_rule
         precisions = [("fp32", "float32"), ("int8", "int8")] if device == "cpu" else [
             ("fp32", "float32"), ("bf16", "bfloat16")]
         for ours, theirs in precisions:
-            fn_a = attendo_run(tr, texts, ours, args.beam, args.batch_size, device)
+            fn_a = attendo_run(tr, texts, ours, args.stop_rule, args.beam, args.batch_size, device)
             ct = ctranslate2.Translator(str(tmp / "ct2"), device=device, compute_type=theirs,
                                         inter_threads=1, intra_threads=args.threads)
             fn_c = ct2_run(ct, tr, texts, args.beam, args.batch_size)
@@ -177,7 +176,8 @@ def main() -> None:
         print(json.dumps(check), flush=True)
 
     print(f"\nmodel {args.model}, {len(texts)} sentences of {args.src}, beam {args.beam}, "
-          f"batch {args.batch_size}, attendo decode.stop_rule={args.stop_rule}, {args.threads} threads, {platform.processor() or platform.machine()}, "
+          f"batch {args.batch_size}, attendo decode.stop_rule={args.stop_rule}, "
+          f"{args.threads} threads, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, ctranslate2 {ctranslate2.__version__}; export {export_s:.1f} s\n")
     print("| engine | device | precision | sentences/s | BLEU | attendo / CT2 speed (best runs) | "
           "median of the rounds' ratios | outputs identical to attendo's |")

@@ -465,8 +465,8 @@ def test_beam_early_stop_is_exact(alpha, beta, n_best, device):
 @pytest.mark.parametrize("alpha,beta,n_best", [(0.0, 0.0, 1), (0.0, 0.0, 2), (0.6, 0.0, 1),
                                                (1.0, 0.2, 2)])
 def test_beam_stop_exact_finds_the_best_its_beam_can_reach(alpha, beta, n_best, device):
-    """stop="exact" (no stop at beam_size finished hypotheses) gives the same n-best as
-    running every sentence to its length cap, and never a lower score than stop="first_k"."""
+    """stop_rule="exact" (no stop at beam_size finished hypotheses) gives the same n-best as
+    running every sentence to its length cap, and never a lower score than "first_k"."""
     model = _model("additive", eos_bias=0.8, device=device)
     src, lens, caps = _batch(7, device, [14, 9, 12, 6, 13, 8])
     atol = path_atol(device, 1e-5)
@@ -474,7 +474,7 @@ def test_beam_stop_exact_finds_the_best_its_beam_can_reach(alpha, beta, n_best, 
     def run(stop, early=True):
         return beam_search(model.decoder, model.start(src, lens), len(LENS), BOS, EOS, caps,
                            beam_size=4, n_best=n_best, alpha=alpha, coverage_penalty=beta,
-                           early_stop=early, stop=stop)
+                           early_stop=early, stop_rule=stop)
 
     exact, to_cap, first_k = run("exact"), run("exact", early=False), run("first_k")
     for a, b, c in zip(exact, to_cap, first_k):
