@@ -33,8 +33,6 @@ links, both as (source word, target word): ``intersect``, ``union``, ``grow-diag
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,8 +42,6 @@ import torch
 
 from . import diagnostics as dg
 from .data.batching import collate, make_batches
-
-log = logging.getLogger("attendo")
 
 METHODS = ("argmax", "threshold", "shift")
 SYMMETRIZE = ("intersect", "union", "grow-diag", "grow-diag-final")
@@ -278,80 +274,6 @@ def score(links: Sequence[Links | None], gold: Sequence[dg.GoldAlignment]) -> di
 
 # -- attendo align --------------------------------------------------------------------------
 
-BAD_PAIR_HINT = (
-    "attendo align aligns every pair: --src and --tgt need a non-empty sentence on every "
-    "line; fix or remove this line in both files"
-)
-
-
-def run_align(args) -> int:
-    """``attendo align`` (see ``attendo align --help``); returns the exit status."""
-    from .data.corpus import read_lines, read_parallel
-    from .translator import Translator
-    from .utils import atomic_write_text
-
-    if args.translate == bool(args.tgt):
-        raise ValueError("give either --tgt (align given pairs) or --translate (align the "
-                         "model's own translations)")
-    if args.gold and args.translate:
-        raise ValueError("--gold scores given pairs: use --tgt, not --translate")
-    if args.symmetrize and not args.reverse_model:
-        raise ValueError("--symmetrize needs --reverse-model (the target -> source model)")
-    if not 0.0 < args.threshold <= 1.0:
-        raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
-    for path, flag in ((args.output, "--output"), (args.hyp_output, "--hyp-output")):
-        if path and Path(path).is_dir():
-            raise ValueError(f"{path}: is a directory, expected a file path for {flag}")
-    if args.hyp_output and not args.translate:
-        raise ValueError("--hyp-output is for --translate")
-    fwd = Translator.from_dir(args.model, device=args.device)
-    rev = Translator.from_dir(args.reverse_model, device=args.device) if args.reverse_model else None
-    for m, t in ((args.model, fwd), (args.reverse_model, rev)):
-        if t is not None and not getattr(t.model.decoder, "use_attn", True):
-            raise ValueError(f"{m}: this model has no attention (model.attention: none)")
-    if args.translate:
-        src = read_lines(args.src, max_chars=None)
-    else:
-        src, tgt, _ = read_parallel(args.src, args.tgt, max_chars=10**6, hint=BAD_PAIR_HINT)
-    gold = None
-    if args.gold:
-        gold = dg.read_gold_alignments(args.gold, args.gold_format)
-        dg.check_gold(gold, args.gold, [len(s.split()) for s in src],
-                      [len(t.split()) for t in tgt])
-    opts = dict(method=args.method, threshold=args.threshold, layer=args.layer, head=args.head)
-    if args.translate:
-        outs = fwd.translate(src, beam=args.beam, return_attention=True)
-        tgt = [o.text for o in outs]
-        links = [translation_links(fwd, o, s, **opts) for o, s in zip(outs, src)]
-    else:
-        links = align_pairs(fwd, src, tgt, batch_size=args.batch_size, **opts)
-    if rev is not None:
-        back = [transpose(x) for x in align_pairs(rev, tgt, src, batch_size=args.batch_size,
-                                                  **opts)]
-        links = [None if f is None or b is None else symmetrize(f, b, args.symmetrize or "grow-diag")
-                 for f, b in zip(links, back)]
-    skipped = sum(x is None for x in links)
-    if skipped:
-        log.warning("%d of %d sentence pairs could not be mapped from pieces to words (or "
-                    "have an empty side): written as empty lines", skipped, len(links))
-    lines = [dg.format_alignment_line(x or ()) for x in links]
-    if args.translate and args.hyp_output:  # the translations the links refer to
-        atomic_write_text(args.hyp_output, "".join(t + "\n" for t in tgt))
-    text = "".join(line + "\n" for line in lines)
-    if args.output:
-        atomic_write_text(args.output, text)
-    else:
-        sys.stdout.write(text)
-    if gold is not None:
-        r = score(links, gold)
-        fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
-        report = (f"AER {fmt(r['aer'])}  precision {fmt(r['precision'])}  recall "
-                  f"{fmt(r['recall'])}  ({r['sentences']} sentences, {r['skipped']} skipped; "
-                  f"links {r['links']}, sure {r['sure']})")
-        print(report, file=sys.stdout if args.output else sys.stderr)
-    return 0
-
-
 # -- guided alignment (train.guided_alignment) ----------------------------------------------
 
 
@@ -434,22 +356,3 @@ def eflomal_links(src: Sequence[str], tgt: Sequence[str], lowercase: bool = Fals
         raise RuntimeError(f"eflomal returned {len(fwd)} forward and {len(rev)} reverse lines "
                            f"for {len(src)} sentence pairs")
     return fwd, rev
-
-
-def run_align_prior(args) -> int:
-    """``attendo align-prior``: eflomal forward and reverse word alignments of a parallel
-    corpus, symmetrised with grow-diag, written as Pharaoh lines (one per pair) over the
-    whitespace words of the raw text: the links that ``train.guided_alignment.file`` reads."""
-    from .data.corpus import read_parallel
-    from .utils import atomic_write_text
-
-    src, tgt, _ = read_parallel(
-        args.src, args.tgt, max_chars=10**6,
-        hint="attendo align-prior aligns every pair: --src and --tgt need a non-empty "
-             "sentence on every line; fix or remove this line in both files")
-    fwd, rev = eflomal_links(src, tgt, args.lowercase)
-    links = [symmetrize(f, r, "grow-diag") for f, r in zip(fwd, rev)]
-    atomic_write_text(args.output, "".join(dg.format_alignment_line(x) + "\n" for x in links))
-    log.info("align-prior: %d sentence pairs, %d links written to %s", len(links),
-             sum(len(x) for x in links), args.output)
-    return 0
