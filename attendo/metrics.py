@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import sacrebleu
 import torch
 
@@ -23,6 +24,43 @@ def bleu_with_signature(
     metric = sacrebleu.metrics.BLEU(tokenize=tokenize, lowercase=lowercase)
     score = metric.corpus_score(hyps, [refs])
     return score, str(metric.get_signature())
+
+
+def bleu_stats(hyps: list[str], refs: list[str], tokenize: str = "13a") -> np.ndarray:
+    """sacreBLEU's per-sentence BLEU statistics (n, 2 + 2 * 4): hypothesis and reference
+    lengths, then matched and total n-grams for n = 1..4, the sums that corpus BLEU is computed
+    from (the same ones sacreBLEU's own paired tests resample)."""
+    metric = sacrebleu.metrics.BLEU(tokenize=tokenize)
+    return np.asarray(metric._extract_corpus_statistics(hyps, [refs]), dtype=np.int64)
+
+
+def bleu_from_stats(summed: np.ndarray) -> float:
+    """Corpus BLEU (sacreBLEU defaults: exp smoothing) from summed :func:`bleu_stats` rows."""
+    return sacrebleu.metrics.BLEU()._compute_score_from_stats([int(x) for x in summed]).score
+
+
+def paired_bootstrap(stats_a: np.ndarray, stats_b: np.ndarray, n_samples: int = 1000,
+                     seed: int = 12345) -> dict[str, float]:
+    """Paired bootstrap resampling (Koehn 2004) of BLEU(b) - BLEU(a) on the same sentences.
+
+    ``stats_a``/``stats_b``: :func:`bleu_stats` of two systems' outputs for the same n
+    sentences. Each sample draws n sentences with replacement and scores both systems on
+    them. Returns ``delta`` (on all n sentences), ``low``/``high`` (the 2.5th and 97.5th
+    percentiles of the sampled differences: a 95% interval) and ``p``, the share of samples
+    in which the difference does not have the sign of ``delta`` (Koehn's one-sided test;
+    1.0 when ``delta`` is 0)."""
+    n = len(stats_a)
+    if n == 0 or len(stats_b) != n:
+        raise ValueError(f"paired_bootstrap: need the same non-zero number of sentences, got "
+                         f"{len(stats_a)} and {len(stats_b)}")
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_samples)  # (samples, n)
+    sums_a, sums_b = counts @ stats_a, counts @ stats_b  # (samples, k)
+    diffs = np.array([bleu_from_stats(b) - bleu_from_stats(a) for a, b in zip(sums_a, sums_b)])
+    delta = bleu_from_stats(stats_b.sum(0)) - bleu_from_stats(stats_a.sum(0))
+    p = float(np.mean(diffs <= 0) if delta > 0 else np.mean(diffs >= 0) if delta < 0 else 1.0)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"delta": float(delta), "low": float(low), "high": float(high), "p": p}
 
 
 def chrf_with_signature(hyps: list[str], refs: list[str]):

@@ -398,7 +398,7 @@ def run_study(study: Study) -> Path:
         ev = evaluate_variant(study, i, src, ref, gold)
         results.append({"name": v.name, "overrides": v.overrides, "train": done, **ev})
         log.info("variant %d/%d %r: BLEU %.2f", i + 1, n, v.name, ev["report"]["bleu"])
-    path = write_report(study, results)
+    path = write_report(study, results, src, ref)
     log.info("study report: %s", path)
     return path
 
@@ -490,14 +490,83 @@ def measured_facts(results: list[dict]) -> list[str]:
     return facts
 
 
-def write_report(study: Study, results: list[dict]) -> Path:
-    """report.md, results.json, the plots and the configs, in OUT/report/."""
+BOOTSTRAP_SAMPLES = 1000
+
+
+def bootstrap_against_first(study: Study, results: list[dict], src: list[str],
+                            ref: list[str]) -> dict[str, dict]:
+    """Paired bootstrap (:func:`attendo.metrics.paired_bootstrap`) of each later variant's BLEU
+    against the first variant's, on all test sentences and within each source-length bucket:
+    {variant: {"all": {...}, "buckets": [{"bucket", "sentences", "delta", "low", "high", "p"}]}}.
+    Variants whose test outputs are not on disk are left out."""
+    from .metrics import bleu_stats, paired_bootstrap
+
+    stats = {}
+    for r in results:
+        path = study.model_dir(r["name"]) / HYP_FILE
+        hyps = path.read_text(encoding="utf-8").split("\n")[:-1] if path.exists() else []
+        if len(hyps) == len(ref) and ref:
+            stats[r["name"]] = bleu_stats(hyps, ref)
+    first = results[0]["name"]
+    if first not in stats:
+        return {}
+    groups: list[list[int]] = [[] for _ in dg.BUCKETS]
+    for i, s in enumerate(src):
+        groups[dg.length_bucket(len(s.split()))].append(i)
+    out = {}
+    for r in results[1:]:
+        st = stats.get(r["name"])
+        if st is None:
+            continue
+        out[r["name"]] = {
+            "all": paired_bootstrap(stats[first], st, BOOTSTRAP_SAMPLES),
+            "buckets": [{"bucket": dg.bucket_label(b), "sentences": len(idx),
+                         **(paired_bootstrap(stats[first][idx], st[idx], BOOTSTRAP_SAMPLES)
+                            if idx else {})} for b, idx in zip(dg.BUCKETS, groups)],
+        }
+    return out
+
+
+def _boot_cell(b: dict) -> str:
+    if "delta" not in b:
+        return "-"
+    mark = "*" if b["p"] < 0.05 else ""
+    return f"{b['delta']:+.2f}{mark} [{b['low']:+.2f}, {b['high']:+.2f}]"
+
+
+def _bootstrap_section(results: list[dict], boot: dict[str, dict]) -> list[str]:
+    if not boot:
+        return []
+    first = results[0]["name"]
+    buckets = next(iter(boot.values()))["buckets"]
+    return ["## How sure: paired bootstrap against '" + first + "'", "",
+            f"BLEU of each variant minus BLEU of '{first}' on the same test sentences, on all "
+            "of them and within each source-length bucket, with the 2.5th-97.5th percentiles "
+            f"of the difference over {BOOTSTRAP_SAMPLES:,} resamples of the sentences (paired "
+            "bootstrap, Koehn 2004; sacreBLEU's statistics). * = in fewer than 5% of the "
+            "resamples the difference has the other sign. The resampling measures the test "
+            "set's noise only: training another seed can move a variant by more.", "",
+            *_table(["variant", f"all (n={sum(b['sentences'] for b in buckets)})",
+                     *(f"{b['bucket']} (n={b['sentences']})" for b in buckets)],
+                    [[name, _boot_cell(b["all"]), *(_boot_cell(x) for x in b["buckets"])]
+                     for name, b in boot.items()]),
+            ""]
+
+
+def write_report(study: Study, results: list[dict], src: list[str] | None = None,
+                 ref: list[str] | None = None) -> Path:
+    """report.md, results.json, the plots and the configs, in OUT/report/. With the test set's
+    ``src`` and ``ref`` the report adds a paired bootstrap against the first variant."""
     rd = study.report_dir
     s = study.settings
+    boot = bootstrap_against_first(study, results, src, ref) if src and ref else {}
     for r in results:
         atomic_write_text(rd / "configs" / f"{r['name']}.yaml", study.configs[r["name"]].to_yaml())
     atomic_write_text(rd / "configs" / "study.yaml", yaml.safe_dump(study.raw, sort_keys=False))
     slim = [{k: v for k, v in r.items() if k not in ("key", "heatmap")} for r in results]
+    for r in slim:
+        if r["name"] in boot:
+            r["bootstrap_vs_first"] = boot[r["name"]]
     atomic_write_text(rd / "results.json", json.dumps(slim, indent=1) + "\n")
     plots = _plots(study, results)
     rep0 = results[0]["report"]
@@ -531,7 +600,7 @@ def write_report(study: Study, results: list[dict]) -> Path:
         "teacher-forced on the references.",
         "",
     ]
-    lines += _diagnostic_sections(results, plots)
+    lines += _diagnostic_sections(results, plots, _bootstrap_section(results, boot))
     lines += ["## Measured differences", "",
               "Generated from the numbers above; no conclusion is drawn here.", ""]
     lines += [f"- {x}" for x in measured_facts(results)]
@@ -542,10 +611,11 @@ def write_report(study: Study, results: list[dict]) -> Path:
     return path
 
 
-def _diagnostic_sections(results: list[dict], plots: dict[str, str]) -> list[str]:
+def _diagnostic_sections(results: list[dict], plots: dict[str, str],
+                         bootstrap: list[str]) -> list[str]:
     d0 = _diag(results[0])
     if not d0:
-        return []
+        return bootstrap
     buckets = d0["bleu_by_length"]
     out = ["## BLEU by source length", "",
            "Corpus BLEU of the test sentences in each bucket of source length in words "
@@ -553,7 +623,7 @@ def _diagnostic_sections(results: list[dict], plots: dict[str, str]) -> list[str
            *_table(["variant"] + [f"{b['bucket']} (n={b['sentences']})" for b in buckets],
                    [[r["name"]] + [_f(b["bleu"]) for b in _diag(r)["bleu_by_length"]]
                     for r in results]),
-           "", f"![BLEU by source length]({plots['length']})", ""]
+           "", f"![BLEU by source length]({plots['length']})", "", *bootstrap]
     ns = list(d0["repetition"]["reference"])
     out += ["## Repetition", "",
             "Share of duplicate n-grams within each output (%, n-grams that repeat an earlier "

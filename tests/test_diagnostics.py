@@ -109,6 +109,45 @@ def test_bleu_by_length_counts_and_scores():
     assert out[1]["bleu"] < 1.0
 
 
+def _sentences(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    words = "the a cat dog sat ran on in mat park red blue big small".split()
+    return [" ".join(rng.choice(words, size=int(rng.integers(4, 12)))) for _ in range(n)]
+
+
+def test_bleu_statistics_give_sacrebleus_corpus_bleu():
+    from attendo.metrics import bleu, bleu_from_stats, bleu_stats
+
+    refs, hyps = _sentences(60, 1), _sentences(60, 2)
+    hyps[:20] = refs[:20]
+    stats = bleu_stats(hyps, refs)
+    assert stats.shape == (60, 10)
+    assert bleu_from_stats(stats.sum(0)) == pytest.approx(bleu(hyps, refs).score, abs=1e-9)
+    assert bleu_from_stats(stats[:20].sum(0)) == pytest.approx(100.0)
+
+
+def test_paired_bootstrap_of_a_system_against_itself_and_a_clearly_better_one():
+    from attendo.metrics import bleu_stats, paired_bootstrap
+
+    refs, worse = _sentences(80, 3), _sentences(80, 4)
+    better = refs[:40] + worse[40:]
+    a, b = bleu_stats(worse, refs), bleu_stats(better, refs)
+    same = paired_bootstrap(a, a, n_samples=200)
+    assert same == {"delta": 0.0, "low": 0.0, "high": 0.0, "p": 1.0}
+    up = paired_bootstrap(a, b, n_samples=200)
+    assert up["delta"] > 10 and 0 < up["low"] <= up["delta"] <= up["high"] and up["p"] < 0.05
+    down = paired_bootstrap(b, a, n_samples=200)  # the same comparison the other way round
+    assert down["delta"] == pytest.approx(-up["delta"]) and down["high"] < 0 and down["p"] < 0.05
+    # a tiny difference on a few sentences is not called sure: its interval straddles 0
+    nearly = list(worse)
+    nearly[0] = refs[0]
+    small = paired_bootstrap(bleu_stats(worse[:10], refs[:10]),
+                             bleu_stats(nearly[:10], refs[:10]), n_samples=200)
+    assert small["low"] <= 0 <= small["high"] or small["p"] >= 0.05
+    with pytest.raises(ValueError, match="same non-zero number"):
+        paired_bootstrap(a, b[:10])
+
+
 # -- repetition -------------------------------------------------------------------------------
 def test_duplicate_ngrams_on_hand_made_strings():
     toks = "the cat the cat the".split()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -69,6 +70,14 @@ def test_study_end_to_end_then_no_retraining_then_resume(tmp_path, caplog, capsy
                     "## Interpretation", "| none |", "| dot |", "| reference |", "41+ (n=0)"):
         assert heading in text, heading
     assert "BLEU, all sentences: none " in text and "difference to 'none': dot " in text
+    # how sure: a paired bootstrap of 'dot' against 'none', overall and per length bucket
+    assert "## How sure: paired bootstrap against 'none'" in text
+    boot = {r["name"]: r.get("bootstrap_vs_first") for r in
+            json.loads((rep / "results.json").read_text(encoding="utf-8"))}
+    assert boot["none"] is None and set(boot["dot"]) == {"all", "buckets"}
+    assert boot["dot"]["all"]["low"] <= boot["dot"]["all"]["delta"] <= boot["dot"]["all"]["high"]
+    assert [b["sentences"] for b in boot["dot"]["buckets"]] == [12, 0, 0, 0, 0]
+    assert "delta" not in boot["dot"]["buckets"][-1]  # an empty bucket has no interval
     assert "variant 1/2 'none': training" in caplog.text
     assert "variant 2/2 'dot': training" in caplog.text
     models = [out / "models" / n / f for n in ("none", "dot")
