@@ -252,9 +252,12 @@ def _weight_name(key: str) -> str | None:
     return key[len("model."):] if key.startswith("model.") else key
 
 
-def check_weights(header: WeightsHeader, model: nn.Module, source: str = "config.yaml") -> None:
+def check_weights(header: WeightsHeader, model: nn.Module, source: str = "config.yaml",
+                  allow_missing: bool = False) -> list[str]:
     """Check that the weights ``header`` describes fit ``model`` (which may be on the ``meta``
     device): the same tensor names and shapes, floating-point data where the model has it.
+    With ``allow_missing`` the model may have tensors the file lacks (fine-tuning a model with
+    a mechanism added); returns their names.
 
     Raises :class:`ModelFileError` naming the file and the first tensor that does not fit;
     ``source`` says where the model came from, for the message."""
@@ -267,14 +270,16 @@ def check_weights(header: WeightsHeader, model: nn.Module, source: str = "config
     expected = model.state_dict()
     missing = [k for k in expected if k not in stored]
     unexpected = [k for k in stored if k not in expected]
-    if missing or unexpected:
+    if (missing and not allow_missing) or unexpected:
         raise ModelFileError(
             f"{path}: weights do not match the model built from {source} "
             f"(missing {len(missing)}: {missing[:5]}, unexpected {len(unexpected)}: "
             f"{unexpected[:5]})"
         )
     for name, want in expected.items():
-        info = stored[name]
+        info = stored.get(name)
+        if info is None:
+            continue
         if info.shape != tuple(want.shape):
             raise ModelFileError(
                 f"{path}: tensor {name!r} has shape {list(info.shape)}, but the model built "
@@ -291,6 +296,7 @@ def check_weights(header: WeightsHeader, model: nn.Module, source: str = "config
                 f"{path}: tensor {name!r} is {info.dtype}, but the model needs "
                 f"{_ST_DTYPE.get(want.dtype, want.dtype)}"
             )
+    return missing
 
 
 def _non_finite(t: torch.Tensor) -> int:
@@ -298,11 +304,13 @@ def _non_finite(t: torch.Tensor) -> int:
 
 
 def _load_checked(
-    header: WeightsHeader, tensors: dict[str, torch.Tensor], model: nn.Module, source: str
-) -> None:
-    """Load the checked weights into ``model``: finite values only, cast to its dtypes."""
+    header: WeightsHeader, tensors: dict[str, torch.Tensor], model: nn.Module, source: str,
+    allow_missing: bool = False,
+) -> list[str]:
+    """Load the checked weights into ``model``: finite values only, cast to its dtypes; returns
+    the model's tensors the file lacks (only with ``allow_missing``)."""
     path = header.path
-    check_weights(header, model, source)
+    missing = check_weights(header, model, source, allow_missing)
     expected = model.state_dict()
     state: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
@@ -317,9 +325,10 @@ def _load_checked(
             )
         state[name] = value.to(expected[name].dtype)
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=not missing)
     except (RuntimeError, ValueError) as e:
         raise ModelFileError(f"{path}: {_one_line(e)}") from None
+    return missing
 
 
 def build_model_for_weights(
@@ -385,6 +394,15 @@ def load_weights(path: str | Path, model: nn.Module, source: str = "config.yaml"
     header, tensors = _read(Path(path))
     _load_checked(header, tensors, model, source)
     return header.meta
+
+
+def init_weights(path: str | Path, model: nn.Module, source: str = "config.yaml") -> list[str]:
+    """Fine-tuning: load the weights in ``path`` into ``model`` like :func:`load_weights`, except
+    that the model may have tensors the file lacks (a mechanism added, such as coverage); those
+    keep their initialisation and their names are returned. Every stored tensor must still fit
+    by name and shape."""
+    header, tensors = _read(Path(path))
+    return _load_checked(header, tensors, model, source, allow_missing=True)
 
 
 def save_training_state(

@@ -329,6 +329,11 @@ class TrainConfig:
     coverage_from_step: int = 0
     # attention supervised by word links: {file, weight, layer, head} (GuidedAlignmentConfig)
     guided_alignment: GuidedAlignmentConfig = field(default_factory=GuidedAlignmentConfig)
+    # fine-tuning: a trained model directory to start from. Its tokenizers and vocabularies are
+    # used (not rebuilt) and its model.safetensors loaded; tensors this model has and the file
+    # lacks (e.g. coverage weights, which start at 0) keep their initialisation; optimizer,
+    # schedule and step start afresh. "" = train from scratch
+    init_from: str = ""
 
     def validate(self) -> None:
         _check_finite("train", self)
@@ -356,6 +361,9 @@ class TrainConfig:
             raise ConfigError("train.warmup_steps: inverse_sqrt needs warmup_steps > 0")
         if self.coverage_loss < 0:
             raise ConfigError(f"train.coverage_loss: must be >= 0, got {self.coverage_loss}")
+        if self.init_from and Path(self.init_from).resolve() == Path(self.out_dir).resolve():
+            raise ConfigError("train.init_from: is train.out_dir; fine-tune into another "
+                              "directory (the run would overwrite the model it starts from)")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm import tqdm
 
 from . import distributed, metrics
@@ -27,6 +28,7 @@ from .checkpoint import (
     MODEL_FILE,
     ModelFileError,
     build_model_for_weights,
+    init_weights,
     load_training_state,
     prune_checkpoints,
     save_training_state,
@@ -70,6 +72,31 @@ MAX_BAD_UPDATES = 5  # non-finite losses in a row before training stops
 
 class TrainingDiverged(ValueError):
     """Training produced non-finite losses or weights; nothing non-finite was saved."""
+
+
+INIT_DATA_KEYS = ("tokenizer", "joint_vocab", "lowercase")
+
+
+def init_source(cfg: Config) -> Path:
+    """train.init_from as a checked model directory: it has weights and vocabularies, and was
+    trained with the same tokenizer kind, joint vocabulary and lowercasing as ``cfg``."""
+    start = Path(cfg.train.init_from)
+    for name in (MODEL_FILE, "config.yaml", "src.vocab.json", "tgt.vocab.json"):
+        if not (start / name).is_file():
+            raise ConfigError(f"train.init_from: {start}: no {name} there (expected a trained "
+                              "model directory)")
+    try:
+        data = (yaml.safe_load((start / "config.yaml").read_text(encoding="utf-8")) or {}).get(
+            "data") or {}
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise ConfigError(f"train.init_from: {start / 'config.yaml'}: unreadable ({e})") from None
+    for key in INIT_DATA_KEYS:
+        theirs, ours = data.get(key), getattr(cfg.data, key)
+        if theirs is not None and theirs != ours:
+            raise ConfigError(
+                f"train.init_from: {start} was trained with data.{key}: {theirs}, this config "
+                f"has {ours}; its tokenizers are reused, so set data.{key}: {theirs}")
+    return start
 
 
 @dataclass
@@ -187,6 +214,15 @@ class Trainer:
                     f"{self.dir}; resume with the preparation the run started with")
         else:
             self.src, self.tgt = prepared_codecs
+            if cfg.train.init_from:
+                start = init_source(cfg)
+                theirs = self._codecs_of(start, cfg)
+                if (theirs[0].vocab, theirs[1].vocab) != (prepared_codecs[0].vocab,
+                                                          prepared_codecs[1].vocab):
+                    raise ConfigError(
+                        f"train.init_from: {start}: its vocabularies differ from those of the "
+                        f"prepared data in {self.prepared_dir}; prepare the data with the "
+                        "model's tokenizers, or train from scratch")
             if self.dist.is_main:
                 save_codecs(self.dir, self.src, self.tgt)
                 atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
@@ -213,7 +249,8 @@ class Trainer:
                 self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
             else:
                 if self.dist.is_main:  # one rank trains the tokenizers, the others read them
-                    self.src, self.tgt = build_codecs(cfg.data, train, seed=tc.seed)
+                    self.src, self.tgt = (self._codecs_of(init_source(cfg), cfg) if tc.init_from
+                                          else build_codecs(cfg.data, train, seed=tc.seed))
                     save_codecs(self.dir, self.src, self.tgt)
                     atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
                 distributed.barrier(self.dist)
@@ -245,6 +282,16 @@ class Trainer:
             )
         else:
             self.model = build_model(cfg.model, len(self.src.vocab), len(self.tgt.vocab))
+            if tc.init_from:
+                weights = init_source(cfg) / MODEL_FILE
+                new = init_weights(weights, self.model, "this run's config")
+                with torch.no_grad():  # added coverage starts at 0: the model starts as it was
+                    for name, p in self.model.named_parameters():
+                        if name in new and name.endswith(".w_c"):
+                            p.zero_()
+                log.info("initialised from %s%s", weights,
+                         f"; new to this model (kept as initialised): {', '.join(new)}"
+                         if new else "")
         self.model.to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %s parameters on %s (%s)", f"{n_params:,}", self.device, tc.precision)
@@ -311,6 +358,15 @@ class Trainer:
         # (None: no guided alignment)
         self.step_align: tuple[float, float] | None = None
         self.bad_updates = 0  # non-finite updates in a row (skipped)
+
+    @staticmethod
+    def _codecs_of(model_dir: Path, cfg: Config):
+        """The tokenizers and vocabularies of the model that train.init_from names."""
+        try:
+            return load_codecs(model_dir, cfg.data.lowercase)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"train.init_from: {model_dir}: cannot read its tokenizers and "
+                              f"vocabularies ({e})") from None
 
     def _guided_targets(self, cfg: Config, train: Corpus | None, kept: list[int] | None):
         """Per kept training pair, its (target piece, source piece) links from

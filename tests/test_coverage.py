@@ -13,7 +13,9 @@ from conftest import ATTENTIONS, make_model, random_batch
 from torch import Tensor
 
 from attendo import cli
+from attendo.checkpoint import ModelFileError
 from attendo.config import ConfigError
+from attendo.data.batching import collate
 from attendo.data.vocab import Vocab
 from attendo.model import DecoderState
 from attendo.model.decoders import coverage_loss
@@ -369,3 +371,56 @@ def test_coverage_from_step_is_a_model_without_coverage_until_then(toy_config, t
     assert any(r["type"] == "train" and r["step"] == 10 for r in recs)
     with pytest.raises(ConfigError, match="train.coverage_from_step: needs model.coverage"):
         toy_config("train.coverage_from_step=5")
+
+
+def test_init_from_adds_coverage_to_a_trained_model(toy_config, tmp_path):
+    """The fine-tuning route to See et al.'s phase two for a model trained without coverage:
+    train.init_from reuses its tokenizers and weights; the new coverage weights start at 0, so
+    before the first update the model scores every target exactly as the original does; then
+    coverage trains."""
+    common = ["model.attention=additive", "model.dropout=0.0"]
+    base = tmp_path / "base"
+    Trainer(toy_config(*common, "train.max_steps=10", out_dir=base)).run()
+    ft = tmp_path / "ft"
+    trainer = Trainer(toy_config(*common, "model.coverage=true", "train.coverage_loss=1.0",
+                                 "train.max_steps=6", "train.valid_every=3",
+                                 f"train.init_from={base}", out_dir=ft))
+    for name in ("src.vocab.json", "tgt.vocab.json"):
+        assert (ft / name).read_bytes() == (base / name).read_bytes(), name
+    cov = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
+           if n.endswith(".w_c")}
+    assert cov and all(torch.count_nonzero(p) == 0 for p in cov.values())
+    # teacher-forced log-probabilities of every target position, original against fine-tune
+    original = Translator.from_dir(base).model.eval()
+    src = [trainer.src.encode(t) for t in ("a b c d e f", "e f g")]
+    tgt = [trainer.tgt.encode(t) for t in ("f e d c b a", "g f e")]
+    b = collate(src, tgt, [0, 1])
+    want, _ = original.log_probs(b.src, b.src_lens, b.tgt_in)
+    got, _ = trainer.model.eval().log_probs(b.src, b.src_lens, b.tgt_in)
+    trainer.model.train()
+    assert torch.allclose(got, want, atol=1e-6)
+    trainer.run()
+    after = _weights(ft / "model.safetensors")
+    assert any(torch.count_nonzero(after[k]) > 0 for k in cov)  # coverage learned
+    assert trainer.state.step == 6  # a fresh count of updates, not the base model's
+
+
+def test_init_from_refuses_what_does_not_fit(toy_config, tmp_path):
+    base = tmp_path / "base"
+    Trainer(toy_config("model.attention=additive", "model.coverage=true", "train.max_steps=2",
+                       "train.valid_every=2", out_dir=base)).run()
+    with pytest.raises(ConfigError, match="no model.safetensors there"):
+        Trainer(toy_config(f"train.init_from={tmp_path / 'nothing'}", out_dir=tmp_path / "a"))
+    # a stored tensor this model lacks (coverage dropped) or a different size is an error
+    with pytest.raises(ModelFileError, match="unexpected 1"):
+        Trainer(toy_config("model.attention=additive", f"train.init_from={base}",
+                           out_dir=tmp_path / "b"))
+    with pytest.raises(ModelFileError, match="has shape"):
+        Trainer(toy_config("model.attention=additive", "model.coverage=true",
+                           "model.emb_dim=16", f"train.init_from={base}", out_dir=tmp_path / "c"))
+    with pytest.raises(ConfigError, match="data.lowercase: False, this config has True"):
+        Trainer(toy_config("model.attention=additive", "model.coverage=true",
+                           "data.lowercase=true", f"train.init_from={base}",
+                           out_dir=tmp_path / "d"))
+    with pytest.raises(ConfigError, match="train.init_from: is train.out_dir"):
+        toy_config(f"train.init_from={base}", out_dir=base)
