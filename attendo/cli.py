@@ -173,10 +173,8 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-ALIGN_PAIR_HINT = (
-    "attendo align aligns every pair: --src and --tgt need a non-empty sentence on every "
-    "line; fix or remove this line in both files"
-)
+PAIR_HINT = ("attendo {cmd} aligns every pair: --src and --tgt need a non-empty sentence on "
+             "every line; fix or remove this line in both files")
 
 
 def cmd_align(args) -> int:
@@ -209,7 +207,7 @@ def cmd_align(args) -> int:
     if args.translate:
         src = read_lines(args.src, max_chars=None)
     else:
-        src, tgt, _ = read_parallel(args.src, args.tgt, max_chars=10**6, hint=ALIGN_PAIR_HINT)
+        src, tgt, _ = read_parallel(args.src, args.tgt, max_chars=10**6, hint=PAIR_HINT.format(cmd="align"))
     gold = None
     if args.gold:
         gold = dg.read_gold_alignments(args.gold, args.gold_format)
@@ -260,9 +258,7 @@ def cmd_align_prior(args) -> int:
 
     _check_output_path(args.output, "--output")
     src, tgt, _ = read_parallel(
-        args.src, args.tgt, max_chars=10**6,
-        hint="attendo align-prior aligns every pair: --src and --tgt need a non-empty "
-             "sentence on every line; fix or remove this line in both files")
+        args.src, args.tgt, max_chars=10**6, hint=PAIR_HINT.format(cmd="align-prior"))
     fwd, rev = eflomal_links(src, tgt, args.lowercase)
     links = [symmetrize(f, r, "grow-diag") for f, r in zip(fwd, rev)]
     atomic_write_text(args.output, "".join(dg.format_alignment_line(x) + "\n" for x in links))

@@ -52,6 +52,14 @@ def length_bucket(n_words: int) -> int:
     raise AssertionError("the last bucket is open-ended")  # pragma: no cover
 
 
+def length_groups(srcs: Sequence[str]) -> list[list[int]]:
+    """Indices of the sources in each bucket of :data:`BUCKETS` (source length in words)."""
+    groups: list[list[int]] = [[] for _ in BUCKETS]
+    for i, s in enumerate(srcs):
+        groups[length_bucket(len(s.split()))].append(i)
+    return groups
+
+
 def bleu_by_length(srcs: Sequence[str], hyps: Sequence[str], refs: Sequence[str]) -> list[dict]:
     """Corpus BLEU (sacreBLEU, 13a) of the sentences in each source-length bucket.
 
@@ -60,11 +68,8 @@ def bleu_by_length(srcs: Sequence[str], hyps: Sequence[str], refs: Sequence[str]
     """
     from .metrics import bleu
 
-    groups: list[list[int]] = [[] for _ in BUCKETS]
-    for i, s in enumerate(srcs):
-        groups[length_bucket(len(s.split()))].append(i)
     out = []
-    for b, idx in zip(BUCKETS, groups):
+    for b, idx in zip(BUCKETS, length_groups(srcs)):
         score = bleu([hyps[i] for i in idx], [refs[i] for i in idx]).score if idx else None
         out.append({"bucket": bucket_label(b), "sentences": len(idx),
                     "bleu": None if score is None else round(score, 2)})

@@ -510,9 +510,7 @@ def bootstrap_against_first(study: Study, results: list[dict], src: list[str],
     first = results[0]["name"]
     if first not in stats:
         return {}
-    groups: list[list[int]] = [[] for _ in dg.BUCKETS]
-    for i, s in enumerate(src):
-        groups[dg.length_bucket(len(s.split()))].append(i)
+    groups = dg.length_groups(src)
     out = {}
     for r in results[1:]:
         st = stats.get(r["name"])

@@ -195,7 +195,7 @@ class Trainer:
             self._close()
             raise
 
-    def _setup_prepared(self, cfg: Config, resume: bool):
+    def _setup_prepared(self, cfg: Config, resume: bool, start: Path | None):
         """Training data from a prepared folder (:mod:`attendo.data.binarized`): rank 0
         prepares it when needed, every rank memory-maps it; returns the id views."""
         assert self.prepared_dir is not None
@@ -214,8 +214,7 @@ class Trainer:
                     f"{self.dir}; resume with the preparation the run started with")
         else:
             self.src, self.tgt = prepared_codecs
-            if cfg.train.init_from:
-                start = init_source(cfg)
+            if start is not None:
                 theirs = self._codecs_of(start, cfg)
                 if (theirs[0].vocab, theirs[1].vocab) != (prepared_codecs[0].vocab,
                                                           prepared_codecs[1].vocab):
@@ -238,9 +237,11 @@ class Trainer:
     def _setup(self, cfg: Config, train: Corpus | None, resume: bool) -> None:
         tc = cfg.train
         distributed.check_agreement(self.dist, "config", cfg.to_dict())
+        # fine-tuning: the checked model directory whose tokenizers and weights this run takes
+        start = init_source(cfg) if tc.init_from and not resume else None
         kept = None
         if train is None:
-            src_ids, tgt_ids, dropped = self._setup_prepared(cfg, resume)
+            src_ids, tgt_ids, dropped = self._setup_prepared(cfg, resume, start)
         else:
             distributed.check_agreement(
                 self.dist, "training data", [len(train), train.src[:50], train.tgt[-50:]]
@@ -249,7 +250,7 @@ class Trainer:
                 self.src, self.tgt = load_codecs(self.dir, cfg.data.lowercase)
             else:
                 if self.dist.is_main:  # one rank trains the tokenizers, the others read them
-                    self.src, self.tgt = (self._codecs_of(init_source(cfg), cfg) if tc.init_from
+                    self.src, self.tgt = (self._codecs_of(start, cfg) if start is not None
                                           else build_codecs(cfg.data, train, seed=tc.seed))
                     save_codecs(self.dir, self.src, self.tgt)
                     atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
@@ -282,8 +283,8 @@ class Trainer:
             )
         else:
             self.model = build_model(cfg.model, len(self.src.vocab), len(self.tgt.vocab))
-            if tc.init_from:
-                weights = init_source(cfg) / MODEL_FILE
+            if start is not None:
+                weights = start / MODEL_FILE
                 new = init_weights(weights, self.model, "this run's config")
                 with torch.no_grad():  # added coverage starts at 0: the model starts as it was
                     for name, p in self.model.named_parameters():
