@@ -503,9 +503,8 @@ def bootstrap_against_first(study: Study, results: list[dict], src: list[str],
 
     stats = {}
     for r in results:
-        path = study.model_dir(r["name"]) / HYP_FILE
-        hyps = path.read_text(encoding="utf-8").split("\n")[:-1] if path.exists() else []
-        if len(hyps) == len(ref) and ref:
+        hyps = _test_hyps(study, r["name"], len(ref))
+        if hyps is not None:
             stats[r["name"]] = bleu_stats(hyps, ref)
     first = results[0]["name"]
     if first not in stats:
@@ -523,6 +522,64 @@ def bootstrap_against_first(study: Study, results: list[dict], src: list[str],
                             if idx else {})} for b, idx in zip(dg.BUCKETS, groups)],
         }
     return out
+
+
+def _test_hyps(study: Study, name: str, n: int) -> list[str] | None:
+    """Variant ``name``'s saved test outputs, or None when they are not on disk in full."""
+    path = study.model_dir(name) / HYP_FILE
+    hyps = path.read_text(encoding="utf-8").split("\n")[:-1] if path.exists() else []
+    return hyps if len(hyps) == n and n else None
+
+
+def words_by_first_classes(study: Study, results: list[dict], src: list[str],
+                           ref: list[str]) -> dict[str, dict] | None:
+    """When variants read the source differently (their ``data`` sections differ: word
+    vocabulary against BPE, another size), the per-variant word classes are not the same
+    words. This classifies the test's source words once, by the *first* variant's tokenizer
+    and vocabulary (:func:`attendo.diagnostics.vocab_word_classifier`), and counts for every
+    variant how many of each class its output reproduces: {variant: {cls: {...}}}. None when
+    all variants share the first one's data settings or its model directory is incomplete."""
+    from .data.prepare import load_codecs
+
+    first = results[0]["name"]
+    cfg0 = study.configs[first]
+    if all(study.configs[r["name"]].data == cfg0.data for r in results):
+        return None
+    try:
+        codec, _ = load_codecs(study.model_dir(first), cfg0.data.lowercase)
+    except (OSError, ValueError) as e:
+        log.warning("word classes of %r not available: %s", first, e)
+        return None
+    subword = codec.tokenizer.kind in ("bpe", "unigram")
+    max_count = study.settings.test.rare_max_count
+    classify = dg.vocab_word_classifier(codec.pieces, codec.vocab, max_count, subword)
+    cache = {w: classify(w) for w in {w for s in src for w in s.split()}}  # each word once
+    out = {}
+    for r in results:
+        hyps = _test_hyps(study, r["name"], len(ref))
+        if hyps is not None:
+            out[r["name"]] = dg.rare_word_reproduction(src, ref, hyps, cache.__getitem__,
+                                                       lowercase=codec.lowercase)
+    return out or None
+
+
+def _same_words_section(results: list[dict], same: dict[str, dict] | None) -> list[str]:
+    if not same:
+        return []
+    first = results[0]["name"]
+    d0 = next(iter(same.values()))
+    cols = [c for c in dg.WORD_CLASSES if d0[c]["in_ref"]]
+    if not cols:
+        return []
+    return ["### The same words under every variant", "",
+            f"The variants read the source differently, so the table above counts different "
+            f"words for each. Here every source word is classed once, as '{first}' reads it "
+            "(its tokenizer and vocabulary), and each variant's output is checked for the "
+            "same words; n = those words found in the reference.", "",
+            *_table(["variant", *(f"{c} as '{first}' reads it (n={d0[c]['in_ref']:,}): "
+                                  "reproduced %" for c in cols)],
+                    [[name, *(_f(d[c]["share"]) for c in cols)] for name, d in same.items()]),
+            ""]
 
 
 def _boot_cell(b: dict) -> str:
@@ -558,6 +615,7 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
     rd = study.report_dir
     s = study.settings
     boot = bootstrap_against_first(study, results, src, ref) if src and ref else {}
+    same = words_by_first_classes(study, results, src, ref) if src and ref else None
     for r in results:
         atomic_write_text(rd / "configs" / f"{r['name']}.yaml", study.configs[r["name"]].to_yaml())
     atomic_write_text(rd / "configs" / "study.yaml", yaml.safe_dump(study.raw, sort_keys=False))
@@ -565,6 +623,8 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
     for r in slim:
         if r["name"] in boot:
             r["bootstrap_vs_first"] = boot[r["name"]]
+        if same and r["name"] in same:
+            r["rare_words_as_first_reads"] = same[r["name"]]
     atomic_write_text(rd / "results.json", json.dumps(slim, indent=1) + "\n")
     plots = _plots(study, results)
     rep0 = results[0]["report"]
@@ -598,7 +658,8 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
         "teacher-forced on the references.",
         "",
     ]
-    lines += _diagnostic_sections(results, plots, _bootstrap_section(results, boot))
+    lines += _diagnostic_sections(results, plots, _bootstrap_section(results, boot),
+                                  _same_words_section(results, same))
     lines += ["## Measured differences", "",
               "Generated from the numbers above; no conclusion is drawn here.", ""]
     lines += [f"- {x}" for x in measured_facts(results)]
@@ -610,10 +671,10 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
 
 
 def _diagnostic_sections(results: list[dict], plots: dict[str, str],
-                         bootstrap: list[str]) -> list[str]:
+                         bootstrap: list[str], same_words: list[str]) -> list[str]:
     d0 = _diag(results[0])
     if not d0:
-        return bootstrap
+        return bootstrap + same_words
     buckets = d0["bleu_by_length"]
     out = ["## BLEU by source length", "",
            "Corpus BLEU of the test sentences in each bucket of source length in words "
@@ -648,7 +709,7 @@ def _diagnostic_sections(results: list[dict], plots: dict[str, str],
                         str(_diag(r)["rare_words"][c]["in_ref"]),
                         _f(_diag(r)["rare_words"][c]["share"]))),
                       _f(_diag(r)["unk_rate"], "{:.3f}")] for r in results]),
-            "", f"![Rare and unknown words]({plots['rare']})", ""]
+            "", f"![Rare and unknown words]({plots['rare']})", "", *same_words]
     out += ["## Attention", "",
             "Mean entropy of the attention rows over the test outputs (nats, and as a share "
             "of the entropy of a uniform row). AER (Och & Ney 2003) against the gold "

@@ -78,6 +78,8 @@ def test_study_end_to_end_then_no_retraining_then_resume(tmp_path, caplog, capsy
     assert boot["dot"]["all"]["low"] <= boot["dot"]["all"]["delta"] <= boot["dot"]["all"]["high"]
     assert [b["sentences"] for b in boot["dot"]["buckets"]] == [12, 0, 0, 0, 0]
     assert "delta" not in boot["dot"]["buckets"][-1]  # an empty bucket has no interval
+    # both variants read the source alike, so there is no "same words" table
+    assert "The same words under every variant" not in text
     assert "variant 1/2 'none': training" in caplog.text
     assert "variant 2/2 'dot': training" in caplog.text
     models = [out / "models" / n / f for n in ("none", "dot")
@@ -106,6 +108,30 @@ def test_study_end_to_end_then_no_retraining_then_resume(tmp_path, caplog, capsy
     raw["variants"][1]["overrides"] = ["model.attention=general"]
     assert main(["study", str(write(tmp_path / "changed.yaml", raw))]) == 2
     assert "'dot'" in capsys.readouterr().err
+
+
+def test_study_counts_the_same_words_when_variants_read_the_source_differently(tmp_path):
+    raw = study_raw(tmp_path)
+    raw["budget"] = {"steps": 2}
+    raw["variants"] = [
+        {"name": "small", "overrides": ["data.vocab_size=6"]},  # most toy words are <unk>
+        {"name": "full", "overrides": []},
+    ]
+    assert main(["study", str(write(tmp_path / "study.yaml", raw))]) == 0
+    rep = tmp_path / "study" / "report"
+    text = (rep / "report.md").read_text(encoding="utf-8")
+    assert "### The same words under every variant" in text
+    assert "as 'small' reads it" in text
+    rows = {r["name"]: r for r in json.loads((rep / "results.json").read_text(encoding="utf-8"))}
+    same = {n: r["rare_words_as_first_reads"] for n, r in rows.items()}
+    # the first variant's own count is this one: the same words, classed the same way
+    own = rows["small"]["report"]["diagnostics"]["rare_words"]
+    for cls in ("oov", "rare", "split", "any"):
+        assert same["small"][cls] == own[cls], cls
+    # the full vocabulary reads every toy word, so its own table has no OOV word, while the
+    # same-words table counts the words 'small' cannot read, in 'full''s output too
+    assert rows["full"]["report"]["diagnostics"]["rare_words"]["oov"]["in_ref"] == 0
+    assert same["full"]["oov"]["in_ref"] == same["small"]["oov"]["in_ref"] > 0
 
 
 @pytest.mark.parametrize(
