@@ -13,11 +13,13 @@ A study file::
     variants:
       - {name: none, overrides: [model.attention=none]}
       - {name: additive, overrides: []}
+      # a finished variant of another study with exactly this config: evaluated, not retrained
+      - {name: bpe, overrides: [data.tokenizer=bpe], trained: runs/other_study/models/bpe}
 
 Paths are relative to the current directory, as in ``attendo train``. The study writes::
 
     OUT/models/NAME/      each variant's model directory (+ study_done.json, study_eval.json,
-                          study_test.hyp)
+                          study_test.hyp); for a ``trained`` variant only the last two
     OUT/report/           report.md, results.json, PNG plots, configs/NAME.yaml, configs/study.yaml
 
 Running it again skips finished variants (``study_done.json``) and their evaluation
@@ -115,6 +117,9 @@ class StudyTestConfig:
 class Variant:
     name: str = ""
     overrides: list[str] = field(default_factory=list)
+    # a finished variant of another study (its model folder) trained with this very config:
+    # reused instead of trained again; its config is checked against this one at run time
+    trained: str = ""
 
 
 @dataclass
@@ -145,6 +150,13 @@ class Study:
         return Path(self.settings.out_dir)
 
     def model_dir(self, name: str) -> Path:
+        """Variant ``name``'s model: its own folder, or the ``trained`` one it reuses."""
+        v = next((v for v in self.variants if v.name == name), None)
+        return Path(v.trained) if v is not None and v.trained else self.work_dir(name)
+
+    def work_dir(self, name: str) -> Path:
+        """Where the study keeps variant ``name``'s test outputs (its model folder when the
+        study trains it)."""
         return self.out / "models" / name
 
     @property
@@ -195,6 +207,10 @@ def _study_from_raw(path: Path, raw: dict[str, Any]) -> Study:
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
     study = Study(path, settings, copy.deepcopy(raw), variants, configs)
+    for i, v in enumerate(variants):
+        if v.trained and Path(v.trained).resolve() == study.work_dir(v.name).resolve():
+            raise ConfigError(f"variants[{i}] ({v.name}).trained: {v.trained} is this study's "
+                              "own folder for the variant; name another study's variant")
     _check_test_source(study)
     return study
 
@@ -300,13 +316,28 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _check_same_config(model_dir: Path, cfg: Config, name: str) -> None:
+def _check_same_config(model_dir: Path, cfg: Config, name: str, reused: bool = False) -> None:
     saved = load_config(model_dir / "config.yaml").to_dict()
     diff = _config_diff(saved, cfg.to_dict())
+    if reused:  # another study's variant lives in its own folder; everything else must match
+        diff = [d for d in diff if not d.startswith("train.out_dir:")]
     if diff:
-        raise StudyError(
-            f"variant {name!r}: {model_dir} was trained with a different config "
-            f"({'; '.join(diff[:5])}); delete that folder to train the variant again")
+        todo = ("give the variant the overrides it was trained with, or drop 'trained'"
+                if reused else "delete that folder to train the variant again")
+        raise StudyError(f"variant {name!r}: {model_dir} was trained with a different config "
+                         f"({'; '.join(diff[:5])}); {todo}")
+
+
+def _reuse_variant(study: Study, i: int, head: str) -> dict[str, Any]:
+    v = study.variants[i]
+    d = study.model_dir(v.name)
+    if not (d / DONE_FILE).exists():
+        raise StudyError(f"variant {v.name!r}: trained: {d} holds no finished study variant "
+                         f"(no {DONE_FILE}); finish that study first, or drop 'trained'")
+    _check_same_config(d, study.configs[v.name], v.name, reused=True)
+    done = json.loads((d / DONE_FILE).read_text(encoding="utf-8"))
+    log.info("%s: trained in %s (step %d), reused", head, d, done["step"])
+    return {**done, "trained": str(d)}
 
 
 def train_variant(study: Study, i: int) -> dict[str, Any]:
@@ -319,6 +350,8 @@ def train_variant(study: Study, i: int) -> dict[str, Any]:
     d = study.model_dir(v.name)
     n = len(study.variants)
     head = f"variant {i + 1}/{n} {v.name!r}"
+    if v.trained:
+        return _reuse_variant(study, i, head)
     if (d / DONE_FILE).exists():
         _check_same_config(d, cfg, v.name)
         done = json.loads((d / DONE_FILE).read_text(encoding="utf-8"))
@@ -355,9 +388,10 @@ def evaluate_variant(study: Study, i: int, src: list[str], ref: list[str],
 
     v = study.variants[i]
     d = study.model_dir(v.name)
+    w = study.work_dir(v.name)
     t = study.settings.test
     key = {"test": dataclasses.asdict(t), "n": len(src), "src_head": src[:3], "ref_head": ref[:3]}
-    path = d / EVAL_FILE
+    path = w / EVAL_FILE
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         if saved.get("key") == key:
@@ -372,7 +406,8 @@ def evaluate_variant(study: Study, i: int, src: list[str], ref: list[str],
         align_method=t.align_method, align_threshold=t.align_threshold,
         rare_max_count=t.rare_max_count,
     )
-    atomic_write_text(d / HYP_FILE, "".join(o.text + "\n" for o in outs))
+    w.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(w / HYP_FILE, "".join(o.text + "\n" for o in outs))
     o = outs[t.heatmap_sentence]
     heat = {"src": src[t.heatmap_sentence], "hyp": o.text, "src_tokens": o.src_tokens,
             "tgt_tokens": o.tgt_tokens,
@@ -526,7 +561,7 @@ def bootstrap_against_first(study: Study, results: list[dict], src: list[str],
 
 def _test_hyps(study: Study, name: str, n: int) -> list[str] | None:
     """Variant ``name``'s saved test outputs, or None when they are not on disk in full."""
-    path = study.model_dir(name) / HYP_FILE
+    path = study.work_dir(name) / HYP_FILE
     hyps = path.read_text(encoding="utf-8").split("\n")[:-1] if path.exists() else []
     return hyps if len(hyps) == n and n else None
 
@@ -644,7 +679,9 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
         "## Variants",
         "",
         *_table(["variant", "overrides", "parameters", "steps", "train minutes", "stopped"],
-                [[r["name"], " ".join(f"`{o}`" for o in r["overrides"]) or "(base)",
+                [[r["name"], (" ".join(f"`{o}`" for o in r["overrides"]) or "(base)")
+                  + (f" (trained in `{r['train']['trained']}`, reused)"
+                     if r["train"].get("trained") else ""),
                   f"{r['train']['parameters']:,}", str(r["train"]["step"]),
                   _f(r["train"]["train_minutes"]), r["train"]["reason"] or ""] for r in results]),
         "",
@@ -858,6 +895,8 @@ def describe(study: Study) -> str:
         d = study.model_dir(v.name)
         state = ("finished" if (d / DONE_FILE).exists() else
                  "interrupted (will resume)" if (d / "last.safetensors").exists() else "to train")
+        if v.trained:
+            state = "reused" if (d / DONE_FILE).exists() else "missing: nothing to reuse"
         lines.append(f"  {i}/{len(study.variants)} {v.name:<24} {state:<26} "
                      f"{' '.join(v.overrides) or '(base)'}")
     return "\n".join(lines)

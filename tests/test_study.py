@@ -13,7 +13,7 @@ from conftest import toy_raw
 
 from attendo.cli import main
 from attendo.config import ConfigError
-from attendo.study import load_study, measured_facts
+from attendo.study import StudyError, load_study, measured_facts, run_study
 
 
 def study_raw(out: Path) -> dict:
@@ -132,6 +132,42 @@ def test_study_counts_the_same_words_when_variants_read_the_source_differently(t
     # same-words table counts the words 'small' cannot read, in 'full''s output too
     assert rows["full"]["report"]["diagnostics"]["rare_words"]["oov"]["in_ref"] == 0
     assert same["full"]["oov"]["in_ref"] == same["small"]["oov"]["in_ref"] > 0
+
+
+def test_a_variant_trained_in_another_study_is_reused_not_retrained(tmp_path, caplog):
+    first = study_raw(tmp_path / "a")
+    first["budget"] = {"steps": 2}
+    first["variants"] = [{"name": "dot", "overrides": ["model.attention=dot"]}]
+    assert main(["study", str(write(tmp_path / "a.yaml", first))]) == 0
+    trained = tmp_path / "a" / "study" / "models" / "dot"
+    weights = (trained / "model.safetensors").stat().st_mtime_ns
+    second = study_raw(tmp_path / "b")
+    second["budget"] = {"steps": 2}
+    second["variants"] = [
+        {"name": "none", "overrides": ["model.attention=none"]},
+        {"name": "dot", "overrides": ["model.attention=dot"], "trained": str(trained)},
+    ]
+    caplog.set_level(logging.INFO, logger="attendo")
+    assert main(["study", str(write(tmp_path / "b.yaml", second))]) == 0
+    assert f"variant 2/2 'dot': trained in {trained} (step 2), reused" in caplog.text
+    assert (trained / "model.safetensors").stat().st_mtime_ns == weights  # untouched
+    mine = tmp_path / "b" / "study" / "models" / "dot"
+    assert sorted(p.name for p in mine.iterdir()) == ["study_eval.json", "study_test.hyp"]
+    rows = {r["name"]: r for r in json.loads(
+        (tmp_path / "b" / "study" / "report" / "results.json").read_text(encoding="utf-8"))}
+    assert rows["dot"]["train"]["trained"] == str(trained) and rows["dot"]["train"]["step"] == 2
+    assert "bootstrap_vs_first" in rows["dot"]  # its outputs count like a trained variant's
+    assert "reused)" in (tmp_path / "b" / "study" / "report" / "report.md").read_text("utf-8")
+    # another config than the one it was trained with is an error naming the difference
+    second["variants"][1]["overrides"] = ["model.attention=general"]
+    with pytest.raises(StudyError, match="model.attention: 'dot' -> 'general'"):
+        run_study(load_study(write(tmp_path / "c.yaml", second)))
+    second["variants"][1].update(overrides=["model.attention=dot"], trained=str(tmp_path / "x"))
+    with pytest.raises(StudyError, match="holds no finished study variant"):
+        run_study(load_study(write(tmp_path / "d.yaml", second)))
+    second["variants"][1]["trained"] = str(mine)
+    with pytest.raises(ConfigError, match="this study's own folder"):
+        load_study(write(tmp_path / "e.yaml", second))
 
 
 @pytest.mark.parametrize(
