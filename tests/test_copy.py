@@ -141,6 +141,43 @@ def test_loss_is_the_nll_of_the_mixture(name, label_smoothing):
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_smoothed_loss_equals_the_mixture_built_in_full_values_and_gradients():
+    """The label-smoothing term sums log P(w) over the vocabulary without building the (N, V)
+    mixture; with a word repeated in a source, a source-only word and padding, value and
+    gradients equal those of the mixture built in full (TINY-clamped, as before)."""
+    from attendo.model.decoders import TINY, OutputLayer
+
+    class Out(torch.nn.Module, OutputLayer):
+        def __init__(self):
+            super().__init__()
+            self.out, self.vocab_size, self.copy = torch.nn.Linear(6, V), V, True
+
+    torch.manual_seed(0)
+    layer = Out()
+    src_ext = torch.tensor([[5, 7, 5, V, 5], [9, V + 1, 9, PAD, PAD]])  # (B=2, S=5)
+    feats = torch.randn(2, 3, 6, requires_grad=True)
+    scores = torch.randn(2, 3, 5, requires_grad=True)
+    attn = torch.softmax(scores.masked_fill((src_ext == PAD).unsqueeze(1), float("-inf")), -1)
+    logit = torch.randn(2, 3, requires_grad=True)
+    target = torch.tensor([[5, V, 2], [V + 1, 9, PAD]])
+    keep = target != PAD
+    info = {"attn": attn, "src_ext": src_ext, "p_gen_logit": logit}
+    loss, nll = layer._copy_token_loss(feats, info, target, keep, 0.1)
+    grads = torch.autograd.grad(loss, (feats, scores, logit), retain_graph=True)
+    lp = torch.log_softmax(layer.out(feats[keep]), -1)
+    a, lg = attn[keep], logit[keep]
+    ext = src_ext.unsqueeze(1).expand(-1, 3, -1)[keep]
+    mass = torch.zeros(a.size(0), V + 2).scatter_add_(1, ext, a)
+    mix = torch.logaddexp(lp + torch.nn.functional.logsigmoid(lg).unsqueeze(1),
+                          torch.nn.functional.logsigmoid(-lg).unsqueeze(1)
+                          + mass[:, :V].clamp_min(TINY).log())
+    want = 0.9 * nll - 0.1 * mix.mean(-1).sum()
+    want_grads = torch.autograd.grad(want, (feats, scores, logit))
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["additive-bahdanau", "transformer"])
 @pytest.mark.parametrize("p_gen", [0.0, 1.0])
 def test_saturated_p_gen_gives_no_nan(name, p_gen):

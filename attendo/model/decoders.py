@@ -177,7 +177,11 @@ class OutputLayer:
         log P_vocab(y), log(1 - p_gen) + log copy(y)), with copy(y) clamped at TINY so no
         gradient meets log(0). Label smoothing spreads its mass over the fixed target
         vocabulary of the final (mixed) distribution: -mean_{w < V} log P(w); the
-        sentence's extra source-only words get none.
+        sentence's extra source-only words get none. The (N, V) mixture is never built: a
+        word no source position holds has no copy mass, so its log P(w) is log p_gen +
+        log P_vocab(w), summed over the whole vocabulary in one pass; only the source's own
+        words (each once) are mixed. (Building it took most of a training step with a
+        20,000-word vocabulary.)
         """
         V = self.vocab_size
         lp = torch.log_softmax(self.logits(features[keep]).float(), dim=-1)  # (N, V)
@@ -192,12 +196,15 @@ class OutputLayer:
         nll = -torch.logaddexp(gen_gold, log_cp + copy_gold.clamp_min(TINY).log()).sum()
         if label_smoothing == 0:
             return nll, nll
-        # copy mass on the fixed vocabulary; extended ids all land in the dropped column V
-        mass = attn.new_zeros(attn.size(0), V + 1).scatter_add_(1, src_ext.clamp(max=V), attn)
-        mix = torch.logaddexp(
-            lp + log_gen.unsqueeze(1), log_cp.unsqueeze(1) + mass[:, :V].clamp_min(TINY).log()
-        )  # (N, V)
-        loss = (1 - label_smoothing) * nll - label_smoothing * mix.mean(-1).sum()
+        ids = src_ext.clamp(max=V)  # (N, S); source-only (extended) words all become V
+        same = ids.unsqueeze(2) == ids.unsqueeze(1)  # (N, S, S): positions j, k hold one word
+        mass = (same * attn.unsqueeze(1)).sum(-1)  # (N, S): copy mass of the word at j
+        earlier = torch.ones_like(same[0]).tril(-1)  # (S, S): k < j
+        use = ~(same & earlier).any(-1) & (ids < V) & (mass > 0)  # first position, in V, mass
+        gen = lp.gather(1, ids.clamp(max=V - 1)) + log_gen.unsqueeze(1)  # (N, S)
+        mix = torch.logaddexp(gen, log_cp.unsqueeze(1) + torch.where(use, mass, 1.0).log())
+        total = V * log_gen + lp.sum(-1) + torch.where(use, mix - gen, 0.0).sum(-1)  # (N,)
+        loss = (1 - label_smoothing) * nll - label_smoothing * (total / V).sum()
         return loss, nll
 
     def log_probs(self, features: Tensor, info: dict | None = None) -> Tensor:
