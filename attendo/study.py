@@ -661,7 +661,7 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
         if same and r["name"] in same:
             r["rare_words_as_first_reads"] = same[r["name"]]
     atomic_write_text(rd / "results.json", json.dumps(slim, indent=1) + "\n")
-    plots = _plots(study, results)
+    plots = _plots(study, results, same)
     rep0 = results[0]["report"]
     t = s.test
     test_desc = f"`{t.src}` → `{t.ref}`" if t.src else "the base config's test set"
@@ -771,7 +771,8 @@ def _diagnostic_sections(results: list[dict], plots: dict[str, str],
 
 
 # -- plots ----------------------------------------------------------------------------------
-def _plots(study: Study, results: list[dict]) -> dict[str, Any]:
+def _plots(study: Study, results: list[dict], same: dict[str, dict] | None = None
+           ) -> dict[str, Any]:
     from . import viz  # noqa: F401  (selects the Agg backend before pyplot is imported)
 
     rd = study.report_dir
@@ -790,7 +791,7 @@ def _plots(study: Study, results: list[dict]) -> dict[str, Any]:
         [list(_diag(r)["repetition"]["output"].values()) for r in results],
         "Duplicate n-grams within each output", "% of n-grams",
         reference=list(ref.values()))
-    out["rare"] = _plot_rare(rd / "rare_words.png", results)
+    out["rare"] = _plot_rare(rd / "rare_words.png", results, same)
     for r in results:
         pic = _plot_heatmap(rd / f"attention-{r['name']}.png", r, study)
         if pic:
@@ -823,13 +824,18 @@ def _plot_lines(path: Path, names: list[str], xlabels: list[str], ys: list[list]
     return path.name
 
 
-def _plot_rare(path: Path, results: list[dict]) -> str:
+def _plot_rare(path: Path, results: list[dict], same: dict[str, dict] | None = None) -> str:
+    """Reproduction by class; with ``same`` (:func:`words_by_first_classes`), the same words
+    for every variant, classed as the first variant reads them."""
     import matplotlib.pyplot as plt
 
     from .utils import atomic_write_bytes
 
     names = [r["name"] for r in results]
-    rw = [_diag(r)["rare_words"] for r in results]
+    if same and all(n in same for n in names):
+        rw, whose = [same[n] for n in names], f" (as '{names[0]}' reads them)"
+    else:
+        rw, whose = [_diag(r)["rare_words"] for r in results], ""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8.0, 0.9 * len(names) + 5), 4.2), dpi=100)
     x = np.arange(len(names))
     classes = [(c, label) for c, label in (("oov", "OOV"), ("rare", "rare"), ("split", "split"))
@@ -838,7 +844,7 @@ def _plot_rare(path: Path, results: list[dict]) -> str:
     for k, (cls, label) in enumerate(classes):
         vals = [np.nan if w[cls]["share"] is None else w[cls]["share"] for w in rw]
         a1.bar(x + (k - (len(classes) - 1) / 2) * width, vals, width=width,
-               label=f"{label} (n={rw[0][cls]['in_ref']} in the references)")
+               label=f"{label}{whose} (n={rw[0][cls]['in_ref']} in the references)")
     a1.set_xticks(x, labels=names, rotation=45, ha="right")
     a1.set_ylim(0, 100)
     a1.set_ylabel("% reproduced in the output")
