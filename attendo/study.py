@@ -528,19 +528,16 @@ def measured_facts(results: list[dict]) -> list[str]:
 BOOTSTRAP_SAMPLES = 1000
 
 
-def bootstrap_against_first(study: Study, results: list[dict], src: list[str],
+def bootstrap_against_first(results: list[dict], outputs: dict[str, list[str]], src: list[str],
                             ref: list[str]) -> dict[str, dict]:
     """Paired bootstrap (:func:`attendo.metrics.paired_bootstrap`) of each later variant's BLEU
     against the first variant's, on all test sentences and within each source-length bucket:
     {variant: {"all": {...}, "buckets": [{"bucket", "sentences", "delta", "low", "high", "p"}]}}.
-    Variants whose test outputs are not on disk are left out."""
+    ``outputs`` (:func:`_test_outputs`) maps variants to their test outputs; variants without
+    are left out."""
     from .metrics import bleu_stats, paired_bootstrap
 
-    stats = {}
-    for r in results:
-        hyps = _test_hyps(study, r["name"], len(ref))
-        if hyps is not None:
-            stats[r["name"]] = bleu_stats(hyps, ref)
+    stats = {name: bleu_stats(hyps, ref) for name, hyps in outputs.items()}
     first = results[0]["name"]
     if first not in stats:
         return {}
@@ -559,15 +556,19 @@ def bootstrap_against_first(study: Study, results: list[dict], src: list[str],
     return out
 
 
-def _test_hyps(study: Study, name: str, n: int) -> list[str] | None:
-    """Variant ``name``'s saved test outputs, or None when they are not on disk in full."""
-    path = study.work_dir(name) / HYP_FILE
-    hyps = path.read_text(encoding="utf-8").split("\n")[:-1] if path.exists() else []
-    return hyps if len(hyps) == n and n else None
+def _test_outputs(study: Study, results: list[dict], n: int) -> dict[str, list[str]]:
+    """The saved test outputs of each variant that has all ``n`` of them on disk."""
+    out = {}
+    for r in results:
+        path = study.work_dir(r["name"]) / HYP_FILE
+        hyps = path.read_text(encoding="utf-8").split("\n")[:-1] if path.exists() else []
+        if n and len(hyps) == n:
+            out[r["name"]] = hyps
+    return out
 
 
-def words_by_first_classes(study: Study, results: list[dict], src: list[str],
-                           ref: list[str]) -> dict[str, dict] | None:
+def words_by_first_classes(study: Study, results: list[dict], outputs: dict[str, list[str]],
+                           src: list[str], ref: list[str]) -> dict[str, dict] | None:
     """When variants read the source differently (their ``data`` sections differ: word
     vocabulary against BPE, another size), the per-variant word classes are not the same
     words. This classifies the test's source words once, by the *first* variant's tokenizer
@@ -589,12 +590,9 @@ def words_by_first_classes(study: Study, results: list[dict], src: list[str],
     max_count = study.settings.test.rare_max_count
     classify = dg.vocab_word_classifier(codec.pieces, codec.vocab, max_count, subword)
     cache = {w: classify(w) for w in {w for s in src for w in s.split()}}  # each word once
-    out = {}
-    for r in results:
-        hyps = _test_hyps(study, r["name"], len(ref))
-        if hyps is not None:
-            out[r["name"]] = dg.rare_word_reproduction(src, ref, hyps, cache.__getitem__,
-                                                       lowercase=codec.lowercase)
+    out = {name: dg.rare_word_reproduction(src, ref, hyps, cache.__getitem__,
+                                           lowercase=codec.lowercase)
+           for name, hyps in outputs.items()}
     return out or None
 
 
@@ -649,8 +647,9 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
     ``src`` and ``ref`` the report adds a paired bootstrap against the first variant."""
     rd = study.report_dir
     s = study.settings
-    boot = bootstrap_against_first(study, results, src, ref) if src and ref else {}
-    same = words_by_first_classes(study, results, src, ref) if src and ref else None
+    outputs = _test_outputs(study, results, len(ref)) if src and ref else {}
+    boot = bootstrap_against_first(results, outputs, src, ref) if outputs else {}
+    same = words_by_first_classes(study, results, outputs, src, ref) if outputs else None
     for r in results:
         atomic_write_text(rd / "configs" / f"{r['name']}.yaml", study.configs[r["name"]].to_yaml())
     atomic_write_text(rd / "configs" / "study.yaml", yaml.safe_dump(study.raw, sort_keys=False))
