@@ -10,7 +10,8 @@ Pure functions on text, token lists and numpy arrays, so each can be tested with
   2017, figure 4).
 - **Rare and unknown words**: of the source words that the model's vocabulary cannot encode
   (*oov*) or saw at most ``k`` times in training (*rare*) and that appear in the reference,
-  the share that the output reproduces; and the share of output tokens that are ``<unk>``.
+  the share that the output reproduces, and of those it carries over, the share the reference
+  has too; and the share of output tokens that are ``<unk>``.
 - **Attention**: entropy of the attention rows; alignment error rate, precision and recall
   (Och & Ney 2003) against gold links, read and written in two formats (:data:`GOLD_FORMATS`):
   *pharaoh*, 0-based ``i-j`` sure and ``i?j`` possible; *talp* (RWTH, Och & Ney), 1-based
@@ -162,17 +163,24 @@ def rare_word_reproduction(
     lowercase: bool = False,
 ) -> dict[str, dict]:
     """Of the source words of each class (:data:`WORD_CLASSES`) that appear in the
-    reference, how many the output reproduces; and "any", all classes together.
+    reference, how many the output reproduces (a recall); of those the output carries over,
+    how many the reference has too (a precision); and "any", all classes together.
 
     Units are whitespace words. A source word is classified as the model reads it; it
     *appears* in a sentence (reference or output) when that sentence has a whitespace word
     equal to it after stripping leading/trailing punctuation on both sides ("Merkel," and
     "Merkel" match), compared case-sensitively unless ``lowercase``. Words that are all
     punctuation are not counted; a word repeated in one source counts once.
-    Returns ``{cls: {"in_ref": n, "reproduced": m, "share": 100 m / n or None}}``.
+
+    The recall alone rewards parroting: an output that carried over every source word would
+    reproduce all of them. The precision is its counterweight: a copied word that should
+    have been translated ("eingeführt" for "introduced") is in the output and not in the
+    reference.
+    Returns ``{cls: {"in_ref": n, "reproduced": m, "share": 100 m / n or None,
+    "in_output": k, "precision": 100 m / k or None}}``.
     """
     norm = (lambda w: strip_punct(w).lower()) if lowercase else strip_punct
-    found = {c: [0, 0] for c in WORD_CLASSES}
+    found = {c: [0, 0, 0] for c in WORD_CLASSES}  # in the reference, in both, in the output
     for s, r, h in zip(srcs, refs, hyps):
         ref_keys = {norm(w) for w in r.split()}
         hyp_keys = {norm(w) for w in h.split()}
@@ -183,12 +191,19 @@ def rare_word_reproduction(
                 continue
             seen.add(key)
             cls = classify(w)
-            if cls in found and key in ref_keys:
-                found[cls][0] += 1
-                found[cls][1] += key in hyp_keys
-    found["any"] = [sum(v[0] for v in found.values()), sum(v[1] for v in found.values())]
-    return {c: {"in_ref": n, "reproduced": m, "share": round(100.0 * m / n, 2) if n else None}
-            for c, (n, m) in found.items()}
+            if cls not in found:
+                continue
+            in_ref, in_hyp = key in ref_keys, key in hyp_keys
+            found[cls][0] += in_ref
+            found[cls][1] += in_ref and in_hyp
+            found[cls][2] += in_hyp
+    found["any"] = [sum(v[i] for v in found.values()) for i in range(3)]
+
+    def pct(a: int, b: int) -> float | None:
+        return round(100.0 * a / b, 2) if b else None
+
+    return {c: {"in_ref": n, "reproduced": m, "share": pct(m, n), "in_output": k,
+                "precision": pct(m, k)} for c, (n, m, k) in found.items()}
 
 
 def unk_rate(token_lists: Iterable[Sequence[str]], unk: str = "<unk>") -> float | None:
@@ -416,8 +431,11 @@ def format_diagnostics(d: dict) -> str:
                  f"(oov: not in the vocabulary; {rare_def}; split: into subword pieces):")
     for cls in (*WORD_CLASSES, "any"):
         r = rw[cls]
-        lines.append(f"  {cls:<12}{r['reproduced']:>6} / {r['in_ref']:<6} "
-                     f"{_num(r['share'], '{:.1f}%')}")
+        line = f"  {cls:<12}{r['reproduced']:>6} / {r['in_ref']:<6} {_num(r['share'], '{:.1f}%'):>6}"
+        if r.get("in_output") is not None:  # older reports have no precision
+            line += (f"   carried over {r['in_output']}, of them in the reference "
+                     f"{_num(r['precision'], '{:.1f}%')}")
+        lines.append(line)
     lines.append(f"<unk> in output: {_num(d['unk_rate'], '{:.3f}%')} of tokens")
     att = d["attention"]
     if att is None:

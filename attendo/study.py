@@ -608,10 +608,17 @@ def _same_words_section(results: list[dict], same: dict[str, dict] | None) -> li
             f"The variants read the source differently, so the table above counts different "
             f"words for each. Here every source word is classed once, as '{first}' reads it "
             "(its tokenizer and vocabulary), and each variant's output is checked for the "
-            "same words; n = those words found in the reference.", "",
-            *_table(["variant", *(f"{c} as '{first}' reads it (n={d0[c]['in_ref']:,}): "
-                                  "reproduced %" for c in cols)],
-                    [[name, *(_f(d[c]["share"]) for c in cols)] for name, d in same.items()]),
+            "same words; n = those words found in the reference. Reproduced % is the share "
+            "of them in the output too. The output can also carry over such words that the "
+            "reference does not have (a word copied where it should have been translated): "
+            "carried over = those of the class the output has, whether or not the reference "
+            "has them, and in ref % = the share of them that the reference has too.", "",
+            *_table(["variant", *(h for c in cols for h in (
+                f"{c} as '{first}' reads it (n={d0[c]['in_ref']:,}): reproduced %",
+                "carried over", "in ref %"))],
+                    [[name, *(x for c in cols for x in (
+                        _f(d[c]["share"]), str(d[c].get("in_output", "-")),
+                        _f(d[c].get("precision"))))] for name, d in same.items()]),
             ""]
 
 

@@ -177,12 +177,17 @@ def test_rare_word_reproduction_and_unk_rate():
     r = dg.rare_word_reproduction(srcs, refs, hyps, classify)
     # Obama (sentence 1, "Obama." in the ref) and Obama (sentence 2, counted once) are OOV and in
     # the reference; Kohl is OOV but not in the reference. Merkel is rare and reproduced.
-    assert r["oov"] == {"in_ref": 2, "reproduced": 1, "share": 50.0}
-    assert r["rare"] == {"in_ref": 1, "reproduced": 1, "share": 100.0}
-    assert r["split"] == {"in_ref": 0, "reproduced": 0, "share": None}
-    assert r["any"]["in_ref"] == 3 and r["any"]["reproduced"] == 2
+    # The output carries over Obama in sentence 2 (in the reference) and no other OOV word.
+    assert r["oov"] == {"in_ref": 2, "reproduced": 1, "share": 50.0, "in_output": 1,
+                        "precision": 100.0}
+    assert r["rare"] == {"in_ref": 1, "reproduced": 1, "share": 100.0, "in_output": 1,
+                         "precision": 100.0}
+    assert r["split"] == {"in_ref": 0, "reproduced": 0, "share": None, "in_output": 0,
+                          "precision": None}
+    assert r["any"]["in_ref"] == 3 and r["any"]["reproduced"] == 2 and r["any"]["in_output"] == 2
     low = dg.rare_word_reproduction(["Kohl"], ["kohl"], ["KOHL"], classify, lowercase=True)
-    assert low["oov"] == {"in_ref": 1, "reproduced": 1, "share": 100.0}
+    assert low["oov"] == {"in_ref": 1, "reproduced": 1, "share": 100.0, "in_output": 1,
+                          "precision": 100.0}
     assert dg.rare_word_reproduction(["Kohl"], ["kohl"], ["KOHL"], classify)["oov"]["in_ref"] == 0
     assert dg.strip_punct('"Merkel,"') == "Merkel" and dg.strip_punct("...") == ""
     assert dg.unk_rate([["a", "<unk>", "</s>"], ["b"]]) == pytest.approx(100 / 3, abs=1e-3)
@@ -203,7 +208,27 @@ def test_subword_split_words():
     word = dg.vocab_word_classifier(pieces.__getitem__, vocab, max_count=5)  # not subwords
     assert word("Boston") == "common"
     r = dg.rare_word_reproduction(["Boston the"], ["in Boston ."], ["Boston"], classify)
-    assert r["split"] == {"in_ref": 1, "reproduced": 1, "share": 100.0}
+    assert r["split"] == {"in_ref": 1, "reproduced": 1, "share": 100.0, "in_output": 1,
+                          "precision": 100.0}
+
+
+def test_words_carried_over_that_the_reference_lacks_lower_the_precision_not_the_recall():
+    """A parrot that copies its whole source reproduces every unknown word the reference has,
+    and the precision says how many of the copied words did not belong there."""
+    vocab = Vocab.build([["the", "was"] * 10])
+    classify = dg.vocab_word_classifier(str.split, vocab, max_count=0)
+    srcs = ["Merkel wurde in Berlin gewählt", "180 Gesetze eingeführt"]
+    refs = ["Merkel was elected in Berlin", "180 laws were introduced"]
+    translator = ["Merkel was elected in Berlin", "180 laws were introduced"]
+    parrot = srcs
+    # OOV source words in the references: Merkel, in, Berlin; 180 (4 of them)
+    good = dg.rare_word_reproduction(srcs, refs, translator, classify)["oov"]
+    bad = dg.rare_word_reproduction(srcs, refs, parrot, classify)["oov"]
+    assert good == {"in_ref": 4, "reproduced": 4, "share": 100.0, "in_output": 4,
+                    "precision": 100.0}
+    # the parrot reproduces the same 4 and also carries wurde, gewählt, Gesetze, eingeführt
+    assert bad == {"in_ref": 4, "reproduced": 4, "share": 100.0, "in_output": 8,
+                   "precision": 50.0}
 
 
 def test_without_stored_counts_nothing_is_rare():

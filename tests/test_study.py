@@ -121,13 +121,14 @@ def test_study_counts_the_same_words_when_variants_read_the_source_differently(t
     rep = tmp_path / "study" / "report"
     text = (rep / "report.md").read_text(encoding="utf-8")
     assert "### The same words under every variant" in text
-    assert "as 'small' reads it" in text
+    assert "as 'small' reads it" in text and "| in ref % |" in text
     rows = {r["name"]: r for r in json.loads((rep / "results.json").read_text(encoding="utf-8"))}
     same = {n: r["rare_words_as_first_reads"] for n, r in rows.items()}
     # the first variant's own count is this one: the same words, classed the same way
     own = rows["small"]["report"]["diagnostics"]["rare_words"]
     for cls in ("oov", "rare", "split", "any"):
-        assert same["small"][cls] == own[cls], cls
+        assert same["small"][cls] == own[cls], cls  # the precision side included
+        assert "precision" in own[cls] and "in_output" in own[cls]
     # the full vocabulary reads every toy word, so its own table has no OOV word, while the
     # same-words table counts the words 'small' cannot read, in 'full''s output too
     assert rows["full"]["report"]["diagnostics"]["rare_words"]["oov"]["in_ref"] == 0
