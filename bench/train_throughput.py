@@ -5,6 +5,9 @@ update 50 and update 350 (300 updates after a 50-update warm-up), with no valida
 checkpoint inside the window. Prints one JSON object.
 
     python bench/train_throughput.py bench/rnn_reference.yaml [overrides...] [--steps 350]
+
+``--step-decoder`` runs the RNN decoder step by step instead of as the fused pass
+(``RNNDecoder.fused = False``), to measure what the fused pass saves on the same config.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--steps", type=int, default=350)
+    ap.add_argument("--step-decoder", action="store_true",
+                    help="RNN decoder step by step, not the fused pass")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_bench_config(args.config, [f"train.out_dir={tmp}", "train.progress=false",
@@ -51,6 +56,10 @@ def main() -> None:
         setup_s = time.time() - t_start
         model = trainer.model
         model.train()
+        decoder = getattr(model, "decoder", None)
+        if args.step_decoder:
+            decoder.fused = False
+        fused_decoder = bool(getattr(decoder, "fusable", lambda: False)())
         marks: dict[int, float] = {}
         sents = toks = 0
         for step in range(1, args.steps + 1):
@@ -72,6 +81,7 @@ def main() -> None:
         "overrides": args.overrides,
         "params": sum(p.numel() for p in model.parameters()),
         "precision": cfg.train.precision,
+        "fused_decoder": fused_decoder,
         "updates_window": [args.warmup, args.steps],
         "window_s": round(window, 2),
         "sents_per_s": round(sents_per_s, 1),

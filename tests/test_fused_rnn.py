@@ -54,29 +54,44 @@ def test_fused_encoder_equals_packed_gru(bidirectional):
         torch.testing.assert_close(g_got[name], g_ref[name], rtol=0, atol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("copy", [False, True], ids=["plain", "copy"])
 @pytest.mark.parametrize("input_feeding", [True, False])
-def test_fused_decoder_equals_step_by_step(input_feeding):
+def test_fused_decoder_equals_step_by_step(input_feeding, copy):
+    """With copy, the fused pass also returns [c_i; s_i], from which p_gen is computed; its
+    gradient (through p_gen) must reach the contexts, the states and every weight."""
     torch.manual_seed(0)
     enc = RNNEncoder(50, 8, 6).double()
     dec = RNNDecoder(40, 8, 7, 12, 12, attention="additive", style="luong",
-                     input_feeding=input_feeding, out_dim=9).double()
+                     input_feeding=input_feeding, out_dim=9, copy=copy).double()
     assert dec.fusable()
     src, lens, tgt = _batch()
+    src_ext = src.clone()
+    src_ext[0, 1] = 41  # a source-only word in the extended vocabulary
     res = {}
     for fused in (False, True):
         enc.zero_grad()
         dec.zero_grad()
         enc.fused = dec.fused = fused
-        feats, info = dec(tgt, dec.init_state(enc(src, lens)))
+        state = dec.init_state(enc(src, lens), src_ext=src_ext if copy else None,
+                               n_ext=2 if copy else 0)
+        feats, info = dec(tgt, state)
         g = torch.Generator().manual_seed(1)
         w, wa = torch.randn(feats.shape, generator=g), torch.randn(info["attn"].shape, generator=g)
-        ((feats * w).sum() + (info["attn"] * wa).sum()).backward()  # attention gets a gradient too
-        res[fused] = feats, info["attn"], _grads(enc, dec)
-    (f_ref, a_ref, g_ref), (f_got, a_got, g_got) = res[False], res[True]
+        loss = (feats * w).sum() + (info["attn"] * wa).sum()  # attention gets a gradient too
+        if copy:
+            loss = loss + (info["p_gen_logit"] * torch.randn(tgt.shape, generator=g)).sum()
+            assert torch.equal(info["src_ext"], src_ext)
+            torch.testing.assert_close(info["p_gen"], torch.sigmoid(info["p_gen_logit"]))
+        loss.backward()
+        res[fused] = feats, info, _grads(enc, dec)
+    (f_ref, i_ref, g_ref), (f_got, i_got, g_got) = res[False], res[True]
+    assert i_got.keys() == i_ref.keys()
     torch.testing.assert_close(f_got, f_ref, rtol=0, atol=1e-12)
-    torch.testing.assert_close(a_got, a_ref, rtol=0, atol=1e-12)
+    for name in i_ref:
+        torch.testing.assert_close(i_got[name], i_ref[name], rtol=0, atol=1e-12, msg=name)
     assert g_got.keys() == g_ref.keys()
     assert any(k.endswith("W_2.weight") for k in g_ref)  # the keys' gradient reaches W_2
+    assert any(k.endswith("W_gen.weight") for k in g_ref) == copy
     for name in g_ref:
         torch.testing.assert_close(g_got[name], g_ref[name], rtol=0, atol=1e-10, msg=name)
 
@@ -116,7 +131,7 @@ def test_fused_passes_under_bf16_autocast_match_fp32(device):
 @pytest.mark.parametrize(
     "kwargs",
     [dict(style="bahdanau"), dict(rnn_type="lstm"), dict(layers=2), dict(attention="general"),
-     dict(coverage=True), dict(copy=True)],
+     dict(coverage=True)],
     ids=lambda k: next(iter(k)),
 )
 def test_other_decoders_take_the_step_by_step_path(kwargs):

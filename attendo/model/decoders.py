@@ -421,7 +421,7 @@ class RNNDecoder(OutputLayer, nn.Module):
     def fusable(self) -> bool:
         """Whether :meth:`forward` can run as one fused autograd node (see
         :mod:`attendo.model.fused_rnn`): one GRU layer, Luong-style additive attention with
-        softmax, global (not local), no coverage, no copy."""
+        softmax, global (not local), no coverage (copy is fine)."""
         return (
             self.fused
             and self.rnn_type == "gru"
@@ -433,7 +433,6 @@ class RNNDecoder(OutputLayer, nn.Module):
             and not self.attention.window
             and self.attention.scorer.w_c is None
             and not self.coverage
-            and not self.copy
             and self.W_c.bias is None
         )
 
@@ -445,12 +444,16 @@ class RNNDecoder(OutputLayer, nn.Module):
             tgt_in = tgt_in.masked_fill(tgt_in >= self.vocab_size, self.unk_id)
         emb = to_autocast_dtype(self.dropout(self.embed(tgt_in)))  # (B, T, E)
         if self.fusable():
-            vecs_, attn = fused_decode(
+            vecs_, attn, *ch = fused_decode(
                 emb, state.h[:, 0], state.memory, state.keys, state.src_pad_mask, self.cells[0],
                 self.attention.scorer.W_1.weight, self.attention.scorer.v_a.weight[0],
-                self.W_c.weight, self.input_feeding,
+                self.W_c.weight, self.input_feeding, want_ch=self.copy,
             )
-            return self.dropout(vecs_), {"attn": attn}
+            info = {"attn": attn}
+            if self.copy:  # p_gen from [c_i; s_i; x_i], all steps at once, as in _advance
+                logit = self.W_gen(torch.cat([ch[0], emb], -1)).squeeze(-1)  # (B, T)
+                info.update(p_gen=torch.sigmoid(logit), p_gen_logit=logit, src_ext=state.src_ext)
+            return self.dropout(vecs_), info
         vecs: list[Tensor] = []
         infos: dict[str, list[Tensor]] = {}
         # unbind once: slicing emb[:, t] per step would make backward allocate T full-size grads

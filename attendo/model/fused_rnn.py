@@ -16,7 +16,9 @@ This module computes the same functions with hand-written backward passes
   reverse direction reads each sentence reversed within its own length.
 - :class:`FusedGRUAttention`: one GRU layer, Luong-style additive attention
   e_ij = v^T tanh(W_1 s_i + W_2 h_j + b) (Luong et al. 2015: attend with s_i, then
-  h~_i = tanh(W_c [c_i; s_i])), with or without input feeding; no coverage, no copy.
+  h~_i = tanh(W_c [c_i; s_i])), with or without input feeding; no coverage. For the
+  pointer-generator it also returns [c_i; s_i] (with a gradient), from which the decoder
+  computes p_gen outside the loop.
 
 Forward: the input share of the GRU gates for all steps is one matrix product; each step
 does the recurrent part and keeps what the backward needs. Backward: only the recurrence
@@ -93,7 +95,7 @@ class FusedGRUAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, emb, h0, memory, keys, pad_mask, W_ih, b_ih, W_hh, b_hh, W_1, v, W_c,
-                input_feeding: bool, dtype: torch.dtype):
+                input_feeding: bool, dtype: torch.dtype, want_ch: bool = False):
         B, T, E = emb.shape
         H = W_hh.size(1)
         S, D = memory.shape[1], memory.shape[2]
@@ -141,11 +143,12 @@ class FusedGRUAttention(torch.autograd.Function):
         ctx.save_for_backward(emb, h0, memory, keys, W_ih, b_ih, W_hh, b_hh, W_1, v, W_c)
         ctx.buffers = (x, Wih, W1hh, Wc, mem, Hs, QG, RZ, N, SG, ATT, CH, VEC)
         ctx.input_feeding = input_feeding
-        return VEC.transpose(0, 1).contiguous(), ATT.transpose(0, 1).contiguous()
+        ch_out = CH.transpose(0, 1).contiguous() if want_ch else CH.new_empty(0)  # (B, T, D + H)
+        return VEC.transpose(0, 1).contiguous(), ATT.transpose(0, 1).contiguous(), ch_out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_vec, g_att):
+    def backward(ctx, g_vec, g_att, g_ch):
         emb, h0, memory, keys, W_ih, b_ih, W_hh, b_hh, W_1, v, W_c = ctx.saved_tensors
         x, Wih, W1hh, Wc, mem, Hs, QG, RZ, N, SG, ATT, CH, VEC = ctx.buffers
         del ctx.buffers
@@ -161,6 +164,7 @@ class FusedGRUAttention(torch.autograd.Function):
         v_ = v.to(dt)
         G = (g_vec if g_vec is not None else VEC.new_zeros(B, T, DO)).to(dt).transpose(0, 1)
         GA = None if g_att is None else g_att.to(ATT.dtype).transpose(0, 1)  # (T, B, S)
+        GC = None if g_ch is None or g_ch.numel() == 0 else g_ch.to(dt).transpose(0, 1)  # (T, B, D + H)
         # per-step factors, computed for all steps at once
         dVEC = 1 - VEC * VEC  # tanh'
         R, Z, dN, dZ, dR = _gru_factors(RZ, N, Hs[:T], QG[:T, :, A + 2 * H:])
@@ -176,6 +180,8 @@ class FusedGRUAttention(torch.autograd.Function):
             dv = G[t] if dvec_next is None else G[t] + dvec_next
             dpv = torch.mul(dv, dVEC[t], out=DPV[t])  # (B, DO)
             dch = torch.mm(dpv, Wc, out=DCH[t])  # (B, D + H)
+            if GC is not None:  # [c_i; s_i] also feeds p_gen
+                dch.add_(GC[t])
             dh = dh + dch[:, D:]
             a = ATT[t]
             da = torch.bmm(mem, dch[:, :D].unsqueeze(2)).squeeze(2).to(a.dtype)  # (B, S)
@@ -216,23 +222,25 @@ class FusedGRUAttention(torch.autograd.Function):
         return (
             like(d_emb, emb), like(dh, h0), like(d_mem, memory), like(d_keys, keys), None,
             like(dW_ih, W_ih), like(dGI.sum(0), b_ih), like(dW_hh, W_hh), like(dGH.sum(0), b_hh),
-            like(dW_1, W_1), like(dv_a, v), like(dW_c, W_c), None, None,
+            like(dW_1, W_1), like(dv_a, v), like(dW_c, W_c), None, None, None,
         )
 
 
 def fused_decode(
     emb: Tensor, h0: Tensor, memory: Tensor, keys: Tensor, src_pad_mask: Tensor, cell, W_1: Tensor,
-    v: Tensor, W_c: Tensor, input_feeding: bool,
-) -> tuple[Tensor, Tensor]:
+    v: Tensor, W_c: Tensor, input_feeding: bool, want_ch: bool = False,
+) -> tuple[Tensor, ...]:
     """emb (B, T, E) embedded targets; h0 (B, H) initial state; memory (B, S, D) encoder
     states; keys (B, S, A) = W_2 h_j + b; src_pad_mask (B, S); cell an ``nn.GRUCell``; W_1
-    (A, H), v (A,), W_c (DO, D + H) -> attentional vectors h~ (B, T, DO), weights (B, T, S)."""
+    (A, H), v (A,), W_c (DO, D + H) -> attentional vectors h~ (B, T, DO), weights (B, T, S);
+    with ``want_ch`` also [c_i; s_i] (B, T, D + H), the contexts and decoder states."""
     dtype = _compute_dtype(emb, cell.weight_ih)
     with torch.autocast(emb.device.type, enabled=False):
-        return FusedGRUAttention.apply(
+        vec, attn, ch = FusedGRUAttention.apply(
             emb, h0, memory, keys, src_pad_mask, cell.weight_ih, cell.bias_ih, cell.weight_hh,
-            cell.bias_hh, W_1, v, W_c, input_feeding, dtype,
+            cell.bias_hh, W_1, v, W_c, input_feeding, dtype, want_ch,
         )
+    return (vec, attn, ch) if want_ch else (vec, attn)
 
 
 class FusedGRUEncoder(torch.autograd.Function):
