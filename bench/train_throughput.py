@@ -56,10 +56,9 @@ def main() -> None:
         setup_s = time.time() - t_start
         model = trainer.model
         model.train()
-        decoder = getattr(model, "decoder", None)
         if args.step_decoder:
-            decoder.fused = False
-        fused_decoder = bool(getattr(decoder, "fusable", lambda: False)())
+            model.decoder.fused = False
+        fused_decoder = bool(getattr(model.decoder, "fusable", lambda: False)())  # RNN only
         marks: dict[int, float] = {}
         sents = toks = 0
         for step in range(1, args.steps + 1):
