@@ -1,6 +1,9 @@
 """bpe+copy (seed 1, 1424 updates) against bpe: seed 1 at 2253 updates, seed 2 at 1250/1500."""
-import gzip, json
+import gzip
+import json
+
 from attendo.metrics import bleu_stats, paired_bootstrap
+
 ref = gzip.open("../shared/data/wmt_news_deen/dev.en.gz", "rt").read().split("\n")[:3000]
 def hyps(p): return open(p).read().split("\n")[:3000]
 b = hyps("runs/study_wmt_news_unk/models/bpe+copy/study_test.hyp")

@@ -1,7 +1,11 @@
 """The same-words table (as the 'word' variant reads them) for extra hypothesis files."""
-import gzip, json, sys
+import gzip
+import json
+import sys
+
 from attendo import diagnostics as dg
 from attendo.data.prepare import load_codecs
+
 src = gzip.open("../shared/data/wmt_news_deen/dev.de.gz", "rt").read().split("\n")[:3000]
 ref = gzip.open("../shared/data/wmt_news_deen/dev.en.gz", "rt").read().split("\n")[:3000]
 codec, _ = load_codecs("runs/study_wmt_news_unk/models/word", False)

@@ -1,6 +1,9 @@
 """Second seeds against the first seed's baselines: bootstrap by length bucket."""
-import gzip, json
+import gzip
+import json
+
 from attendo.study import bootstrap_against_first
+
 src = gzip.open("../shared/data/wmt_news_deen/dev.de.gz", "rt").read().split("\n")[:3000]
 ref = gzip.open("../shared/data/wmt_news_deen/dev.en.gz", "rt").read().split("\n")[:3000]
 def h(p): return open(p).read().split("\n")[:3000]
