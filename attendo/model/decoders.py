@@ -398,11 +398,15 @@ class RNNDecoder(OutputLayer, nn.Module):
             info["coverage"] = cov  # before this step's attention
             cov = cov + a
         if self.copy:
-            logit = self.W_gen(torch.cat([ctx, s, emb], -1)).squeeze(-1)  # (B,)
-            info["p_gen"] = torch.sigmoid(logit)
-            info["p_gen_logit"] = logit
+            info.update(self._p_gen(torch.cat([ctx, s, emb], -1)))  # (B,)
         state = dataclasses.replace(state, h=h, c=c, attn_vec=vec, cov=cov, t=state.t + 1)
         return vec, state, info
+
+    def _p_gen(self, chx: Tensor) -> dict[str, Tensor]:
+        """p_gen = sigmoid(W_gen [c_i; s_i; x_i]) and its logit from ``chx`` (..., D + H + E),
+        one step or all steps at once."""
+        logit = self.W_gen(chx).squeeze(-1)  # (...)
+        return {"p_gen": torch.sigmoid(logit), "p_gen_logit": logit}
 
     def step(self, y_prev: Tensor, state: RNNDecoderState, need_info: bool = True
              ) -> tuple[Tensor, RNNDecoderState, dict]:
@@ -444,15 +448,14 @@ class RNNDecoder(OutputLayer, nn.Module):
             tgt_in = tgt_in.masked_fill(tgt_in >= self.vocab_size, self.unk_id)
         emb = to_autocast_dtype(self.dropout(self.embed(tgt_in)))  # (B, T, E)
         if self.fusable():
-            vecs_, attn, *ch = fused_decode(
+            vecs_, attn, ch = fused_decode(
                 emb, state.h[:, 0], state.memory, state.keys, state.src_pad_mask, self.cells[0],
                 self.attention.scorer.W_1.weight, self.attention.scorer.v_a.weight[0],
                 self.W_c.weight, self.input_feeding, want_ch=self.copy,
             )
             info = {"attn": attn}
-            if self.copy:  # p_gen from [c_i; s_i; x_i], all steps at once, as in _advance
-                logit = self.W_gen(torch.cat([ch[0], emb], -1)).squeeze(-1)  # (B, T)
-                info.update(p_gen=torch.sigmoid(logit), p_gen_logit=logit, src_ext=state.src_ext)
+            if self.copy:  # p_gen for all steps at once
+                info.update(self._p_gen(torch.cat([ch, emb], -1)), src_ext=state.src_ext)  # (B, T)
             return self.dropout(vecs_), info
         vecs: list[Tensor] = []
         infos: dict[str, list[Tensor]] = {}

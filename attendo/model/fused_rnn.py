@@ -229,18 +229,18 @@ class FusedGRUAttention(torch.autograd.Function):
 def fused_decode(
     emb: Tensor, h0: Tensor, memory: Tensor, keys: Tensor, src_pad_mask: Tensor, cell, W_1: Tensor,
     v: Tensor, W_c: Tensor, input_feeding: bool, want_ch: bool = False,
-) -> tuple[Tensor, ...]:
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """emb (B, T, E) embedded targets; h0 (B, H) initial state; memory (B, S, D) encoder
     states; keys (B, S, A) = W_2 h_j + b; src_pad_mask (B, S); cell an ``nn.GRUCell``; W_1
-    (A, H), v (A,), W_c (DO, D + H) -> attentional vectors h~ (B, T, DO), weights (B, T, S);
-    with ``want_ch`` also [c_i; s_i] (B, T, D + H), the contexts and decoder states."""
+    (A, H), v (A,), W_c (DO, D + H) -> attentional vectors h~ (B, T, DO), weights (B, T, S)
+    and, with ``want_ch``, [c_i; s_i] (B, T, D + H), the contexts and decoder states (else None)."""
     dtype = _compute_dtype(emb, cell.weight_ih)
     with torch.autocast(emb.device.type, enabled=False):
         vec, attn, ch = FusedGRUAttention.apply(
             emb, h0, memory, keys, src_pad_mask, cell.weight_ih, cell.bias_ih, cell.weight_hh,
             cell.bias_hh, W_1, v, W_c, input_feeding, dtype, want_ch,
         )
-    return (vec, attn, ch) if want_ch else (vec, attn)
+    return vec, attn, (ch if want_ch else None)
 
 
 class FusedGRUEncoder(torch.autograd.Function):
