@@ -14,6 +14,9 @@ target of T pieces gives T + 1 rows (the last predicts ``</s>``).
   piece t + 1. A Transformer decoder's cross-attention at the step that predicts a word tends
   to look at the source word aligned to the *previous* word; shifting by one removes that lag.
   The last piece of an output that stops without ``</s>`` has no next row and keeps its own.
+- ``shift-threshold``: every (s, t) whose weight in row t + 1 is >= the threshold (the rows of
+  ``shift``, the rule of ``threshold``); for a head trained with
+  ``train.guided_alignment.shift``, which leaves target words unlinked as its links did.
 
 **Transformers**: by default the cross-attention of the model's ``model.attn_layer`` averaged
 over its heads (what the model reports as its attention); ``layer`` picks another layer
@@ -21,8 +24,12 @@ over its heads (what the model reports as its attention); ``layer`` picks anothe
 
 **Pieces to words.** Pieces are grouped into whitespace words by
 :func:`attendo.diagnostics.word_groups` (sentencepiece: a piece starting with "▁" starts a
-word; char: "▁" separates words). A source word and a target word are linked when *any* of
-their pieces are linked. Indices are of whitespace words of the given text (0-based). A
+word; char: "▁" separates words). Two rules (``words``): ``any`` (the default, as Chen et al.
+2020 and awesome-align do) links a source word and a target word when *any* of their pieces
+are linked; ``mean`` first turns the rows into word rows, the weight of source word i for
+target word j being the sum over i's pieces, averaged over j's pieces (so a word split in
+three pieces gets one link from ``argmax``, not up to three), and applies the method to
+those. Indices are of whitespace words of the given text (0-based). A
 sentence whose pieces do not group into as many words as its text has (a tokenizer that
 normalises the text) gets no links and is counted as skipped.
 
@@ -43,7 +50,8 @@ import torch
 from . import diagnostics as dg
 from .data.batching import collate, make_batches
 
-METHODS = ("argmax", "threshold", "shift")
+METHODS = ("argmax", "threshold", "shift", "shift-threshold")
+WORD_RULES = ("any", "mean")  # pieces to words: see the module docstring
 SYMMETRIZE = ("intersect", "union", "grow-diag", "grow-diag-final")
 Links = set[tuple[int, int]]
 
@@ -121,24 +129,51 @@ def forced_attention(
 # -- links ----------------------------------------------------------------------------------
 
 
+def _rows(a: np.ndarray, n_tgt: int, method: str) -> np.ndarray:
+    """The n_tgt attention rows ``method`` reads: row t for target piece t, or row t + 1 for
+    the shift methods (the last piece keeps its own row when there is no next one)."""
+    if method not in METHODS:
+        raise ValueError(f"alignment method {method!r}: expected one of {', '.join(METHODS)}")
+    if not method.startswith("shift"):
+        return a[:n_tgt]
+    rows = a[1 : n_tgt + 1]
+    if len(rows) < n_tgt:  # no row after the last piece: it keeps its own
+        rows = np.concatenate([rows, a[len(rows) : n_tgt]])
+    return rows
+
+
+def _pick(rows: np.ndarray, method: str, threshold: float) -> Links:
+    """(column, row) links of a (targets, sources) weight matrix: the argmax of each row
+    (argmax, shift), or every weight >= threshold (threshold, shift-threshold)."""
+    if method in ("argmax", "shift"):
+        return {(int(s), t) for t, s in enumerate(rows.argmax(1))}
+    ts, ss = np.nonzero(rows >= threshold)
+    return {(int(s), int(t)) for t, s in zip(ts, ss)}
+
+
 def piece_links(attn: np.ndarray, n_tgt: int, method: str = "argmax",
                 threshold: float = 0.5) -> Links:
     """(source piece, target piece) links of ``n_tgt`` target pieces from attention rows
     (>= n_tgt rows, row t predicting piece t; see the module docstring for the methods)."""
     a = np.asarray(attn, dtype=np.float64)
+    rows = _rows(a, n_tgt, method)
     if n_tgt == 0 or a.size == 0:
         return set()
-    if method == "shift":
-        rows = a[1 : n_tgt + 1]
-        if len(rows) < n_tgt:  # no row after the last piece: it keeps its own
-            rows = np.concatenate([rows, a[len(rows) : n_tgt]])
-        return {(int(s), t) for t, s in enumerate(rows.argmax(1))}
-    if method == "argmax":
-        return {(int(s), t) for t, s in enumerate(a[:n_tgt].argmax(1))}
-    if method == "threshold":
-        ts, ss = np.nonzero(a[:n_tgt] >= threshold)
-        return {(int(s), int(t)) for t, s in zip(ts, ss)}
-    raise ValueError(f"alignment method {method!r}: expected one of {', '.join(METHODS)}")
+    return _pick(rows, method, threshold)
+
+
+def word_weights(rows: np.ndarray, src_groups: Sequence[Sequence[int]],
+                 tgt_groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """(target words, source words) weights of piece rows (target pieces, source pieces): the
+    sum over the source word's pieces, averaged over the target word's pieces (the ``mean``
+    rule). Columns of no source word (``</s>``) are left out."""
+    src_of = np.zeros((rows.shape[1], len(src_groups)))
+    for i, g in enumerate(src_groups):
+        src_of[list(g), i] = 1.0
+    tgt_of = np.zeros((len(tgt_groups), rows.shape[0]))
+    for j, g in enumerate(tgt_groups):
+        tgt_of[j, list(g)] = 1.0 / len(g)
+    return tgt_of @ rows @ src_of
 
 
 def pieces_to_words(links: Links, src_groups: Sequence[Sequence[int]],
@@ -152,13 +187,23 @@ def pieces_to_words(links: Links, src_groups: Sequence[Sequence[int]],
 
 def word_links(attn: np.ndarray, src_pieces: list[str], tgt_pieces: list[str],
                kinds: tuple[str, str], n_src_words: int, n_tgt_words: int,
-               method: str = "argmax", threshold: float = 0.5) -> Links | None:
+               method: str = "argmax", threshold: float = 0.5, words: str = "any"
+               ) -> Links | None:
     """Word links of one sentence pair, or None when its pieces do not group into
-    ``n_src_words`` and ``n_tgt_words`` words. ``tgt_pieces`` without ``</s>``."""
+    ``n_src_words`` and ``n_tgt_words`` words. ``tgt_pieces`` without ``</s>``; ``words`` is
+    the pieces-to-words rule (``any`` or ``mean``, see the module docstring)."""
+    if words not in WORD_RULES:
+        raise ValueError(f"pieces-to-words rule {words!r}: expected one of "
+                         f"{', '.join(WORD_RULES)}")
     sg, tg = dg.word_groups(src_pieces, kinds[0]), dg.word_groups(tgt_pieces, kinds[1])
     if len(sg) != n_src_words or len(tg) != n_tgt_words:
         return None
-    return pieces_to_words(piece_links(attn, len(tgt_pieces), method, threshold), sg, tg)
+    if words == "any":
+        return pieces_to_words(piece_links(attn, len(tgt_pieces), method, threshold), sg, tg)
+    a = np.asarray(attn, dtype=np.float64)
+    if not tg or not sg or a.size == 0:
+        return set()
+    return _pick(word_weights(_rows(a, len(tgt_pieces), method), sg, tg), method, threshold)
 
 
 def tokenizer_kinds(translator) -> tuple[str, str]:
@@ -168,7 +213,7 @@ def tokenizer_kinds(translator) -> tuple[str, str]:
 
 def align_pairs(translator, src: Sequence[str], tgt: Sequence[str], method: str = "argmax",
                 threshold: float = 0.5, layer: int | None = None, head: int | None = None,
-                batch_size: int = 64) -> list[Links | None]:
+                batch_size: int = 64, words: str = "any") -> list[Links | None]:
     """Teacher-forced word links (source word, target word) of each given sentence pair;
     None for a pair whose pieces do not map onto its words (or with an empty side)."""
     out: list[Links | None] = []
@@ -178,13 +223,13 @@ def align_pairs(translator, src: Sequence[str], tgt: Sequence[str], method: str 
             continue
         sp, tp, attn = fa
         out.append(word_links(attn, sp, tp, tokenizer_kinds(translator), len(s.split()),
-                              len(t.split()), method, threshold))
+                              len(t.split()), method, threshold, words))
     return out
 
 
 def translation_links(translator, t, src_text: str, method: str = "argmax",
                       threshold: float = 0.5, layer: int | None = None,
-                      head: int | None = None) -> Links | None:
+                      head: int | None = None, words: str = "any") -> Links | None:
     """Word links between the words of ``src_text`` and those of ``t.text``, for its
     Translation ``t`` made with attention; None when there is no attention or the pieces do
     not map onto the words."""
@@ -199,7 +244,7 @@ def translation_links(translator, t, src_text: str, method: str = "argmax",
                           getattr(translator.model.decoder, "attn_layer", -1))
     pieces = [p for p in t.tgt_tokens if p != "</s>"]
     return word_links(attn, t.src_tokens, pieces, tokenizer_kinds(translator),
-                      len(src_text.split()), len(t.text.split()), method, threshold)
+                      len(src_text.split()), len(t.text.split()), method, threshold, words)
 
 
 # -- symmetrisation -------------------------------------------------------------------------
@@ -278,7 +323,8 @@ def score(links: Sequence[Links | None], gold: Sequence[dg.GoldAlignment]) -> di
 
 
 def guided_targets(path: str | Path, src_texts: Sequence[str], tgt_texts: Sequence[str],
-                   keep: Sequence[int], src_codec, tgt_codec) -> tuple[list[np.ndarray], int]:
+                   keep: Sequence[int], src_codec, tgt_codec, shift: bool = False
+                   ) -> tuple[list[np.ndarray], int]:
     """Piece-level links for guided alignment training, from a Pharaoh file of word links
     (0-based ``i-j``, source word i, target word j; ``i?j`` counts too), one line per pair of
     ``src_texts``/``tgt_texts`` (the training corpus in file order).
@@ -291,8 +337,13 @@ def guided_targets(path: str | Path, src_texts: Sequence[str], tgt_texts: Sequen
     contribute nothing. A pair whose pieces do not group into as many words as its text has
     (a normalising tokenizer) gets no links and is counted in the second return value.
 
+    **Rows**: the link of target piece t goes to attention row t, the row that predicts it
+    (read by the ``argmax`` and ``threshold`` methods); with ``shift`` to row t + 1, whose
+    input is piece t (read by the ``shift`` method; the row that predicts ``</s>`` takes the
+    last piece's links).
+
     Returns, for each pair at ``keep`` (the indices :func:`~attendo.data.prepare.encode_pairs`
-    kept), an int32 array (K, 2) of (target piece, source piece) links, and the number of
+    kept), an int32 array (K, 2) of (attention row, source piece) links, and the number of
     such pairs left without links because their pieces do not map onto their words."""
     gold = dg.read_gold_alignments(path)
     if len(gold) != len(src_texts):
@@ -317,7 +368,7 @@ def guided_targets(path: str | Path, src_texts: Sequence[str], tgt_texts: Sequen
             unmapped += 1
             out.append(np.zeros((0, 2), np.int32))
             continue
-        pairs = sorted({(t, s) for a, b in g.possible for t in tg[b] for s in sg[a]})
+        pairs = sorted({(t + shift, s) for a, b in g.possible for t in tg[b] for s in sg[a]})
         out.append(np.asarray(pairs, np.int32).reshape(-1, 2))
     return out, unmapped
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -10,6 +11,11 @@ import sys
 from pathlib import Path
 
 log = logging.getLogger("attendo")
+
+# attendo.align.METHODS and WORD_RULES, spelt out so that parsing arguments imports no torch
+# (tests/test_align.py keeps them equal)
+ALIGN_METHODS = ("argmax", "threshold", "shift", "shift-threshold")
+ALIGN_WORD_RULES = ("any", "mean")
 
 
 class CLIError(Exception):
@@ -86,9 +92,20 @@ def cmd_train(args) -> int:
         overrides.append(f"train.out_dir={args.out}")
     cfg = load_config(args.config, overrides)  # before importing torch: bad configs fail fast
     from . import distributed
-    from .train import Trainer, clear_run
+    from .utils import DirLock
 
     out = Path(cfg.train.out_dir)
+    # held from before clear_run: --overwrite of a directory a training is writing into is
+    # refused, not carried out under it (the trainer takes the same lock again)
+    with DirLock(out) if distributed.is_rank_zero() else contextlib.nullcontext():
+        _train_new(args, cfg, out)
+    return 0
+
+
+def _train_new(args, cfg, out: Path) -> None:
+    from . import distributed
+    from .train import Trainer, clear_run
+
     leftovers = (out / "model.safetensors").exists() or (out / "checkpoints").is_dir()
     if (out / "last.safetensors").exists() and not args.overwrite:
         raise CLIError(
@@ -103,7 +120,6 @@ def cmd_train(args) -> int:
         if distributed.is_rank_zero():  # under torchrun only rank 0 touches the files
             clear_run(out)
     Trainer(cfg).run()
-    return 0
 
 
 def _read_input(path: str | None) -> list[str]:
@@ -213,7 +229,8 @@ def cmd_align(args) -> int:
         gold = dg.read_gold_alignments(args.gold, args.gold_format)
         dg.check_gold(gold, args.gold, [len(s.split()) for s in src],
                       [len(t.split()) for t in tgt])
-    opts = dict(method=args.method, threshold=args.threshold, layer=args.layer, head=args.head)
+    opts = dict(method=args.method, threshold=args.threshold, layer=args.layer, head=args.head,
+                words=args.words)
     if args.translate:
         outs = fwd.translate(src, beam=args.beam, return_attention=True)
         tgt = [o.text for o in outs]
@@ -579,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--align-gold", metavar="FILE",
                    help="gold word alignments, one line per sentence: 'i-j' sure, 'i?j' possible "
                         "(0-based source-reference word indices); adds AER")
-    e.add_argument("--align-method", choices=["argmax", "threshold", "shift"], default="argmax",
+    e.add_argument("--align-method", choices=list(ALIGN_METHODS), default="argmax",
                    help="links from attention (see attendo align): each reference piece's most "
                         "attended source piece, every weight >= --align-threshold, or shift")
     e.add_argument("--align-threshold", type=float, default=0.5)
@@ -595,10 +612,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="align the model's own translations instead of --tgt")
     al.add_argument("--hyp-output", metavar="FILE", help="with --translate: write them here")
     al.add_argument("--output", "-o", help="links file, 'i-j' 0-based (default stdout)")
-    al.add_argument("--method", choices=["argmax", "threshold", "shift"], default="argmax",
+    al.add_argument("--method", choices=list(ALIGN_METHODS), default="argmax",
                     help="each target piece's most attended source piece; every weight >= "
-                         "--threshold; or argmax one step later (shift, Chen et al. 2020)")
+                         "--threshold; or either one step later (shift, shift-threshold; "
+                         "Chen et al. 2020)")
     al.add_argument("--threshold", type=float, default=0.5)
+    al.add_argument("--words", choices=list(ALIGN_WORD_RULES), default="any",
+                    help="pieces to words: any (words linked when any of their pieces are) or "
+                         "mean (the method applied to word weights: summed over source pieces, "
+                         "averaged over target pieces)")
     al.add_argument("--layer", type=int, default=None,
                     help="Transformer: cross-attention layer (0-based, -1 = last; default "
                          "model.attn_layer)")
@@ -648,7 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(needs --tgt): sure as solid squares, possible as dashed squares")
     a.add_argument("--gold-format", choices=["pharaoh", "talp"], default="pharaoh",
                    help="pharaoh: 0-based, 'i?j' possible; talp: 1-based, 'ipj' possible")
-    a.add_argument("--show-alignment", choices=["argmax", "threshold", "shift"], default=None,
+    a.add_argument("--show-alignment", choices=list(ALIGN_METHODS), default=None,
                    help="draw the word links read off the attention as dots (see attendo align)")
     a.add_argument("--align-threshold", type=float, default=0.5,
                    help="weight for --show-alignment threshold (default 0.5)")
@@ -730,10 +752,11 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     from .config import ConfigError
     from .data.corpus import CorpusError
+    from .utils import DirectoryBusy
 
     try:
         return args.func(args)
-    except (CLIError, ConfigError, CorpusError, ValueError) as e:
+    except (CLIError, ConfigError, CorpusError, ValueError, DirectoryBusy) as e:
         print(f"attendo {args.command}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # IsADirectoryError, PermissionError, FileNotFoundError, a full disk...

@@ -275,6 +275,10 @@ class GuidedAlignmentConfig:
     # head; the RNN decoder's single attention is supervised and these are ignored
     layer: int | None = None
     head: int = 0
+    # supervise the attention row whose *input* is target piece t (it predicts piece t+1)
+    # instead of the row that predicts piece t: the row ``attendo align --method shift`` reads
+    # (Chen et al. 2020); false = the predicting row, read by ``argmax``/``threshold``
+    shift: bool = False
 
     def validate(self) -> None:
         _check_finite("train.guided_alignment", self)

@@ -51,7 +51,7 @@ from .data.vocab import Vocab
 from .model.seq2seq import Seq2Seq, build_model
 from .model.transformer import TransformerDecoder
 from .translator import Translator
-from .utils import atomic_write_text
+from .utils import DirLock, atomic_write_text
 
 log = logging.getLogger("attendo")
 
@@ -179,6 +179,9 @@ class Trainer:
         if not self.dist.is_main:
             log.setLevel(logging.WARNING)  # rank-0-only logging
         self.dir.mkdir(parents=True, exist_ok=True)
+        # one training per directory: a second one fails here (DirectoryBusy), before it
+        # touches the first one's files; released by _close (or when this process ends)
+        self._lock = DirLock(self.dir).acquire() if self.dist.is_main else None
         if self.dist.is_main:
             remove_temporary_files(self.dir)  # left by a write that a kill interrupted
         # a prepared (memory-mapped) corpus, or None: the training text is read into memory
@@ -382,10 +385,11 @@ class Trainer:
             raise ConfigError(f"train.guided_alignment.file: {ga.file}: no such file")
         from .align import guided_targets
 
-        align, unmapped = guided_targets(ga.file, train.src, train.tgt, kept, self.src, self.tgt)
+        align, unmapped = guided_targets(ga.file, train.src, train.tgt, kept, self.src, self.tgt,
+                                         shift=ga.shift)
         n_links = sum(len(a) for a in align)
-        log.info("guided alignment: %d piece links from %s (weight %g)", n_links, ga.file,
-                 ga.weight)
+        log.info("guided alignment: %d piece links from %s (weight %g%s)", n_links, ga.file,
+                 ga.weight, ", shifted rows" if ga.shift else "")
         if unmapped:
             log.warning("guided alignment: %d of %d training pairs have no links: their pieces "
                         "do not group into their whitespace words", unmapped, len(align))
@@ -645,6 +649,9 @@ class Trainer:
             self._log_handler = None
         if getattr(self, "dist", None) is not None and self.dist.enabled:
             distributed.shutdown(clean)
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- validation and checkpoints ----------------------------------------------------
     def validate(self) -> dict[str, Any]:
@@ -746,6 +753,12 @@ def resume(model_dir: str | Path, overrides: list[str] | None = None) -> Path:
     model_dir = Path(model_dir)
     cfg = load_config(model_dir / "config.yaml", overrides)
     cfg.train.out_dir = str(model_dir)
+    with DirLock(model_dir) if distributed.is_rank_zero() else contextlib.nullcontext():
+        _resume(model_dir, cfg)
+    return model_dir
+
+
+def _resume(model_dir: Path, cfg: Config) -> None:
     if not (model_dir / LAST_FILE).exists():
         log.warning("%s: no checkpoint was completed; starting again from step 0",
                     model_dir / LAST_FILE)
@@ -754,7 +767,6 @@ def resume(model_dir: str | Path, overrides: list[str] | None = None) -> Path:
         Trainer(cfg).run()
     else:
         Trainer(cfg, resume=True).run()
-    return model_dir
 
 
 def clear_run(out: Path) -> None:

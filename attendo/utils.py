@@ -1,4 +1,5 @@
-"""Small helpers shared across attendo: atomic file writes and transparent gzip reading."""
+"""Small helpers shared across attendo: atomic file writes, transparent gzip reading and the
+lock that keeps two trainings out of one directory."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import gzip
 import io
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -80,3 +82,87 @@ def open_text(path: str | Path, errors: str = "strict") -> TextIO:
     agree with ``wc -l`` and with :func:`attendo.data.corpus.read_parallel`.
     """
     return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors=errors, newline="\n")
+
+
+# -- one training per directory -------------------------------------------------------------
+
+LOCK_FILE = ".attendo.lock"
+
+
+class DirectoryBusy(RuntimeError):
+    """Another process holds the lock of a run directory (see :class:`DirLock`)."""
+
+
+class DirLock:
+    """An advisory lock on ``DIR/.attendo.lock`` (``fcntl.flock``) held while a training
+    writes into DIR, so that a second training (a repeated ``--resume``, ``--overwrite`` of a
+    running directory, a second study on the same out_dir) fails at once with
+    :class:`DirectoryBusy` instead of overwriting the first one's checkpoints. The operating
+    system drops the lock when its process ends, however it ends, so a killed training leaves
+    no stale lock. Re-entrant within a process (the CLI holds it across ``clear_run`` and the
+    trainer takes it again); the file stays, holding the owner's pid and host for the
+    message. Platforms without ``fcntl`` (Windows) get no lock."""
+
+    _held: dict[str, list] = {}  # resolved directory -> [open file, holders in this process]
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self._mine = False
+
+    def acquire(self) -> DirLock:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return self
+        if self._mine:
+            return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key = str(self.dir.resolve())
+        held = DirLock._held.get(key)
+        if held is not None:
+            held[1] += 1
+            self._mine = True
+            return self
+        f = open(self.dir / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            f.close()
+            raise DirectoryBusy(
+                f"{self.dir}: another training is writing into this directory ({owner}, "
+                f"holding {self.dir / LOCK_FILE}); wait for it to finish or stop it, or use "
+                "another train.out_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        DirLock._held[key] = [f, 1]
+        self._mine = True
+        return self
+
+    def release(self) -> None:
+        if not self._mine:
+            return
+        self._mine = False
+        key = str(self.dir.resolve())
+        held = DirLock._held.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del DirLock._held[key]
+            held[0].close()  # closing the file releases the flock
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a Trainer dropped without run() lets go of its directory
+        try:
+            self.release()
+        except Exception:
+            pass

@@ -1,8 +1,8 @@
 """AER of attendo's attention alignments and of eflomal on the 150 gold-aligned de-en pairs.
 
 The "Word alignment" table of BENCHMARKS.md (issue 13). Data from bench/align_data.py; models
-from configs/alignment/*.yaml. For every given de->en model: each method (argmax, shift; and
-threshold at a few values) for the head average and every single head of every decoder layer
+from configs/alignment/*.yaml. For every given de->en model: each method (argmax, shift; threshold and
+shift-threshold at a few values; each under both pieces-to-words rules, any and mean) for the head average and every single head of every decoder layer
 (Transformer) or the one attention (RNN); a reverse (en->de) model adds intersect / union /
 grow-diag / grow-diag-final of the best forward and reverse settings. Settings are chosen on the
 same 150 pairs (the rest of the RWTH set is a blind test that is not here), so every "best" row
@@ -21,6 +21,7 @@ Prints one JSON object; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -48,13 +49,17 @@ def settings(tr: Translator) -> list[tuple[int | None, int | None]]:
     return [(layer, head) for layer in range(L) for head in [None, *range(H)]]
 
 
+# (method, threshold) pairs tried for every (layer, head), each under both pieces-to-words rules
+METHODS = [("argmax", 0.5), ("shift", 0.5), ("threshold", 0.3), ("threshold", 0.5),
+           ("shift-threshold", 0.3), ("shift-threshold", 0.4)]
+
+
 def model_rows(tr: Translator, src, tgt, gold, rev: bool = False) -> tuple[list[dict], dict]:
     """Every (method, layer, head) row and, per row key, the links (for symmetrisation)."""
     rows, links = [], {}
     for layer, head in settings(tr):
         fa = al.forced_attention(tr, src, tgt, 32, layer, head)
-        for method, thr in [("argmax", 0.5), ("shift", 0.5), ("threshold", 0.3),
-                            ("threshold", 0.5)]:
+        for (method, thr), words in itertools.product(METHODS, al.WORD_RULES):
             out = []
             for s, t, x in zip(src, tgt, fa):
                 if x is None:
@@ -62,14 +67,15 @@ def model_rows(tr: Translator, src, tgt, gold, rev: bool = False) -> tuple[list[
                     continue
                 sp, tp, attn = x
                 out.append(al.word_links(attn, sp, tp, al.tokenizer_kinds(tr), len(s.split()),
-                                         len(t.split()), method, thr))
+                                         len(t.split()), method, thr, words))
             if rev:  # (de word, en word) for scoring and symmetrisation
                 out = [al.transpose(x) for x in out]
             sc = al.score(out, gold)
-            key = (method if method != "threshold" else f"threshold {thr}",
+            key = (method if "threshold" not in method else f"{method} {thr}",
                    "default" if layer is None else layer,
-                   "mean" if head is None else head)
-            rows.append({"method": key[0], "layer": key[1], "head": key[2], **sc})
+                   "mean" if head is None else head, words)
+            rows.append({"method": key[0], "layer": key[1], "head": key[2], "words": words,
+                         **sc})
             links[key] = out
     return rows, links
 
@@ -139,12 +145,12 @@ def main() -> None:
         res = {"rows": rows, "best": best}
         # the default attention (head average of the model's attention layer) with argmax
         last = len(tr.model.decoder.layers) - 1 if al.is_transformer(tr.model) else "default"
-        res["default_argmax"] = next(r for r in rows if r["method"] == "argmax"
-                                     and r["head"] == "mean" and r["layer"] == last)
+        res["default_argmax"] = next(r for r in rows if r["method"] == "argmax" and r["words"]
+                                     == "any" and r["head"] == "mean" and r["layer"] == last)
         if rev_links is not None:
             rbest = out["models"][args.reverse]["best"]
-            fkey = (best["method"], best["layer"], best["head"])
-            rkey = (rbest["method"], rbest["layer"], rbest["head"])
+            fkey = (best["method"], best["layer"], best["head"], best["words"])
+            rkey = (rbest["method"], rbest["layer"], rbest["head"], rbest["words"])
             f_l, r_l = links[fkey], rev_links[rkey]
             res["symmetrized"] = []
             for how in al.SYMMETRIZE:

@@ -114,6 +114,49 @@ def test_shift_reads_each_word_from_the_step_that_predicts_the_next():
     assert align.piece_links(lag[:3], 3, "shift") == {(0, 0), (1, 1), (1, 2)}
 
 
+def test_shift_threshold_reads_the_next_row_with_the_threshold_rule():
+    lag = np.array([[0.4, 0.3, 0.3],
+                    [0.9, 0.05, 0.05],
+                    [0.05, 0.5, 0.45],
+                    [0.05, 0.05, 0.9]])  # the </s> row
+    assert align.piece_links(lag, 3, "shift-threshold", 0.4) == {(0, 0), (1, 1), (2, 1),
+                                                                 (2, 2)}
+    assert align.piece_links(lag, 3, "shift-threshold", 0.95) == set()  # words left unlinked
+    assert align.piece_links(lag, 3, "shift") == {(0, 0), (1, 1), (2, 2)}
+
+
+def test_mean_rule_links_words_from_word_weights():
+    # source pieces: ▁das ▁Haus chen </s>; target: ▁the ▁little ▁hou se (+ the </s> row)
+    sp = ["\u2581das", "\u2581Haus", "chen", "</s>"]
+    tp = ["\u2581the", "\u2581little", "\u2581hou", "se"]
+    attn = np.array([[0.7, 0.1, 0.1, 0.1],
+                     [0.1, 0.45, 0.4, 0.05],  # little: Haus 0.45 + chen 0.4 -> Hauschen 0.85
+                     [0.3, 0.5, 0.2, 0.0],    # hou -> Haus ...
+                     [0.5, 0.0, 0.1, 0.4],    # ... se -> das: "any" links house to both
+                     [0.2, 0.2, 0.2, 0.4]])
+    kinds = ("bpe", "bpe")
+    w = align.word_weights(attn[:4], dg.word_groups(sp[:3], "bpe"), dg.word_groups(tp, "bpe"))
+    np.testing.assert_allclose(w, [[0.7, 0.2], [0.1, 0.85], [0.4, 0.4]])
+    assert align.word_links(attn, sp[:3], tp, kinds, 2, 3) == {(0, 0), (1, 1), (1, 2), (0, 2)}
+    # ties go to the first word, as numpy's argmax does
+    assert align.word_links(attn, sp[:3], tp, kinds, 2, 3, words="mean") == \
+        {(0, 0), (1, 1), (0, 2)}
+    assert align.word_links(attn, sp[:3], tp, kinds, 2, 3, "threshold", 0.5, words="mean") == \
+        {(0, 0), (1, 1)}
+    # shift rows through the same rule, row t + 1 for target piece t: the <- Hauschen 0.85;
+    # little <- Haus 0.5 + chen 0.2; house <- das (0.5 + 0.2) / 2 over Hauschen (0.1 + 0.4) / 2
+    assert align.word_links(attn, sp[:3], tp, kinds, 2, 3, "shift", words="mean") == \
+        {(1, 0), (1, 1), (0, 2)}
+    with pytest.raises(ValueError, match="pieces-to-words rule 'all'"):
+        align.word_links(attn, sp[:3], tp, kinds, 2, 3, words="all")
+
+
+def test_cli_lists_the_methods_and_rules_of_attendo_align():
+    from attendo import cli
+
+    assert cli.ALIGN_METHODS == align.METHODS and cli.ALIGN_WORD_RULES == align.WORD_RULES
+
+
 def test_symmetrization_on_a_hand_made_example():
     fwd = {(0, 0), (1, 1), (2, 1), (3, 3)}
     rev = {(0, 0), (1, 1), (1, 2), (4, 3)}
@@ -215,6 +258,16 @@ def test_cli_aligns_pairs_and_scores_them(reverse_model, capsys, tmp_path):
                                 "intersect", "--method", "threshold", "--threshold", "0.3")
     assert code == 0, err
     _pharaoh_ok(stdout3.splitlines(), reverse_model["src"], reverse_model["tgt"])
+    # the word-weight rule: one word per target word from argmax, as good on this task
+    code, stdout4, err = _align(capsys, "--model", m, "--src", root / "test.src", "--tgt",
+                                root / "test.tgt", "-o", out, "--gold", root / "gold.talp",
+                                "--gold-format", "talp", "--words", "mean")
+    assert code == 0, err
+    assert float(stdout4.split()[1]) < 0.15
+    lines = out.read_text(encoding="utf-8").splitlines()
+    _pharaoh_ok(lines, reverse_model["src"], reverse_model["tgt"])
+    assert all(len({j for _, j in dg.parse_pharaoh_line(x, "out").sure}) ==
+               len(dg.parse_pharaoh_line(x, "out").sure) for x in lines)
 
 
 def test_cli_aligns_its_own_translations(reverse_model, capsys, tmp_path):

@@ -323,6 +323,42 @@ def test_overwrite_and_resume(tmp_path, capsys):
     assert (run / "last.safetensors").read_bytes() == before
 
 
+# holds the lock of a run directory, as a training writing into it does, until killed
+HOLD_LOCK = ("import sys, time\nfrom attendo.utils import DirLock\n"
+             "lock = DirLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(120)")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the lock is fcntl.flock")
+def test_a_second_training_in_a_busy_directory_is_refused(tmp_path, capsys):
+    """While another process trains in DIR, ``--resume DIR`` and ``--overwrite`` into DIR
+    exit 2 naming DIR and the holder's pid, and touch nothing; a SIGKILLed holder leaves no
+    stale lock, and the resume then goes ahead."""
+    run = tmp_path / "run"
+    cfg = cli_config(tmp_path / "c.yaml", run, train={"max_steps": 10, "valid_every": 5})
+    assert main(["train", str(cfg)]) == 0  # the CLI and the trainer both take the lock
+    files = {f.name: f.read_bytes() for f in run.iterdir() if f.is_file()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        for argv in (["train", "--resume", str(run), "train.max_steps=20"],
+                     ["train", str(cfg), "--overwrite"]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert str(run) in err and f"pid {holder.pid}" in err and "another training" in err
+            assert (run / "checkpoints").is_dir()
+            for name, data in files.items():
+                if name != ".attendo.lock":
+                    assert (run / name).read_bytes() == data, name
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert main(["train", "--resume", str(run), "train.max_steps=20"]) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 20
+
+
 def test_resume_with_override_continues(tmp_path):
     """``attendo train --resume DIR train.max_steps=30`` must extend the run. argparse gives
     the override to the optional ``config`` positional, so cmd_train silently drops it."""

@@ -15,7 +15,7 @@ from conftest import make_model, random_batch, toy_raw
 
 from attendo import align
 from attendo import diagnostics as dg
-from attendo.config import ConfigError, config_from_dict
+from attendo.config import ConfigError, config_from_dict, load_config
 from attendo.data.batching import collate
 from attendo.data.binarized import prepared_dir
 from attendo.data.prepare import load_corpora
@@ -106,6 +106,20 @@ def test_piece_targets_from_word_links_with_bpe_splits(tmp_path):
     assert sorted(map(tuple, links[0].tolist())) == [(0, 2), (1, 2), (2, 0), (2, 1)]
     b = collate([[4, 5, 6]], [[7, 8, 9, 10]], [0], align=links[:1])
     expect = torch.tensor([[0, 0, 1], [0, 0, 1], [0.5, 0.5, 0], [0, 0, 0], [0, 0, 0]])
+    assert torch.equal(b.align[0], expect)
+
+
+def test_shifted_targets_move_each_link_to_the_row_whose_input_is_its_piece(tmp_path):
+    path = tmp_path / "links.align"
+    path.write_text("1-0 0-1\n0-0\n0-0\n", encoding="utf-8")
+    src, tgt = ["abc de", "f", "gh"], ["xy z w", "v", "u"]
+    plain, _ = align.guided_targets(path, src, tgt, [0], SRC, TGT)
+    shifted, _ = align.guided_targets(path, src, tgt, [0], SRC, TGT, shift=True)
+    assert shifted[0].tolist() == [[t + 1, s] for t, s in plain[0].tolist()]
+    # target pieces xy=(7, 8), z=9, w=10: rows 1, 2 (inputs 7, 8) -> "de"; row 3 (input 9) ->
+    # "abc"; row 0 (input <s>) and row 4 (input w, predicting </s>) get nothing
+    b = collate([[4, 5, 6]], [[7, 8, 9, 10]], [0], align=shifted)
+    expect = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 0, 1], [0.5, 0.5, 0], [0, 0, 0]])
     assert torch.equal(b.align[0], expect)
 
 
@@ -208,12 +222,13 @@ def _train(root: Path, guided: bool, overrides: list[str]) -> Path:
     return Path(cfg.train.out_dir)
 
 
-def _aer(model_dir: Path, layer=None, head=None) -> float:
+def _aer(model_dir: Path, layer=None, head=None, method="argmax") -> float:
     from attendo.translator import Translator
 
     src, tgt = toy_task("reverse", 40, seed=7, max_len=6)
     gold = [dg.parse_pharaoh_line(x, "gold") for x in _anti_diagonal(src)]
-    links = align.align_pairs(Translator.from_dir(model_dir), src, tgt, layer=layer, head=head)
+    links = align.align_pairs(Translator.from_dir(model_dir), src, tgt, method=method,
+                              layer=layer, head=head)
     r = align.score(links, gold)
     assert r["skipped"] == 0
     return r["aer"]
@@ -240,6 +255,20 @@ def test_guided_transformer_head_learns_the_anti_diagonal(tmp_path):
     # seen on CPU: guided about 0.1, unguided about 0.37
     assert g < 0.2, (g, p)
     assert g <= p and (g < p - 0.15 or p < 0.05), (g, p)
+
+
+def test_shift_guided_head_is_read_by_the_shift_method(tmp_path):
+    """train.guided_alignment.shift supervises the row whose input is the aligned piece: the
+    ``shift`` method then reads the anti-diagonal off the supervised head, and the unshifted
+    ``argmax`` of the same head is one position off (every link wrong but the middle ones)."""
+    tf = ["model.encoder=transformer", "model.decoder=transformer", "model.d_model=32",
+          "model.heads=2", "model.ff_dim=64", "model.enc_layers=1", "model.dec_layers=1",
+          "train.lr=0.003", "model.attn_dropout=0.0", "train.guided_alignment.shift=true"]
+    guided = _train(tmp_path, True, tf)
+    assert load_config(guided / "config.yaml").train.guided_alignment.shift is True
+    s, a = _aer(guided, 0, 0, method="shift"), _aer(guided, 0, 0)
+    assert s < 0.2, (s, a)
+    assert a > s + 0.3, (s, a)
 
 
 def test_guided_rnn_logs_align_loss(tmp_path):
