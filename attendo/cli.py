@@ -598,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0-based source-reference word indices); adds AER")
     e.add_argument("--align-method", choices=list(ALIGN_METHODS), default="argmax",
                    help="links from attention (see attendo align): each reference piece's most "
-                        "attended source piece, every weight >= --align-threshold, or shift")
+                        "attended source piece, every weight >= --align-threshold, or either "
+                        "one step later (shift, shift-threshold)")
     e.add_argument("--align-threshold", type=float, default=0.5)
     e.add_argument("--rare-max-count", type=int, default=5,
                    help="a source word seen at most this many times in training is rare (5)")

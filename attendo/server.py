@@ -6,8 +6,8 @@
   of :func:`attendo.explorer.sentence_record`. With ``"alignment": true`` each record also
   has ``"alignment": [[i, j], ...]``: word links of the best hypothesis read off its attention
   (:func:`attendo.align.translation_links`; ``align_method`` argmax, threshold at 0.5,
-  shift, or shift-threshold at 0.5), i a whitespace word of the source and j one of ``text``, 0-based (empty when the
-  pieces do not map onto the words); with ``return_attention`` too, the best hypothesis
+  shift, or shift-threshold at 0.5), i a whitespace word of the source and j one of ``text``,
+  0-based (empty when the pieces do not map onto the words); with ``return_attention`` too, the best hypothesis
   carries them as ``links`` for the explorer to draw.
 - ``GET /health``: status, the model, batching settings, limits and counters.
 - ``GET /``: the explorer page, posting to ``/translate``.

@@ -107,21 +107,21 @@ class DirLock:
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
-        self._mine = False
+        self._key: str | None = None  # the resolved directory while this object holds it
 
     def acquire(self) -> DirLock:
         try:
             import fcntl
         except ImportError:  # Windows
             return self
-        if self._mine:
+        if self._key is not None:
             return self
         self.dir.mkdir(parents=True, exist_ok=True)
         key = str(self.dir.resolve())
         held = DirLock._held.get(key)
         if held is not None:
             held[1] += 1
-            self._mine = True
+            self._key = key
             return self
         f = open(self.dir / LOCK_FILE, "a+", encoding="utf-8")
         try:
@@ -139,14 +139,13 @@ class DirLock:
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
         DirLock._held[key] = [f, 1]
-        self._mine = True
+        self._key = key
         return self
 
     def release(self) -> None:
-        if not self._mine:
+        if self._key is None:
             return
-        self._mine = False
-        key = str(self.dir.resolve())
+        key, self._key = self._key, None
         held = DirLock._held.get(key)
         if held is None:
             return

@@ -1,9 +1,10 @@
 """AER of attendo's attention alignments and of eflomal on the 150 gold-aligned de-en pairs.
 
 The "Word alignment" table of BENCHMARKS.md (issue 13). Data from bench/align_data.py; models
-from configs/alignment/*.yaml. For every given de->en model: each method (argmax, shift; threshold and
-shift-threshold at a few values; each under both pieces-to-words rules, any and mean) for the head average and every single head of every decoder layer
-(Transformer) or the one attention (RNN); a reverse (en->de) model adds intersect / union /
+from configs/alignment/*.yaml. For every given de->en model: each method (argmax, shift;
+threshold and shift-threshold at a few values; each under both pieces-to-words rules, any and
+mean) for the head average and every single head of every decoder layer (Transformer) or the
+one attention (RNN); a reverse (en->de) model adds intersect / union /
 grow-diag / grow-diag-final of the best forward and reverse settings. Settings are chosen on the
 same 150 pairs (the rest of the RWTH set is a blind test that is not here), so every "best" row
 is an oracle choice among the listed ones, as in the papers that tune layer and method on them.
