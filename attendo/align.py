@@ -36,6 +36,8 @@ normalises the text) gets no links and is counted as skipped.
 **Symmetrisation** of a forward (source -> target) and a reverse (target -> source) model's
 links, both as (source word, target word): ``intersect``, ``union``, ``grow-diag`` and
 ``grow-diag-final`` as in Koehn et al. 2003 / Moses (``train-model.perl``, "grow-diag-final").
+``average`` is soft: the method's rule applied to the mean of the two directions' word
+weights (the ``mean`` rule's word rows, one transposed), before any link is picked.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ from .data.batching import collate, make_batches
 
 METHODS = ("argmax", "threshold", "shift", "shift-threshold")
 WORD_RULES = ("any", "mean")  # pieces to words: see the module docstring
-SYMMETRIZE = ("intersect", "union", "grow-diag", "grow-diag-final")
+SYMMETRIZE = ("intersect", "union", "grow-diag", "grow-diag-final")  # of two link sets
+SOFT_SYMMETRIZE = ("average",)  # of two directions' word weights: see average()
 Links = set[tuple[int, int]]
 
 # -- attention ------------------------------------------------------------------------------
@@ -144,9 +147,10 @@ def _rows(a: np.ndarray, n_tgt: int, method: str) -> np.ndarray:
 
 def _pick(rows: np.ndarray, method: str, threshold: float) -> Links:
     """(column, row) links of a (targets, sources) weight matrix: the argmax of each row
-    (argmax, shift), or every weight >= threshold (threshold, shift-threshold)."""
+    (argmax, shift), or every weight >= threshold (threshold, shift-threshold). A row of
+    zeros (a target word that attended only to ``</s>``) gets no link."""
     if method in ("argmax", "shift"):
-        return {(int(s), t) for t, s in enumerate(rows.argmax(1))}
+        return {(int(s), t) for t, s in enumerate(rows.argmax(1)) if rows[t, s] > 0}
     ts, ss = np.nonzero(rows >= threshold)
     return {(int(s), int(t)) for t, s in zip(ts, ss)}
 
@@ -185,6 +189,22 @@ def pieces_to_words(links: Links, src_groups: Sequence[Sequence[int]],
     return {(sw[s], tw[t]) for s, t in links if s in sw and t in tw}
 
 
+def word_rows(attn: np.ndarray, src_pieces: list[str], tgt_pieces: list[str],
+              kinds: tuple[str, str], n_src_words: int, n_tgt_words: int,
+              method: str = "argmax") -> np.ndarray | None:
+    """(target words, source words) weights of one sentence pair: the rows ``method`` reads,
+    turned into word rows by the ``mean`` rule (:func:`word_weights`); None when the pieces
+    do not group into ``n_src_words`` and ``n_tgt_words`` words."""
+    sg, tg = dg.word_groups(src_pieces, kinds[0]), dg.word_groups(tgt_pieces, kinds[1])
+    if len(sg) != n_src_words or len(tg) != n_tgt_words:
+        return None
+    a = np.asarray(attn, dtype=np.float64)
+    rows = _rows(a, len(tgt_pieces), method)
+    if not tg or not sg or a.size == 0:  # nothing to weigh: no links
+        return np.zeros((len(tg), len(sg)))
+    return word_weights(rows, sg, tg)
+
+
 def word_links(attn: np.ndarray, src_pieces: list[str], tgt_pieces: list[str],
                kinds: tuple[str, str], n_src_words: int, n_tgt_words: int,
                method: str = "argmax", threshold: float = 0.5, words: str = "any"
@@ -195,15 +215,13 @@ def word_links(attn: np.ndarray, src_pieces: list[str], tgt_pieces: list[str],
     if words not in WORD_RULES:
         raise ValueError(f"pieces-to-words rule {words!r}: expected one of "
                          f"{', '.join(WORD_RULES)}")
+    if words == "mean":
+        w = word_rows(attn, src_pieces, tgt_pieces, kinds, n_src_words, n_tgt_words, method)
+        return None if w is None else _pick(w, method, threshold) if w.size else set()
     sg, tg = dg.word_groups(src_pieces, kinds[0]), dg.word_groups(tgt_pieces, kinds[1])
     if len(sg) != n_src_words or len(tg) != n_tgt_words:
         return None
-    if words == "any":
-        return pieces_to_words(piece_links(attn, len(tgt_pieces), method, threshold), sg, tg)
-    a = np.asarray(attn, dtype=np.float64)
-    if not tg or not sg or a.size == 0:
-        return set()
-    return _pick(word_weights(_rows(a, len(tgt_pieces), method), sg, tg), method, threshold)
+    return pieces_to_words(piece_links(attn, len(tgt_pieces), method, threshold), sg, tg)
 
 
 def tokenizer_kinds(translator) -> tuple[str, str]:
@@ -227,12 +245,42 @@ def align_pairs(translator, src: Sequence[str], tgt: Sequence[str], method: str 
     return out
 
 
+def pair_word_rows(translator, src: Sequence[str], tgt: Sequence[str], method: str = "argmax",
+                   layer: int | None = None, head: int | None = None, batch_size: int = 64
+                   ) -> list[np.ndarray | None]:
+    """Teacher-forced (target words, source words) weights of each given pair (the rows
+    ``method`` reads, ``mean`` rule), for :func:`average`; None as in :func:`align_pairs`."""
+    out: list[np.ndarray | None] = []
+    for s, t, fa in zip(src, tgt, forced_attention(translator, src, tgt, batch_size, layer, head)):
+        out.append(None if fa is None else word_rows(
+            fa[2], fa[0], fa[1], tokenizer_kinds(translator), len(s.split()), len(t.split()),
+            method))
+    return out
+
+
 def translation_links(translator, t, src_text: str, method: str = "argmax",
                       threshold: float = 0.5, layer: int | None = None,
                       head: int | None = None, words: str = "any") -> Links | None:
     """Word links between the words of ``src_text`` and those of ``t.text``, for its
     Translation ``t`` made with attention; None when there is no attention or the pieces do
     not map onto the words."""
+    args = _translation_attention(translator, t, src_text, layer, head)
+    return None if args is None else word_links(*args, method, threshold, words)
+
+
+def translation_word_rows(translator, t, src_text: str, method: str = "argmax",
+                          layer: int | None = None, head: int | None = None
+                          ) -> np.ndarray | None:
+    """(target words, source words) weights of Translation ``t`` of ``src_text`` (``mean``
+    rule), for :func:`average`; None as in :func:`translation_links`."""
+    args = _translation_attention(translator, t, src_text, layer, head)
+    return None if args is None else word_rows(*args, method)
+
+
+def _translation_attention(translator, t, src_text: str, layer: int | None,
+                           head: int | None) -> tuple | None:
+    """The leading arguments of :func:`word_links` for a Translation, or None without
+    attention."""
     if t.attention is None:
         return None
     attn = t.attention
@@ -243,8 +291,8 @@ def translation_links(translator, t, src_text: str, method: str = "argmax",
         attn = pick_heads(t.info["attn_heads"], layer, head,
                           getattr(translator.model.decoder, "attn_layer", -1))
     pieces = [p for p in t.tgt_tokens if p != "</s>"]
-    return word_links(attn, t.src_tokens, pieces, tokenizer_kinds(translator),
-                      len(src_text.split()), len(t.text.split()), method, threshold, words)
+    return (attn, t.src_tokens, pieces, tokenizer_kinds(translator), len(src_text.split()),
+            len(t.text.split()))
 
 
 # -- symmetrisation -------------------------------------------------------------------------
@@ -292,6 +340,21 @@ def symmetrize(fwd: Links, rev: Links, how: str = "grow-diag") -> Links:
                 if (i, j) not in a and (i not in src_done or j not in tgt_done):
                     add(i, j)
     return a
+
+
+def average(fwd: np.ndarray, rev: np.ndarray, method: str = "threshold",
+            threshold: float = 0.5) -> Links:
+    """Soft symmetrisation: (source word, target word) links picked by ``method``'s rule
+    (argmax of each target word's row, or every weight >= ``threshold``) from the mean of the
+    forward word weights (target words, source words) and the transposed reverse ones
+    (source words, target words), both from :func:`word_rows`. A link both directions
+    half-believe can pass where a hard intersection or union of their links would drop or
+    add it."""
+    f, r = np.asarray(fwd, dtype=np.float64), np.asarray(rev, dtype=np.float64).T
+    if f.shape != r.shape:
+        raise ValueError(f"forward word weights {f.shape} and reverse ones transposed "
+                         f"{r.shape} differ: not the same sentence pair")
+    return _pick((f + r) / 2, method, threshold) if f.size else set()
 
 
 def transpose(links: Links | None) -> Links | None:

@@ -16,6 +16,7 @@ log = logging.getLogger("attendo")
 # (tests/test_align.py keeps them equal)
 ALIGN_METHODS = ("argmax", "threshold", "shift", "shift-threshold")
 ALIGN_WORD_RULES = ("any", "mean")
+ALIGN_SYMMETRIZE = ("intersect", "union", "grow-diag", "grow-diag-final", "average")
 
 
 class CLIError(Exception):
@@ -195,7 +196,16 @@ PAIR_HINT = ("attendo {cmd} aligns every pair: --src and --tgt need a non-empty 
 
 def cmd_align(args) -> int:
     from . import diagnostics as dg
-    from .align import align_pairs, score, symmetrize, translation_links, transpose
+    from .align import (
+        align_pairs,
+        average,
+        pair_word_rows,
+        score,
+        symmetrize,
+        translation_links,
+        translation_word_rows,
+        transpose,
+    )
     from .data.corpus import read_lines, read_parallel
     from .translator import Translator
     from .utils import atomic_write_text
@@ -208,6 +218,9 @@ def cmd_align(args) -> int:
         raise ValueError("--gold scores given pairs: use --tgt, not --translate")
     if args.symmetrize and not args.reverse_model:
         raise ValueError("--symmetrize needs --reverse-model (the target -> source model)")
+    soft = args.symmetrize == "average"
+    if soft and args.words != "mean":
+        raise ValueError("--symmetrize average averages word weights: add --words mean")
     if not 0.0 < args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     for path, flag in ((args.output, "--output"), (args.hyp_output, "--hyp-output")):
@@ -231,13 +244,23 @@ def cmd_align(args) -> int:
                       [len(t.split()) for t in tgt])
     opts = dict(method=args.method, threshold=args.threshold, layer=args.layer, head=args.head,
                 words=args.words)
+    heads = dict(method=args.method, layer=args.layer, head=args.head)
     if args.translate:
         outs = fwd.translate(src, beam=args.beam, return_attention=True)
         tgt = [o.text for o in outs]
-        links = [translation_links(fwd, o, s, **opts) for o, s in zip(outs, src)]
+        if soft:
+            weights = [translation_word_rows(fwd, o, s, **heads) for o, s in zip(outs, src)]
+        else:
+            links = [translation_links(fwd, o, s, **opts) for o, s in zip(outs, src)]
+    elif soft:
+        weights = pair_word_rows(fwd, src, tgt, batch_size=args.batch_size, **heads)
     else:
         links = align_pairs(fwd, src, tgt, batch_size=args.batch_size, **opts)
-    if rev is not None:
+    if soft:
+        back_w = pair_word_rows(rev, tgt, src, batch_size=args.batch_size, **heads)
+        links = [None if f is None or b is None else average(f, b, args.method, args.threshold)
+                 for f, b in zip(weights, back_w)]
+    elif rev is not None:
         back = [transpose(x) for x in align_pairs(rev, tgt, src, batch_size=args.batch_size,
                                                   **opts)]
         links = [None if f is None or b is None else symmetrize(f, b, args.symmetrize or "grow-diag")
@@ -628,8 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--head", type=int, default=None,
                     help="Transformer: one head (default: the mean of the heads)")
     al.add_argument("--reverse-model", metavar="DIR",
-                    help="a target -> source model, for --symmetrize (default grow-diag)")
-    al.add_argument("--symmetrize", choices=["intersect", "union", "grow-diag", "grow-diag-final"])
+                    help="a target -> source model, for --symmetrize (default grow-diag); "
+                         "it is read with the same --method, --threshold, --layer, --head")
+    al.add_argument("--symmetrize", choices=list(ALIGN_SYMMETRIZE),
+                    help="combine the two directions' links (intersect, union, grow-diag, "
+                         "grow-diag-final; Koehn et al. 2003) or, with --words mean, average "
+                         "their word weights before the method picks links (average)")
     al.add_argument("--gold", metavar="FILE", help="gold links: print AER, precision, recall")
     al.add_argument("--gold-format", choices=["pharaoh", "talp"], default="pharaoh",
                     help="pharaoh: 0-based, 'i?j' possible; talp: 1-based, 'ipj' possible")

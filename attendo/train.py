@@ -237,6 +237,17 @@ class Trainer:
                         data.manifest["skipped"], self.prepared_dir, data.manifest["problems"][0])
         return src_ids, tgt_ids, dropped
 
+    def _save_resumed_config(self, cfg: Config) -> None:
+        """Overrides given with ``--resume`` become the run's config.yaml once the checkpoint
+        has loaded under them, so a later resume (or a translation) without them goes on as
+        this one does, as OpenNMT-py's and fairseq's checkpoints keep the options they last
+        ran with."""
+        path = self.dir / "config.yaml"
+        text = cfg.to_yaml()
+        if path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+            log.info("%s: rewritten with this resume's overrides", path)
+
     def _setup(self, cfg: Config, train: Corpus | None, resume: bool) -> None:
         tc = cfg.train
         distributed.check_agreement(self.dist, "config", cfg.to_dict())
@@ -319,6 +330,7 @@ class Trainer:
             log.info("resumed from %s at step %d", last, self.state.step)
             if self.dist.is_main:
                 self._truncate_metrics()
+                self._save_resumed_config(cfg)
         if self.dist.enabled:
             # the saved RNG is rank 0's; give each rank its own dropout stream again
             torch.manual_seed(tc.seed * 1000 + self.dist.rank + self.state.step)

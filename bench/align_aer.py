@@ -5,7 +5,8 @@ from configs/alignment/*.yaml. For every given de->en model: each method (argmax
 threshold and shift-threshold at a few values; each under both pieces-to-words rules, any and
 mean) for the head average and every single head of every decoder layer (Transformer) or the
 one attention (RNN); a reverse (en->de) model adds intersect / union /
-grow-diag / grow-diag-final of the best forward and reverse settings. Settings are chosen on the
+grow-diag / grow-diag-final of the best forward and reverse settings, and average (the mean
+of those two settings' word weights, then argmax or a threshold). Settings are chosen on the
 same 150 pairs (the rest of the RWTH set is a blind test that is not here), so every "best" row
 is an oracle choice among the listed ones, as in the papers that tune layer and method on them.
 eflomal (Östling & Tiedemann 2016) aligns the same training text (lowercased, as attendo
@@ -55,11 +56,24 @@ METHODS = [("argmax", 0.5), ("shift", 0.5), ("threshold", 0.3), ("threshold", 0.
            ("shift-threshold", 0.3), ("shift-threshold", 0.4)]
 
 
-def model_rows(tr: Translator, src, tgt, gold, rev: bool = False) -> tuple[list[dict], dict]:
-    """Every (method, layer, head) row and, per row key, the links (for symmetrisation)."""
-    rows, links = [], {}
+# (rule, threshold) of the average symmetrisation, applied to the best settings' word weights
+AVERAGE = [("argmax", 0.5), ("threshold", 0.3), ("threshold", 0.35), ("threshold", 0.4),
+           ("threshold", 0.45)]
+
+
+def model_rows(tr: Translator, src, tgt, gold, rev: bool = False
+               ) -> tuple[list[dict], dict, dict]:
+    """Every (method, layer, head) row and, per row key, the links (for symmetrisation); per
+    (layer, head, shifted rows) the word weights (for average)."""
+    rows, links, weights = [], {}, {}
     for layer, head in settings(tr):
         fa = al.forced_attention(tr, src, tgt, 32, layer, head)
+        lh = ("default" if layer is None else layer, "mean" if head is None else head)
+        for shifted in (False, True):
+            weights[(*lh, shifted)] = [
+                None if x is None else al.word_rows(
+                    x[2], x[0], x[1], al.tokenizer_kinds(tr), len(s.split()), len(t.split()),
+                    "shift" if shifted else "argmax") for s, t, x in zip(src, tgt, fa)]
         for (method, thr), words in itertools.product(METHODS, al.WORD_RULES):
             out = []
             for s, t, x in zip(src, tgt, fa):
@@ -78,7 +92,7 @@ def model_rows(tr: Translator, src, tgt, gold, rev: bool = False) -> tuple[list[
             rows.append({"method": key[0], "layer": key[1], "head": key[2], "words": words,
                          **sc})
             links[key] = out
-    return rows, links
+    return rows, links, weights
 
 
 def bleu(tr: Translator, src: list[str], ref: list[str]) -> dict:
@@ -135,13 +149,13 @@ def main() -> None:
     rev_links = None
     if args.reverse:
         tr = Translator.from_dir(args.reverse, device="cpu")
-        rows, rev_links = model_rows(tr, tgt, src, gold, rev=True)
+        rows, rev_links, rev_weights = model_rows(tr, tgt, src, gold, rev=True)
         out["models"][args.reverse] = {"rows": rows,
                                        "best": min(rows, key=lambda r: r["aer"])}
         log(f"{args.reverse}: best {out['models'][args.reverse]['best']}")
     for m in args.model:
         tr = Translator.from_dir(m, device="cpu")
-        rows, links = model_rows(tr, src, tgt, gold)
+        rows, links, weights = model_rows(tr, src, tgt, gold)
         best = min(rows, key=lambda r: r["aer"])
         res = {"rows": rows, "best": best}
         # the default attention (head average of the model's attention layer) with argmax
@@ -159,6 +173,15 @@ def main() -> None:
                        for a, b in zip(f_l, r_l)]
                 res["symmetrized"].append({"method": how, "forward": list(fkey),
                                            "reverse": list(rkey), **al.score(sym, gold)})
+            # average: the two best settings' word weights (their layer, head and rows)
+            fw = weights[(best["layer"], best["head"], best["method"].startswith("shift"))]
+            rw = rev_weights[(rbest["layer"], rbest["head"], rbest["method"].startswith("shift"))]
+            for method, thr in AVERAGE:
+                sym = [None if a is None or b is None else al.average(a, b, method, thr)
+                       for a, b in zip(fw, rw)]
+                res["symmetrized"].append({
+                    "method": "average" + (f" {thr}" if method == "threshold" else " argmax"),
+                    "forward": list(fkey), "reverse": list(rkey), **al.score(sym, gold)})
         if args.bleu:
             res["test_bleu"] = bleu(tr, read(d / "test.de"), read(d / "test.en"))
         out["models"][m] = res

@@ -155,6 +155,32 @@ def test_cli_lists_the_methods_and_rules_of_attendo_align():
     from attendo import cli
 
     assert cli.ALIGN_METHODS == align.METHODS and cli.ALIGN_WORD_RULES == align.WORD_RULES
+    assert cli.ALIGN_SYMMETRIZE == align.SYMMETRIZE + align.SOFT_SYMMETRIZE
+
+
+def test_argmax_leaves_a_word_that_attended_only_to_the_end_unlinked():
+    sp, tp = ["\u2581a", "\u2581b", "</s>"], ["\u2581x", "\u2581y"]
+    attn = np.array([[0.9, 0.1, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    # y's word row is all zeros (its weight is on </s>, which is no word): no link, not a-y
+    assert align.word_links(attn, sp[:2], tp, ("bpe", "bpe"), 2, 2, words="mean") == {(0, 0)}
+
+
+def test_average_symmetrization_thresholds_the_mean_of_both_directions():
+    fwd = np.array([[0.6, 0.4],     # (target words, source words) of the forward model
+                    [0.45, 0.55]])
+    rev = np.array([[0.45, 0.55],   # (source words, target words) of the reverse model
+                    [0.3, 0.5]])
+    # mean: t0 (0.525, 0.35), t1 (0.5, 0.525); s0-t1 is half-believed by both (0.45, 0.55):
+    # it passes 0.5 although a hard intersection of the two directions' links drops it
+    assert align.average(fwd, rev, "threshold", 0.5) == {(0, 0), (0, 1), (1, 1)}
+    hard = align.symmetrize(align._pick(fwd, "threshold", 0.5),
+                            align._pick(rev.T, "threshold", 0.5), "intersect")
+    assert (0, 1) not in hard
+    assert align.average(fwd, rev, "argmax") == {(0, 0), (1, 1)}
+    assert align.average(fwd, rev, "threshold", 0.6) == set()
+    assert align.average(np.zeros((0, 2)), np.zeros((2, 0))) == set()
+    with pytest.raises(ValueError, match="not the same sentence pair"):
+        align.average(fwd, rev[:1])
 
 
 def test_symmetrization_on_a_hand_made_example():
@@ -258,6 +284,19 @@ def test_cli_aligns_pairs_and_scores_them(reverse_model, capsys, tmp_path):
                                 "intersect", "--method", "threshold", "--threshold", "0.3")
     assert code == 0, err
     _pharaoh_ok(stdout3.splitlines(), reverse_model["src"], reverse_model["tgt"])
+    # soft symmetrisation of word weights, the same model both ways
+    code, stdout5, err = _align(capsys, "--model", m, "--src", root / "test.src", "--tgt",
+                                root / "test.tgt", "--reverse-model", m, "--symmetrize",
+                                "average", "--words", "mean", "--method", "threshold",
+                                "--threshold", "0.3", "--gold", root / "gold.talp",
+                                "--gold-format", "talp", "-o", out)
+    assert code == 0, err
+    assert float(stdout5.split()[1]) < 0.15
+    _pharaoh_ok(out.read_text(encoding="utf-8").splitlines(), reverse_model["src"],
+                reverse_model["tgt"])
+    code, _, err = _align(capsys, "--model", m, "--src", root / "test.src", "--tgt",
+                          root / "test.tgt", "--reverse-model", m, "--symmetrize", "average")
+    assert code == 2 and "--words mean" in err
     # the word-weight rule: one word per target word from argmax, as good on this task
     code, stdout4, err = _align(capsys, "--model", m, "--src", root / "test.src", "--tgt",
                                 root / "test.tgt", "-o", out, "--gold", root / "gold.talp",
@@ -278,6 +317,13 @@ def test_cli_aligns_its_own_translations(reverse_model, capsys, tmp_path):
     assert code == 0, err
     hyps = hyp.read_text(encoding="utf-8").splitlines()
     _pharaoh_ok(stdout.splitlines(), reverse_model["src"], hyps)
+    # averaged with a reverse model teacher-forced on those translations
+    code, stdout2, err = _align(capsys, "--model", m, "--src", root / "test.src", "--translate",
+                                "--beam", "1", "--reverse-model", m, "--symmetrize", "average",
+                                "--words", "mean")
+    assert code == 0, err
+    _pharaoh_ok(stdout2.splitlines(), reverse_model["src"], hyps)
+    assert any(stdout2.splitlines())
 
 
 def test_cli_errors_exit_2_and_say_why(reverse_model, capsys, tmp_path):

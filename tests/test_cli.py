@@ -368,6 +368,16 @@ def test_resume_with_override_continues(tmp_path):
     assert main(["train", "--resume", str(run), "train.max_steps=20"]) == 0
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) == 20
+    # the override is now the run's config: a later resume goes on with it, not with 10
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["train"]["max_steps"] == 20
+    assert main(["train", "--resume", str(run), "train.valid_every=4"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["train"]["max_steps"] == 20 and saved["train"]["valid_every"] == 4
+    # an override the checkpoint does not fit is refused and leaves config.yaml alone
+    before = (run / "config.yaml").read_bytes()
+    assert main(["train", "--resume", str(run), "model.emb_dim=8"]) != 0
+    assert (run / "config.yaml").read_bytes() == before
 
 
 def test_overrides_after_options(tmp_path):
