@@ -234,15 +234,8 @@ def align_pairs(translator, src: Sequence[str], tgt: Sequence[str], method: str 
                 batch_size: int = 64, words: str = "any") -> list[Links | None]:
     """Teacher-forced word links (source word, target word) of each given sentence pair;
     None for a pair whose pieces do not map onto its words (or with an empty side)."""
-    out: list[Links | None] = []
-    for s, t, fa in zip(src, tgt, forced_attention(translator, src, tgt, batch_size, layer, head)):
-        if fa is None:
-            out.append(None)
-            continue
-        sp, tp, attn = fa
-        out.append(word_links(attn, sp, tp, tokenizer_kinds(translator), len(s.split()),
-                              len(t.split()), method, threshold, words))
-    return out
+    return [None if a is None else word_links(*a, method, threshold, words)
+            for a in _pair_attention(translator, src, tgt, batch_size, layer, head)]
 
 
 def pair_word_rows(translator, src: Sequence[str], tgt: Sequence[str], method: str = "argmax",
@@ -250,12 +243,18 @@ def pair_word_rows(translator, src: Sequence[str], tgt: Sequence[str], method: s
                    ) -> list[np.ndarray | None]:
     """Teacher-forced (target words, source words) weights of each given pair (the rows
     ``method`` reads, ``mean`` rule), for :func:`average`; None as in :func:`align_pairs`."""
-    out: list[np.ndarray | None] = []
-    for s, t, fa in zip(src, tgt, forced_attention(translator, src, tgt, batch_size, layer, head)):
-        out.append(None if fa is None else word_rows(
-            fa[2], fa[0], fa[1], tokenizer_kinds(translator), len(s.split()), len(t.split()),
-            method))
-    return out
+    return [None if a is None else word_rows(*a, method)
+            for a in _pair_attention(translator, src, tgt, batch_size, layer, head)]
+
+
+def _pair_attention(translator, src: Sequence[str], tgt: Sequence[str], batch_size: int,
+                    layer: int | None, head: int | None) -> list[tuple | None]:
+    """Per given pair, the leading arguments of :func:`word_links` from teacher-forced
+    attention, or None for an empty side."""
+    kinds = tokenizer_kinds(translator)
+    return [None if fa is None else (fa[2], fa[0], fa[1], kinds, len(s.split()), len(t.split()))
+            for s, t, fa in zip(src, tgt, forced_attention(translator, src, tgt, batch_size,
+                                                           layer, head))]
 
 
 def translation_links(translator, t, src_text: str, method: str = "argmax",

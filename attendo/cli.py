@@ -242,9 +242,8 @@ def cmd_align(args) -> int:
         gold = dg.read_gold_alignments(args.gold, args.gold_format)
         dg.check_gold(gold, args.gold, [len(s.split()) for s in src],
                       [len(t.split()) for t in tgt])
-    opts = dict(method=args.method, threshold=args.threshold, layer=args.layer, head=args.head,
-                words=args.words)
     heads = dict(method=args.method, layer=args.layer, head=args.head)
+    opts = dict(heads, threshold=args.threshold, words=args.words)
     if args.translate:
         outs = fwd.translate(src, beam=args.beam, return_attention=True)
         tgt = [o.text for o in outs]
