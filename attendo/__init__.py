@@ -3,6 +3,10 @@
 __version__ = "0.1.0"
 
 from .config import Config, ConfigError, load_config  # noqa: E402
+from .data.corpus import TextError  # noqa: E402
 from .translator import Translation, Translator, load  # noqa: E402
 
-__all__ = ["Config", "ConfigError", "Translation", "Translator", "load", "load_config", "__version__"]
+__all__ = [
+    "Config", "ConfigError", "TextError", "Translation", "Translator", "load", "load_config",
+    "__version__",
+]

@@ -51,6 +51,7 @@ import torch
 
 from . import diagnostics as dg
 from .data.batching import collate, make_batches
+from .data.corpus import clean_text, clean_texts
 
 METHODS = ("argmax", "threshold", "shift", "shift-threshold")
 WORD_RULES = ("any", "mean")  # pieces to words: see the module docstring
@@ -91,8 +92,13 @@ def forced_attention(
     """Teacher-forced attention over a given target: per sentence (source pieces, target
     pieces, attention (len(target pieces) + 1, len(source pieces))), the last row the one
     that predicts ``</s>``; None for an empty side. With ``layer`` or ``head`` (Transformers
-    only) the decoder is stepped one position at a time to get every layer's heads."""
+    only) the decoder is stepped one position at a time to get every layer's heads. Both
+    sides are checked and cleaned as translator input is (a control character is a
+    ``TextError`` naming ``src[i]`` or ``tgt[i]``)."""
     model = translator.model
+    src, tgt = clean_texts(src, "src"), clean_texts(tgt, "tgt")
+    if len(src) != len(tgt):
+        raise ValueError(f"got {len(src)} source sentences but {len(tgt)} targets")
     if (layer is not None or head is not None) and not is_transformer(model):
         raise ValueError("--layer and --head are for Transformer decoders only")
     sp = [translator.src.pieces(s) for s in src]
@@ -252,6 +258,7 @@ def _pair_attention(translator, src: Sequence[str], tgt: Sequence[str], batch_si
     """Per given pair, the leading arguments of :func:`word_links` from teacher-forced
     attention, or None for an empty side."""
     kinds = tokenizer_kinds(translator)
+    src, tgt = clean_texts(src, "src"), clean_texts(tgt, "tgt")  # words of the cleaned text
     return [None if fa is None else (fa[2], fa[0], fa[1], kinds, len(s.split()), len(t.split()))
             for s, t, fa in zip(src, tgt, forced_attention(translator, src, tgt, batch_size,
                                                            layer, head))]
@@ -290,6 +297,7 @@ def _translation_attention(translator, t, src_text: str, layer: int | None,
         attn = pick_heads(t.info["attn_heads"], layer, head,
                           getattr(translator.model.decoder, "attn_layer", -1))
     pieces = [p for p in t.tgt_tokens if p != "</s>"]
+    src_text = clean_text(src_text)  # the words of the text the translator saw
     return (attn, t.src_tokens, pieces, tokenizer_kinds(translator), len(src_text.split()),
             len(t.text.split()))
 

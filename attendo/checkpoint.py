@@ -88,6 +88,59 @@ def _open_regular(path: Path, what: str, max_bytes: int | None) -> Iterator[tupl
         yield f, st.st_size
 
 
+# what attendo reads from (or appends to) in a model directory, besides the tokenizer files a
+# tokenizer description lists and the step checkpoints (each checked where it is read)
+MODEL_DIR_FILES = {
+    "config.yaml": "config file", "src.tokenizer.json": "tokenizer description",
+    "tgt.tokenizer.json": "tokenizer description", "src.vocab.json": "vocabulary file",
+    "tgt.vocab.json": "vocabulary file", MODEL_FILE: "weights file", LAST_FILE: "training state",
+    "metrics.jsonl": "metrics log", "train.log": "training log", CKPT_DIR: "checkpoint folder",
+}
+
+
+def check_inside(path: str | Path, model_dir: str | Path, what: str) -> None:
+    """Refuse ``path`` unless it resolves inside ``model_dir``: a model directory is one
+    self-contained thing, and a link in it to a file elsewhere (``/etc/passwd``,
+    ``~/.ssh/id_rsa``) must not be read, quoted in an error or served. A :class:`ModelFileError`
+    names the file and where it leads."""
+    path = Path(path)
+    try:
+        root = Path(model_dir).resolve()
+    except (OSError, RuntimeError) as e:
+        raise ModelFileError(f"{model_dir}: cannot resolve the model directory ({e})") from None
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # e.g. a symlink loop
+        raise ModelFileError(
+            f"{path}: the {what} cannot be resolved (a symlink loop?); expected a file inside "
+            f"the model directory {model_dir}"
+        ) from None
+    if not target.is_relative_to(root):
+        raise ModelFileError(
+            f"{path}: the {what} leads to {target}, outside the model directory {model_dir}; "
+            "copy the file into the directory instead of linking to it"
+        )
+
+
+# what translating reads: config, tokenizers and vocabularies (and model.safetensors unless
+# other weights are named)
+DECODING_FILES = ("config.yaml", "src.tokenizer.json", "tgt.tokenizer.json", "src.vocab.json",
+                  "tgt.vocab.json")
+
+
+def check_model_dir(model_dir: str | Path, names: tuple[str, ...] | None = None) -> None:
+    """Refuse a model directory whose files ``names`` (default: all of
+    :data:`MODEL_DIR_FILES` and the step checkpoints, what training reads and writes) do not
+    all resolve inside it; see :func:`check_inside`. Missing files are left to their readers."""
+    model_dir = Path(model_dir)
+    for name in MODEL_DIR_FILES if names is None else names:
+        if os.path.lexists(model_dir / name):
+            check_inside(model_dir / name, model_dir, MODEL_DIR_FILES[name])
+    if names is None and (model_dir / CKPT_DIR).is_dir():
+        for path in (model_dir / CKPT_DIR).glob("step-*.safetensors"):
+            check_inside(path, model_dir, "step checkpoint")
+
+
 def read_regular_file(path: str | Path, what: str, max_bytes: int | None = None) -> bytes:
     """The bytes of ``path``, which must be a regular file of at most ``max_bytes``.
 
@@ -337,18 +390,28 @@ def build_model_for_weights(
     src_vocab_size: int,
     tgt_vocab_size: int,
     config: str | Path = "config.yaml",
+    *,
+    training: bool = False,
+    device: torch.device | str | None = None,
 ) -> nn.Module:
     """``build_model(cfg, src_vocab_size, tgt_vocab_size)``, built only once the weights file is
-    known to fit it: the model is first built on the ``meta`` device (no memory) and its tensors
-    compared with the header of ``weights``, so that an absurd size in config.yaml, or weights
-    of another model, is an error instead of an allocation of many gigabytes. The weights are not
-    loaded (see :func:`load_weights`); ``config`` names the config file in messages."""
-    from .model.seq2seq import build_model
+    known to fit it: the model's size is estimated from ``cfg`` and checked against the memory
+    it will be ``training`` or decoding in on ``device`` (a ConfigError naming ``config`` and the
+    keys), then it is built on the ``meta`` device (no memory) and its tensors compared with the
+    header of ``weights``, so that an absurd size in config.yaml, or weights of another model,
+    is an error instead of an allocation of many gigabytes. The weights are not loaded (see
+    :func:`load_weights`); ``config`` names the config file in messages."""
+    from .config import ConfigError
+    from .model.seq2seq import assemble_model
+    from .model.size import build_on_meta, check_model_size
 
     weights = Path(weights)
+    try:
+        check_model_size(cfg, src_vocab_size, tgt_vocab_size, training=training, device=device)
+    except ConfigError as e:
+        raise ConfigError(f"{config}: {e}") from None
     header = read_header(weights)
-    with torch.device("meta"):
-        skeleton = build_model(cfg, src_vocab_size, tgt_vocab_size)
+    skeleton = build_on_meta(lambda: assemble_model(cfg, src_vocab_size, tgt_vocab_size))
     check_weights(header, skeleton, str(config))
     stored = skeleton.state_dict()
     unstored = [(n, b) for n, b in skeleton.named_buffers() if n not in stored]
@@ -361,7 +424,7 @@ def build_model_for_weights(
             "(e.g. model.max_positions)"
         )
     del skeleton
-    return build_model(cfg, src_vocab_size, tgt_vocab_size)
+    return assemble_model(cfg, src_vocab_size, tgt_vocab_size)  # build_model, checked above
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
@@ -516,9 +579,16 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def step_checkpoints(model_dir: str | Path) -> list[Path]:
-    """Step checkpoints, oldest first."""
+    """Step checkpoints, oldest first; one that resolves outside ``model_dir`` is a
+    :class:`ModelFileError` (see :func:`check_inside`)."""
     d = Path(model_dir) / CKPT_DIR
-    return sorted(d.glob("step-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+    if os.path.lexists(d):
+        check_inside(d, model_dir, "checkpoint folder")
+    paths = sorted((p for p in d.glob("step-*.safetensors") if p.stem[5:].isdigit()),
+                   key=lambda p: int(p.stem[5:]))
+    for p in paths:
+        check_inside(p, model_dir, "step checkpoint")
+    return paths
 
 
 def prune_checkpoints(model_dir: str | Path, keep_last: int) -> None:

@@ -23,6 +23,17 @@ class CLIError(Exception):
     """A usage problem reported as 'attendo CMD: error: ...' with exit code 2."""
 
 
+def _out_of_memory(e: RuntimeError) -> bool:
+    """torch's allocation failures: CUDA's OutOfMemoryError, the CPU allocator's message."""
+    text = str(e)
+    return type(e).__name__ == "OutOfMemoryError" or any(
+        m in text for m in ("out of memory", "can't allocate memory", "DefaultCPUAllocator"))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def _os_error_text(e: OSError) -> str:
     """One line for an OSError, naming its file(s) when it has them."""
     if e.filename is None:
@@ -133,6 +144,20 @@ def _read_input(path: str | None) -> list[str]:
     if path and path != "-":
         return read_lines(path, max_chars=None)
     return read_lines("<stdin>", max_chars=None, stream=sys.stdin.buffer)
+
+
+def _sentence_arguments(sentences: list[str]) -> list[str]:
+    """Sentences given as command-line arguments, by the rule of files
+    (:func:`attendo.data.corpus.clean_text`); an error names the argument, counted from 1."""
+    from .data.corpus import TextError, clean_text
+
+    out = []
+    for i, text in enumerate(sentences, start=1):
+        try:
+            out.append(clean_text(text))
+        except TextError as e:
+            raise e.located(f"sentence argument {i}") from None
+    return out
 
 
 def cmd_translate(args) -> int:
@@ -395,7 +420,7 @@ def cmd_attend(args) -> int:
     translator = Translator.from_dir(args.model, device=args.device)
     if not getattr(translator.model.decoder, "use_attn", True):
         raise CLIError(f"{args.model}: this model has no attention (model.attention: none)")
-    texts = _read_input(args.input) if args.input else list(args.sentences)
+    texts = _read_input(args.input) if args.input else _sentence_arguments(args.sentences)
     if not texts:
         raise CLIError("give sentences as arguments or --input FILE")
     refs = None
@@ -460,7 +485,8 @@ def cmd_serve(args) -> int:
         max_body_bytes=args.max_body_kb * 1024, max_sentences=args.max_sentences,
         max_chars=args.max_chars, max_tokens=args.max_tokens, max_beam=args.max_beam,
         timeout_s=args.timeout, read_timeout_s=args.read_timeout,
-        max_response_bytes=args.max_response_kb * 1024,
+        max_response_bytes=args.max_response_kb * 1024, header_timeout_s=args.header_timeout,
+        keep_alive_s=args.keep_alive, max_connections=args.max_connections,
     )
     try:
         limits.validate()
@@ -492,6 +518,9 @@ def cmd_average(args) -> int:
         log.warning("only %d step checkpoints in %s; averaging all of them "
                     "(train.keep_last keeps the newest N; 0 keeps all)", len(chosen), model_dir)
     out = Path(args.output) if args.output else model_dir / "averaged.safetensors"
+    # the directory, its config (sizes) and the newest checkpoint are checked before anything
+    # is written; the average itself is checked once written
+    Translator.from_dir(model_dir, weights=chosen[-1])
     meta = {"averaged": [p.name for p in chosen]}
     atomic_write_bytes(out, st_save(average_checkpoints(chosen),
                                     metadata={"attendo": json.dumps(meta)}))
@@ -576,7 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="train a small attention model on a generated task (~2 min)")
+    d = sub.add_parser("demo", help="train a small attention model on a generated task "
+                                    "(trains 1-2.5 min)")
     d.add_argument("--out", default="runs/demo", help="model directory (default runs/demo)")
     d.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=500")
     d.set_defaults(func=cmd_demo)
@@ -723,6 +753,16 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     sv.add_argument("--read-timeout", type=float, default=10.0,
                     help="seconds for a request body to arrive (408 and closed after)")
+    sv.add_argument("--header-timeout", type=float, default=10.0,
+                    help="seconds for a request's line and headers to arrive, from its first "
+                    "byte (from connecting, for the first request); then the connection is "
+                    "closed (408 if a request had begun), so a stalled client cannot hold it "
+                    "(default 10)")
+    sv.add_argument("--keep-alive", type=float, default=5.0,
+                    help="seconds an idle connection stays open between requests (default 5)")
+    sv.add_argument("--max-connections", type=int, default=512,
+                    help="connections open at once; one more is answered 503 and closed "
+                    "(default 512)")
     sv.add_argument("--max-response-kb", type=int, default=4096,
                     help="answer size (413 over it; estimated before translating)")
     sv.add_argument("--log-level", default="info",
@@ -788,6 +828,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # IsADirectoryError, PermissionError, FileNotFoundError, a full disk...
         print(f"attendo {args.command}: error: {_os_error_text(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # torch.OutOfMemoryError is one; any other is a bug: traceback
+        if not _out_of_memory(e):
+            raise
+        print(f"attendo {args.command}: error: out of memory ({_first_line(e)}); the model "
+              "fits (its size is checked before it is built) but a batch's activations did "
+              "not: lower train.batch_size (decoding: --batch-size or decode.batch_size). "
+              "Checkpoints already written are kept; resume with attendo train --resume DIR",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"attendo {args.command}: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,11 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key and what is allowed."""
+
+
+# deepest encoder or decoder stack (deeper ones are typos: a layer takes milliseconds to build,
+# a million of them minutes; sizes and memory are checked by attendo.model.size)
+MAX_LAYERS = 1000
 
 
 @dataclass
@@ -140,6 +146,12 @@ class ModelConfig:
         _check_finite("model", self)
         for key in ("emb_dim", "enc_hidden", "enc_layers", "dec_hidden", "dec_layers"):
             _positive(f"model.{key}", getattr(self, key))
+        for key in ("enc_layers", "dec_layers"):
+            if getattr(self, key) > MAX_LAYERS:
+                raise ConfigError(
+                    f"model.{key}: {getattr(self, key):,} layers is more than the {MAX_LAYERS:,} "
+                    "a stack may have (each layer is a module built one by one)"
+                )
         _positive("model.location_max_len", self.location_max_len)
         if self.out_dim < 0:
             raise ConfigError("model.out_dim: must be >= 0 (0 picks a default)")
@@ -390,7 +402,8 @@ class DecodeConfig:
     stop_rule: Literal["first_k", "exact"] = "first_k"
     # bf16: matrix products in bfloat16 while searching (autocast; scores stay fp32). Fast on
     # CPUs with AVX512-BF16/AMX and on GPUs. int8 (CPU only): linear layers dynamically
-    # quantized to int8 (about twice as fast as fp32 on CPU). Outputs can differ slightly.
+    # quantized to int8 (1.12-2.24x the fp32 speed on CPU in BENCHMARKS.md). Outputs can
+    # differ slightly.
     precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
     def validate(self) -> None:
@@ -587,19 +600,36 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+class OverrideError(ConfigError):
+    """An override string that cannot be applied (no ``=``, a value that is not YAML, a key
+    under something that is not a section); ``item`` is the override, ``problem`` what is wrong."""
+
+    def __init__(self, item: str, problem: str):
+        super().__init__(f"override {item!r}: {problem}")
+        self.item, self.problem = item, problem
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config dict."""
+    if overrides and not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping, got {raw!r}")
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
+            raise OverrideError(item, "expected section.key=value")
         dotted, text = item.split("=", 1)
         parts = dotted.strip().split(".")
         node = raw
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section in the YAML
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+                raise OverrideError(item, f"{part} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as e:
+            problem = " ".join(str(e).split())
+            raise OverrideError(item, f"the value is not valid YAML ({problem})") from None
     return raw
 
 
@@ -629,10 +659,44 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file, apply dotted overrides and validate."""
+    """Read a YAML config file, apply dotted overrides and validate.
+
+    A ConfigError says where the problem is: in an override (``command line: train.lr=.inf:
+    must be a finite number, got inf``, also for a misspelt key given as one), in the file
+    (``PATH: model.dropout: ...``), or in the two together (``PATH with the command line
+    decode.beam_size=2: decode.n_best: ...``)."""
     path = Path(path)
     raw = read_yaml(path)
+    overrides = list(overrides or [])
     try:
         return config_from_dict(raw or {}, overrides)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        raise ConfigError(_where(e, path, raw, overrides)) from None
+
+
+_KEY = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.S)
+
+
+def _where(e: ConfigError, path: Path, raw: Any, overrides: list[str]) -> str:
+    """The message of ``e`` (raised for the file ``path`` with ``overrides``), prefixed with
+    where the fault lies: the override that set the key it names, the file, or both."""
+    if isinstance(e, OverrideError):
+        return f"command line: {e.item}: {e.problem}"
+    m = _KEY.match(str(e))
+    if m and overrides:
+        key, problem = m.groups()
+        for item in reversed(overrides):  # the last override of a key is the one that holds
+            dotted = item.split("=", 1)[0].strip()
+            if (key == dotted or key.startswith((dotted + ".", dotted + "["))
+                    or dotted.startswith(key + ".")):  # model.x.y=1: "model.x: unknown key"
+                shown = problem if key == dotted else f"{key}: {problem}"
+                return f"command line: {item}: {shown}"
+    if overrides:
+        try:
+            config_from_dict(raw or {}, [])
+            alone = None
+        except ConfigError as file_error:
+            alone = str(file_error)
+        if alone != str(e):  # the file alone is fine, or fails otherwise: the mix is at fault
+            return f"{path} with the command line {' '.join(overrides)}: {e}"
+    return f"{path}: {e}"

@@ -75,6 +75,18 @@ def block_repeats(lp: Tensor, hist: Tensor, n: int, eos: int) -> Tensor:
     return lp.masked_fill(blocked > 0, float("-inf"))
 
 
+def impossible_if_invalid(lp: Tensor) -> Tensor:
+    """``lp`` (N, V) with every NaN or +inf entry set to -inf (an impossible token), in place.
+
+    A working model's log-probabilities are finite or -inf. A model whose weights are garbage
+    but finite (a diverged training, a corrupted file) overflows inside its layers and returns
+    NaN or +inf, which ``max`` and ``topk`` rank above every real score: beam search then kept
+    only such hypotheses and finished none. As impossible tokens they leave both searches well
+    defined: a garbage model gives garbage text with a score of -inf, never a crash. Valid
+    values pass unchanged."""
+    return lp.nan_to_num_(nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
+
+
 def _src_pad_mask(state) -> Tensor | None:
     return getattr(state, "src_pad_mask", None)
 
@@ -107,6 +119,7 @@ def greedy_search(
     out: list[Hypothesis | None] = [None] * batch_size
     for t in range(max(max_lens)):
         lp, state, info = decoder.step(y, state, need_info=need_info)
+        lp = impossible_if_invalid(lp)  # (n, V)
         if block_ngram_repeat:
             lp = block_repeats(lp, hist, block_ngram_repeat, eos)
         best_lp, y = lp.max(-1)  # (n,)
@@ -235,6 +248,7 @@ def beam_search(
 
     for t in range(max(max_lens)):
         lp, state, info = decoder.step(y, state, need_info=need_info)  # (n*k, V)
+        lp = impossible_if_invalid(lp)
         if block_ngram_repeat:
             lp = block_repeats(lp, hist, block_ngram_repeat, eos)
         step_sum = None
@@ -299,7 +313,9 @@ def beam_search(
             elif t + 1 >= max_lens[s]:
                 for b in range(k):
                     r = g * k + b
-                    if not torch.isfinite(scores[g, b]):
+                    # a dead beam (-inf) is no hypothesis, unless all are and nothing finished:
+                    # then beam 0 (as good as any) is the garbage model's answer, scored -inf
+                    if not torch.isfinite(scores[g, b]) and (b or finished[s]):
                         continue
                     toks = hist[r].tolist()
                     h = Hypothesis(

@@ -20,10 +20,23 @@ where the throughput comes from. ``max_batch=1`` turns batching off (one request
 
 Every limit (:class:`ServeLimits`) and every malformed request is answered with a 4xx and
 ``{"error": "..."}``; an unexpected failure is a 500 with the same shape, and the server
-goes on serving. Two limits guard the server itself rather than the model:
+goes on serving. Each sentence follows the rule of all input
+(:func:`attendo.data.corpus.clean_text`): a byte-order mark and surrounding whitespace are
+dropped (whitespace-only text translates to ``""``), and a control character is a 422 naming
+the sentence (0-based, as in the list sent) and the character (from 1), e.g.
+``sentence 1: control character U+0000 (NUL) at character 4; ...``.
+
+These limits guard the server itself rather than the model:
 
 - ``read_timeout_s``: the whole request body must arrive within it, or the answer is a 408
-  and the connection is closed (a client sending part of a body cannot hold the server).
+  and the connection is closed (a client sending part of a body cannot hold the server); a
+  body that a route taking none left unread, answered already, is cut off as long after its
+  next byte.
+- ``header_timeout_s``: a request's line and headers must arrive within it (from the
+  connection opening, for the first request), or the connection is closed, with a 408 if a
+  request had begun; ``keep_alive_s`` closes an idle connection between requests; with
+  ``max_connections`` open, one more is answered 503 and closed. Of these uvicorn itself
+  has only the keep-alive time; :class:`GuardedH11Protocol` adds the rest.
 - ``max_response_bytes``: the size of an answer. It is estimated before translating from
   the sources (as if each output were as long as its source; it grows with sentences x
   n_best x attention) and measured after; either over the limit is a 413.
@@ -44,12 +57,15 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 
+import h11
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .align import METHODS, tokenizer_kinds, translation_links
+from .data.corpus import TextError, clean_text
 from .explorer import explorer_page, model_summary, sentence_record
 from .viz import LinkSet
 
@@ -71,6 +87,13 @@ class ServeLimits:
     max_queue: int = 1024  # sentences waiting for the worker; more -> 429 (busy)
     read_timeout_s: float = 10.0  # the whole request body must arrive within it (408, closed)
     max_response_bytes: int = 4096 * 1024  # size of an answer, estimated and measured (413)
+    # connections (GuardedH11Protocol): each request's line and headers must arrive within
+    # header_timeout_s of its first byte (of the connection, for the first request); an idle
+    # kept-alive connection is closed after keep_alive_s; over max_connections open at once
+    # a new connection is answered 503 and closed
+    header_timeout_s: float = 10.0
+    keep_alive_s: float = 5.0
+    max_connections: int = 512
 
     def validate(self) -> None:
         for name, value in asdict(self).items():
@@ -231,14 +254,16 @@ def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
     if len(texts) > limits.max_sentences:
         raise RequestError(413, f"{len(texts)} sentences; at most {limits.max_sentences} "
                                 "per request")
+    cleaned = []  # by the rule of every input: BOM and surrounding whitespace dropped
     for i, t in enumerate(texts):
         if len(t) > limits.max_chars:
             raise RequestError(413, f"sentence {i}: {len(t)} characters; at most "
                                     f"{limits.max_chars}")
         try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:
-            raise RequestError(422, f"sentence {i}: not valid Unicode (a lone surrogate)") from None
+            cleaned.append(clean_text(t))
+        except TextError as e:  # a control character or a lone surrogate, and where
+            raise RequestError(422, f"sentence {i}: {e}") from None
+    texts = cleaned
     beam = req.get("beam", default_beam)
     if not _is_int(beam) or not 1 <= beam <= limits.max_beam:
         raise RequestError(422, f'"beam" must be an integer from 1 to {limits.max_beam}, '
@@ -315,6 +340,124 @@ def _size_error(size: int, limit: int, measured: bool) -> RequestError:
     return RequestError(413, f"the answer {what} {size} bytes; the limit is "
                              f"max_response_bytes = {limit} (--max-response-kb); send fewer "
                              "sentences, a smaller n_best or no return_attention")
+
+
+# --------------------------------------------------------------------------- connections
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol (h11) with the guards uvicorn lacks.
+
+    uvicorn times out only an idle kept-alive connection (``timeout_keep_alive``, armed after a
+    response, and disarmed by any byte that arrives); a connection that never completes its
+    request line and headers is held for ever (slow loris), and so is one that, answered
+    already, goes on sending a body nobody reads a byte at a time. ``limit_concurrency``
+    answers 503 only once a request's headers have arrived, so it bounds neither. Here:
+
+    - a request's line and headers must arrive within ``header_timeout_s`` of its first byte
+      (of the connection being opened, for the first request); after that the connection is
+      closed, with a 408 when part of a request had arrived;
+    - the rest of a body that was answered without being read (a route that takes none) must
+      arrive within ``read_timeout_s`` of its next byte, or the connection is closed (a body
+      the app reads has that deadline in the app: a 408);
+    - with ``max_connections`` open, one more is answered 503 at once and closed.
+
+    Made per server by :func:`server_config`, which sets the class attributes from
+    :class:`ServeLimits`.
+    """
+
+    header_timeout_s: float = ServeLimits.header_timeout_s
+    read_timeout_s: float = ServeLimits.read_timeout_s
+    max_connections: int = ServeLimits.max_connections
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._on_deadline: Callable[[], None] | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            log.warning("%d connections open (max_connections); refused one from %s",
+                        len(self.connections) - 1, self.client)
+            self._refuse(503, "Service Unavailable",
+                         f"busy: {self.max_connections} connections are open, the limit "
+                         "(max_connections, --max-connections); try again shortly")
+            return
+        self._arm(self.header_timeout_s, self._headers_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        state = self.conn.their_state
+        if self.transport.is_closing():
+            self._disarm()
+        elif state is h11.IDLE:  # part of a request: its deadline runs from here on
+            self._arm(self.header_timeout_s, self._headers_too_slow)
+        elif state is h11.SEND_BODY and self.cycle is not None and self.cycle.response_complete:
+            self._arm(self.read_timeout_s, self._unread_body_too_slow)
+        else:  # headers in, and the app reads the body (or the request is over)
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        """One deadline per stage of a request, not one per chunk: armed once, kept."""
+        if self._on_deadline == callback:
+            return
+        self._disarm()
+        self._deadline, self._on_deadline = self.loop.call_later(seconds, callback), callback
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._on_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = self._on_deadline = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        log.debug("closed a connection from %s: no complete request headers within %g s",
+                  self.client, self.header_timeout_s)
+        if self.conn.trailing_data[0]:  # a request had begun: say why it is cut off
+            self._refuse(408, "Request Timeout",
+                         f"the request line and headers did not arrive within the "
+                         f"{self.header_timeout_s:g} s limit (header_timeout_s, "
+                         "--header-timeout)")
+        else:
+            self.transport.close()
+
+    def _unread_body_too_slow(self) -> None:
+        self._deadline = self._on_deadline = None
+        if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+            log.debug("closed a connection from %s: the rest of an answered request's body "
+                      "did not arrive within %g s", self.client, self.read_timeout_s)
+            self.transport.close()
+
+    def _refuse(self, status: int, reason: str, message: str) -> None:
+        """Answer ``{"error": message}`` and close, outside h11's request cycle (no request
+        was read)."""
+        body = json.dumps({"error": message}).encode()
+        head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+        self.transport.write(head + body)
+        self.transport.close()
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000,
+                  log_level: str = "info"):
+    """The uvicorn configuration of ``attendo serve`` for an app of :func:`create_app`: the
+    h11 protocol with the deadlines and connection cap of the app's limits
+    (:class:`GuardedH11Protocol`), and their keep-alive time."""
+    import uvicorn
+
+    limits: ServeLimits = app.state.limits
+    protocol = type("GuardedH11Protocol", (GuardedH11Protocol,), {
+        "header_timeout_s": limits.header_timeout_s, "read_timeout_s": limits.read_timeout_s,
+        "max_connections": limits.max_connections})
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol,
+                          ws="none", timeout_keep_alive=limits.keep_alive_s)
 
 
 # --------------------------------------------------------------------------- the app
@@ -466,4 +609,4 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str
                      name=Path(model_dir).resolve().name)
     log.info("serving %s on http://%s:%d (batches up to %d sentences, %g ms window)",
              model_dir, host, port, max_batch, max_wait_ms)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    uvicorn.Server(server_config(app, host, port, log_level)).run()

@@ -24,10 +24,12 @@ from tqdm import tqdm
 from . import distributed, metrics
 from .checkpoint import (
     CKPT_DIR,
+    DECODING_FILES,
     LAST_FILE,
     MODEL_FILE,
     ModelFileError,
     build_model_for_weights,
+    check_model_dir,
     init_weights,
     load_training_state,
     prune_checkpoints,
@@ -48,10 +50,12 @@ from .data.prepare import (
     save_codecs,
 )
 from .data.vocab import Vocab
+from .divergence import DivergenceGuard, TrainingDiverged
 from .model.seq2seq import Seq2Seq, build_model
+from .model.size import check_model_size
 from .model.transformer import TransformerDecoder
 from .translator import Translator
-from .utils import DirLock, atomic_write_text
+from .utils import DirLock, atomic_write_text, stop_point
 
 log = logging.getLogger("attendo")
 
@@ -67,13 +71,6 @@ def lr_factor(cfg, step: int) -> float:
     return warm
 
 
-MAX_BAD_UPDATES = 5  # non-finite losses in a row before training stops
-
-
-class TrainingDiverged(ValueError):
-    """Training produced non-finite losses or weights; nothing non-finite was saved."""
-
-
 INIT_DATA_KEYS = ("tokenizer", "joint_vocab", "lowercase")
 
 
@@ -81,6 +78,10 @@ def init_source(cfg: Config) -> Path:
     """train.init_from as a checked model directory: it has weights and vocabularies, and was
     trained with the same tokenizer kind, joint vocabulary and lowercasing as ``cfg``."""
     start = Path(cfg.train.init_from)
+    try:  # what fine-tuning reads of it: its config, tokenizers, vocabularies and weights
+        check_model_dir(start, DECODING_FILES + (MODEL_FILE,))
+    except ModelFileError as e:
+        raise ConfigError(f"train.init_from: {e}") from None
     for name in (MODEL_FILE, "config.yaml", "src.vocab.json", "tgt.vocab.json"):
         if not (start / name).is_file():
             raise ConfigError(f"train.init_from: {start}: no {name} there (expected a trained "
@@ -175,6 +176,10 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.device = pick_device(device_name, self.dist.local_rank)
         self.amp_dtype, needs_scaler = resolve_precision(tc.precision, self.device)
+        # a model that cannot fit is refused before any file is written or tokenizer trained
+        # (with the smallest vocabularies; build_model checks again with the real ones)
+        n = len(Vocab.SPECIALS)
+        check_model_size(cfg.model, n, n, training=True, device=self.device, at_least=True)
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
         if not self.dist.is_main:
             log.setLevel(logging.WARNING)  # rank-0-only logging
@@ -293,10 +298,11 @@ class Trainer:
         if resume:  # sizes in config.yaml checked against the checkpoint before allocating
             self.model: Seq2Seq = build_model_for_weights(
                 self.dir / LAST_FILE, cfg.model, len(self.src.vocab), len(self.tgt.vocab),
-                self.dir / "config.yaml",
+                self.dir / "config.yaml", training=True, device=self.device,
             )
         else:
-            self.model = build_model(cfg.model, len(self.src.vocab), len(self.tgt.vocab))
+            self.model = build_model(cfg.model, len(self.src.vocab), len(self.tgt.vocab),
+                                     training=True, device=self.device)
             if start is not None:
                 weights = start / MODEL_FILE
                 new = init_weights(weights, self.model, "this run's config")
@@ -373,7 +379,9 @@ class Trainer:
         # summed alignment cross-entropy and aligned target pieces of the last train_step
         # (None: no guided alignment)
         self.step_align: tuple[float, float] | None = None
-        self.bad_updates = 0  # non-finite updates in a row (skipped)
+        # every test that stops a diverging run (non-finite or absurd losses, gradients,
+        # weights, validation perplexity), with its thresholds: attendo/divergence.py
+        self.guard = DivergenceGuard(tc.lr, len(self.tgt.vocab), str(self.dir))
 
     @staticmethod
     def _codecs_of(model_dir: Path, cfg: Config):
@@ -551,21 +559,18 @@ class Trainer:
         if self.scaler is None and not finite:
             # never apply a non-finite update (it would turn every weight into NaN); stop when
             # it keeps happening. The grad scaler (fp16) skips and rescales by itself.
-            self.bad_updates += 1
             what = "gradient norm" if math.isfinite(loss_sum) else "loss"
+            in_a_row = self.guard.non_finite(self.state.step + 1, what, self._kept_step())
             log.warning("step %d: non-finite %s (%s); update skipped (%d in a row)",
                         self.state.step + 1, what, loss_sum if what == "loss" else norm_value,
-                        self.bad_updates)
-            if self.bad_updates >= MAX_BAD_UPDATES:
-                raise TrainingDiverged(
-                    f"training diverged: {self.bad_updates} updates in a row had a non-finite "
-                    f"{what} (last at step {self.state.step + 1}, train.lr={tc.lr}); nothing "
-                    f"after step {self.state.step} was saved. Lower train.lr, add warmup "
-                    "(train.warmup_steps) or gradient clipping (train.clip_norm)"
-                )
+                        in_a_row)
             self.optimizer.zero_grad(set_to_none=True)
             return 0.0, 0.0, 0
-        self.bad_updates = 0
+        # finite but diverging (a loss spike, an exploded gradient): stop before applying it.
+        # Distributed ranks see different batches, so they decide on the shared norm alone.
+        self.guard.update(self.state.step + 1,
+                          None if self.dist.enabled else nll_sum / max(total_n, 1),
+                          norm_value, self._kept_step())
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -640,6 +645,7 @@ class Trainer:
                 if st.step % tc.valid_every == 0:
                     self.validate_and_save()
                     win_t0 = time.time()  # validation time is not training throughput
+                stop_point("update", st.step)  # tests only: ATTENDO_STOP_AT=update:N
                 reason = self._done()
             if self._last_valid_step != st.step:
                 self.validate_and_save()
@@ -677,6 +683,8 @@ class Trainer:
                                     copy=self.valid_copy)
         rec["loss"] = nll / max(n, 1)
         rec["ppl"] = metrics.perplexity(nll, n)
+        # a perplexity no working model has stops training here, before decoding garbage
+        self.guard.check_validation(self.state.step, rec["ppl"], self._kept_step())
         if tc.valid_bleu and self.valid is not None:
             k = min(tc.valid_max_sents, len(self.valid))
             translator = Translator(self.model, self.src, self.tgt, self.cfg)
@@ -690,7 +698,7 @@ class Trainer:
     def validate_and_save(self) -> None:
         """Rank 0 validates and writes checkpoints; the others wait, then adopt its counters
         (best, patience, plateau) so every rank stops and decays the lr together."""
-        self._check_finite_weights()  # on every rank: they hold the same weights
+        self._check_weights()  # on every rank: they hold the same weights
         if self.dist.is_main:
             self._validate_and_save()
         self._last_valid_step = self.state.step
@@ -701,16 +709,14 @@ class Trainer:
             for k, v in shared.items():
                 setattr(self.state, k, v)
 
-    def _check_finite_weights(self) -> None:
-        """A model with NaN or infinite weights is never validated, saved or made "best"."""
-        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            raise TrainingDiverged(
-                f"training diverged: at step {self.state.step} weights are not finite "
-                f"({bad[0]}{more}; train.lr={self.cfg.train.lr}); the checkpoints of step "
-                f"{self._last_valid_step or 0} and before are kept unchanged"
-            )
+    def _kept_step(self) -> int:
+        """Step of the last checkpoint written (0: none), which a divergence stop keeps."""
+        return self._last_valid_step or 0
+
+    def _check_weights(self) -> None:
+        """A model with non-finite or exploded weights is never validated, saved or made
+        "best" (:meth:`DivergenceGuard.check_weights`)."""
+        self.guard.check_weights(self.model, self.state.step, self._kept_step())
 
     def _validate_and_save(self) -> None:
         tc, st = self.cfg.train, self.state
@@ -763,6 +769,7 @@ def resume(model_dir: str | Path, overrides: list[str] | None = None) -> Path:
     first checkpoint was complete (no ``last.safetensors``) has nothing to continue: it starts
     again from step 0 with the directory's config, which is what it would have done."""
     model_dir = Path(model_dir)
+    check_model_dir(model_dir)  # its files are its own: a link to elsewhere is refused
     cfg = load_config(model_dir / "config.yaml", overrides)
     cfg.train.out_dir = str(model_dir)
     with DirLock(model_dir) if distributed.is_rank_zero() else contextlib.nullcontext():
@@ -802,4 +809,5 @@ def remove_temporary_files(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-__all__ = ["Trainer", "TrainerState", "train", "resume", "clear_run", "lr_factor"]
+__all__ = ["Trainer", "TrainerState", "TrainingDiverged", "train", "resume", "clear_run",
+           "lr_factor"]

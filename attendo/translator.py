@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import MODEL_FILE, build_model_for_weights, load_weights
+from .checkpoint import (
+    DECODING_FILES,
+    MODEL_FILE,
+    build_model_for_weights,
+    check_model_dir,
+    load_weights,
+)
 from .config import Config, ConfigError, DecodeConfig, load_config
 from .data.batching import collate, make_batches
+from .data.corpus import clean_texts
 from .data.prepare import Codec, copy_ids, load_codecs
 from .data.vocab import Vocab
 from .model.seq2seq import Seq2Seq
@@ -46,9 +54,12 @@ class Translation:
     alignment: list[tuple[int, int]] | None = None
 
     def to_dict(self, with_attention: bool = True) -> dict:
+        """A JSON-ready dict (``json.dumps(..., allow_nan=False)`` works): a score that is not
+        finite (a model that gives no finite score, see :func:`attendo.search.beam_search`)
+        is None, as in the server's answers."""
         d = {
             "text": self.text,
-            "score": self.score,
+            "score": _finite_or_none(self.score),
             "src_tokens": self.src_tokens,
             "tgt_tokens": self.tgt_tokens,
         }
@@ -61,8 +72,12 @@ class Translation:
         if self.alignment is not None:
             d["alignment"] = [list(x) for x in self.alignment]
         if self.nbest and len(self.nbest) > 1:
-            d["nbest"] = [{"text": h.text, "score": h.score} for h in self.nbest]
+            d["nbest"] = [{"text": h.text, "score": _finite_or_none(h.score)} for h in self.nbest]
         return d
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def max_output_lengths(src_lens: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
@@ -126,12 +141,16 @@ class Translator:
                 raise ConfigError(
                     f"override {item!r}: only decode.* settings can change for a trained model"
                 )
+        # the files it reads are its own: a link to elsewhere is refused
+        check_model_dir(model_dir, DECODING_FILES + (() if weights else (MODEL_FILE,)))
         cfg = load_config(model_dir / "config.yaml", overrides)
         src, tgt = load_codecs(model_dir, cfg.data.lowercase)
         weights = Path(weights) if weights else model_dir / MODEL_FILE
-        # sizes in config.yaml are checked against the weights' header before any allocation
+        # sizes in config.yaml are checked against memory and the weights' header before any
+        # allocation
         model = build_model_for_weights(
-            weights, cfg.model, len(src.vocab), len(tgt.vocab), model_dir / "config.yaml"
+            weights, cfg.model, len(src.vocab), len(tgt.vocab), model_dir / "config.yaml",
+            device=device,
         )
         load_weights(weights, model, str(model_dir / "config.yaml"))
         return cls(model.to(device), src, tgt, cfg)  # the translator owns this model
@@ -206,7 +225,14 @@ class Translator:
         to decode.max_input_tokens pieces (with a warning). Options left None come from
         the decode config. A copy model writes source words it copies verbatim.
         ``return_alignment`` (implies attention) sets each best Translation's ``alignment``
-        (empty when its pieces do not map onto words, see :mod:`attendo.align`)."""
+        (empty when its pieces do not map onto words, see :mod:`attendo.align`).
+
+        Each text is checked and cleaned as files and stdin are
+        (:func:`attendo.data.corpus.clean_text`): a byte-order mark and surrounding whitespace
+        are dropped (whitespace-only text translates to ``""``); a control character is a
+        :class:`~attendo.data.corpus.TextError` (a ValueError) naming ``texts[i]`` and the
+        character's position."""
+        texts = clean_texts(texts, "texts")
         if return_alignment:
             from .align import translation_links
 
@@ -239,6 +265,7 @@ class Translator:
         lens = [len(ids[i]) for i in todo]
         model = self.search_model(cfg.precision)
         bf16 = cfg.precision == "bf16"
+        garbage = 0  # sentences whose best output scores -inf: the model gives no numbers
         for plan in make_batches(lens, None, batch_size=batch_size or cfg.batch_size,
                                  batch_type="sentences", shuffle=False):
             rows = [todo[j] for j in plan]
@@ -263,6 +290,11 @@ class Translator:
                 ts = [self._hyp_to_translation(h, pieces[r], oovs) for h in hs]
                 ts[0].nbest = ts
                 results[r] = ts[0]
+                garbage += not math.isfinite(ts[0].score)
+        if garbage:  # see attendo.search.impossible_if_invalid
+            log.warning("%d of %d translations have no finite score: the model's "
+                        "log-probabilities are NaN or overflow (diverged or corrupted weights?), "
+                        "so its output is meaningless", garbage, len(todo))
         return results  # type: ignore[return-value]
 
     @torch.no_grad()

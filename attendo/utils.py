@@ -1,5 +1,6 @@
-"""Small helpers shared across attendo: atomic file writes, transparent gzip reading and the
-lock that keeps two trainings out of one directory."""
+"""Small helpers shared across attendo: atomic file writes, transparent gzip reading, the
+lock that keeps two trainings out of one directory, and the test-only stop points
+(``ATTENDO_STOP_AT``, see :func:`stop_point`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,57 @@ import gzip
 import io
 import os
 import secrets
+import signal
 import socket
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 GZIP_MAGIC = b"\x1f\x8b"
+
+# -- test-only stop points --------------------------------------------------------------------
+
+STOP_AT_ENV = "ATTENDO_STOP_AT"
+
+
+def _parse_stop_at(value: str | None) -> tuple[str, str, int] | None:
+    """``update:N`` -> ("update", "N", 1); ``write:NAME[:K]`` -> ("write", NAME, K)."""
+    if not value:
+        return None
+    kind, _, rest = value.partition(":")
+    name, _, nth = rest.partition(":") if kind == "write" else (rest, "", "")
+    ok = kind == "update" and rest.isdigit() or (
+        kind == "write" and bool(name) and (not nth or nth.isdigit() and int(nth) > 0))
+    if not ok:
+        raise ValueError(f"{STOP_AT_ENV}={value!r}: expected update:N or write:NAME[:K]")
+    return kind, str(int(name)) if kind == "update" else name, int(nth or 1)
+
+
+_STOP_AT = _parse_stop_at(os.environ.get(STOP_AT_ENV))  # read once: unset costs one test
+_stop_counts: dict[str, int] = {}  # file name -> atomic writes of it seen in this process
+
+
+def stop_point(kind: str, name: str | int) -> None:
+    """Stop this process (SIGSTOP) at a named point when ``ATTENDO_STOP_AT`` asks for it; a
+    test-only fault point, so a test can SIGKILL a training at a moment it chose instead of
+    after a wall-clock delay (``tests/test_kill_resume.py``). Points:
+
+    - ``update:N``: right after training update N (the global step) is complete: its metrics
+      line is written and, when N is a multiple of train.valid_every, its checkpoint too;
+    - ``write:NAME[:K]``: inside the K-th (default first) atomic write in this process of a
+      file named NAME (``last.safetensors``, ``step-40.safetensors``, ...), after its
+      temporary file is written and fsynced, before the rename that would replace NAME.
+
+    The test waits for the stopped state (``os.waitpid(pid, os.WUNTRACED)``) and kills. With
+    the variable unset (always, outside tests) this returns at its first test."""
+    if _STOP_AT is None:
+        return
+    want_kind, want_name, nth = _STOP_AT
+    name = str(name)
+    if kind != want_kind or name != want_name:
+        return
+    _stop_counts[name] = _stop_counts.get(name, 0) + 1
+    if _stop_counts[name] == nth:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -32,6 +79,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if _STOP_AT is not None:  # a test's kill point between the write and the rename
+            stop_point("write", path.name)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -53,13 +53,14 @@ def toy_raw(out_dir: str | Path) -> dict:
     return raw
 
 
-def train_tiny(out: Path, **model) -> Path:
-    """A copy-task model trained for a few dozen steps (about a second), saved in ``out``."""
+def train_tiny(out: Path, tokenizer: str = "word", **model) -> Path:
+    """A copy-task model trained for a few dozen steps (about a second), saved in ``out``
+    (``tokenizer="char"``: every character, spaces and stray marks too, is a piece)."""
     from attendo.train import Trainer
 
     raw = toy_raw(out)
     raw["data"].update(toy="copy", toy_train_size=400, toy_valid_size=16, toy_test_size=16,
-                       toy_max_len=5)
+                       toy_max_len=5, tokenizer=tokenizer)
     raw["model"].update(emb_dim=16, enc_hidden=32, dec_hidden=32, **model)
     raw["train"].update(max_steps=30, valid_every=30, log_every=30)
     Trainer(config_from_dict(raw)).run()
@@ -77,16 +78,18 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_in_thread(app):
-    """Run an ASGI app under uvicorn in a daemon thread on a free port; yields the port."""
+    """Run an app of attendo.server.create_app under uvicorn, configured as ``attendo serve``
+    configures it (its connection guards included), in a daemon thread on a free port;
+    yields the port."""
     import threading
     import time
 
     import uvicorn
 
+    from attendo.server import server_config
+
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

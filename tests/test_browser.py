@@ -3,11 +3,13 @@ driven by Selenium) opens the page ``attendo serve`` serves, submits a sentence,
 translation and a drawn heatmap, and hovering a token changes the highlight.
 
 Skips, saying what to install, where Chromium, its driver, Selenium or FastAPI are missing;
-``.ci/run`` installs the browser so that CI runs it.
+``.ci/run`` installs the browser so that CI runs it, and sets ``ATTENDO_REQUIRE_BROWSER=1``
+once the browser is there: then a browser that does not start is a failure, not a skip.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -56,7 +58,10 @@ def browser():
     try:
         driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     except Exception as e:  # e.g. a driver that does not match the browser's version
-        pytest.skip(f"could not start headless Chromium ({type(e).__name__}: {e}); {INSTALL}")
+        why = f"could not start headless Chromium ({type(e).__name__}: {e}); {INSTALL}"
+        if os.environ.get("ATTENDO_REQUIRE_BROWSER") == "1":
+            pytest.fail(why)  # the browser is installed (CI): not starting it is a bug
+        pytest.skip(why)
     yield driver
     driver.quit()
 

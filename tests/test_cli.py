@@ -103,22 +103,47 @@ def test_translate_stdin_to_stdout(model_dir, monkeypatch, capsys):
     assert lines[0] == t.text
 
 
+def forced_log_prob(translator, precision: str, src_text: str, tgt_tokens: list[str]) -> float:
+    """Sum of the log-probabilities the model, run at ``precision`` as decoding runs it, gives
+    the output pieces ``tgt_tokens`` (``Translation.tgt_tokens``, "</s>" last when the output
+    ended) of ``src_text``: forced decoding, teacher-forced on that output."""
+    from attendo.data.vocab import Vocab
+
+    assert not translator.model.copies  # ids below are the target vocabulary's, no extension
+    ended = bool(tgt_tokens) and tgt_tokens[-1] == "</s>"
+    ids = translator.tgt.vocab.encode(tgt_tokens[:-1] if ended else tgt_tokens)
+    ids += [Vocab.EOS] if ended else []
+    src = torch.tensor([translator.src.vocab.encode(translator.src.pieces(src_text))])
+    tgt_in = torch.tensor([[Vocab.BOS] + ids[:-1]])
+    model = translator.search_model(precision)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+        lp, _ = model.log_probs(src, torch.tensor([src.shape[1]]), tgt_in)  # (1, T, V)
+    return float(lp[0, torch.arange(len(ids)), torch.tensor(ids)].sum())
+
+
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_translate_low_precision_decoding(model_dir, monkeypatch, capsys, precision):
-    """decode.precision=bf16 (autocast) and int8 (quantized linear layers) give valid outputs
-    whose scores stay close to the fp32 ones, and are reachable as translate overrides."""
+    """decode.precision=bf16 (autocast) and int8 (quantized linear layers) give valid outputs,
+    and the low-precision model scores every fp32 output within 2% of its fp32 log-probability
+    (forced decoding), whether or not its own search picks the same output; both reachable as
+    translate overrides."""
     from attendo.translator import Translator
 
     src = ["a b c", "d e a", "c c a b", "e"]
-    fp32 = Translator.from_dir(model_dir).translate(src, beam=3, return_attention=True)
-    low = Translator.from_dir(model_dir, overrides=[f"decode.precision={precision}"]).translate(
-        src, beam=3, return_attention=True
-    )
-    for a, b in zip(fp32, low):
+    full = Translator.from_dir(model_dir)
+    fp32 = full.translate(src, beam=3, return_attention=True)
+    reduced = Translator.from_dir(model_dir, overrides=[f"decode.precision={precision}"])
+    low = reduced.translate(src, beam=3, return_attention=True)
+    for s, a, b in zip(src, fp32, low):
+        assert a.tgt_tokens and b.tgt_tokens
         assert b.attention.dtype.kind == "f" and np.isfinite(b.score)
         assert np.allclose(b.attention.sum(-1), 1.0, atol=0.02)
-        if a.tgt_tokens == b.tgt_tokens:  # same hypothesis: nearly the same score
-            assert abs(a.score - b.score) < 0.05 * max(1.0, abs(a.score))
+        # forced decoding reproduces the search's own log-probabilities (so it scores the same
+        # thing), then the low-precision model scores the fp32 output and vice versa
+        assert forced_log_prob(full, "fp32", s, a.tgt_tokens) == pytest.approx(a.log_prob, abs=1e-4)
+        tol = 0.02 * max(1.0, abs(a.log_prob))  # measured: under 0.3% (bf16 and int8)
+        assert abs(forced_log_prob(reduced, precision, s, a.tgt_tokens) - a.log_prob) < tol
+        assert abs(forced_log_prob(full, "fp32", s, b.tgt_tokens) - b.log_prob) < tol
     set_stdin(monkeypatch, b"a b c\n")
     assert main(["translate", "--model", str(model_dir), f"decode.precision={precision}"]) == 0
     assert capsys.readouterr().out.strip()

@@ -228,10 +228,13 @@ def test_coverage_penalty_changes_the_ranking(beam):
     assert pen[0].score == pytest.approx(math.log(0.36))  # full coverage: no penalty
     assert [h.score for h in pen] == sorted((h.score for h in pen), reverse=True)
     penalised = math.log(0.54) + 0.2 * math.log(1e-10)  # position 1 never attended
-    for h in pen:
-        if h.tokens == [A, EOS]:
-            assert h.log_prob == pytest.approx(math.log(0.54))
-            assert h.score == pytest.approx(penalised)
+    if beam == 2:  # A then EOS is the runner-up, log P unchanged, the penalty in its score
+        assert [h.tokens for h in pen] == [[B, EOS], [A, EOS]]
+        assert pen[1].log_prob == pytest.approx(math.log(0.54))
+        assert pen[1].score == pytest.approx(penalised)
+    else:  # room for the three-token outputs: both attend every position and outrank it
+        assert [h.tokens for h in pen] == [[B, EOS], [A, B, EOS], [B, A, EOS]]
+        assert pen[-1].score > penalised
     # greedy reports the penalised score of its (unchanged) choice
     (g,) = greedy_search(dec, dec.init_state(1), 1, BOS, EOS, 5, coverage_penalty=0.2)
     assert g.tokens == [A, EOS] and g.score == pytest.approx(penalised)
@@ -300,7 +303,7 @@ def test_config_validation_names_the_key(toy_config, overrides, key):
 
 
 def test_training_logs_cov_loss_and_translate_uses_decode_overrides(
-    toy_config, tmp_path, capsys, caplog
+    toy_config, tmp_path, capsys, caplog, monkeypatch
 ):
     run = tmp_path / "cov"
     cfg = toy_config("model.coverage=true", "train.coverage_loss=1.0", "train.max_steps=10",
@@ -326,8 +329,23 @@ def test_training_logs_cov_loss_and_translate_uses_decode_overrides(
     out = tmp_path / "out.txt"
     argv = ["translate", "--model", str(run), "-i", str(src), "-o", str(out), "--beam", "3",
             "decode.block_ngram_repeat=1", "decode.coverage_penalty=0.3"]
+    import attendo.translator
+
+    # the options each beam search gets: a 10-step model's outputs are too short to show the
+    # blocking by themselves
+    searched = []
+    real = attendo.translator.beam_search
+
+    def spy(*args, **kw):
+        searched.append((kw["beam_size"], kw["block_ngram_repeat"], kw["coverage_penalty"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(attendo.translator, "beam_search", spy)
     assert cli.main(argv) == 0
-    for line in out.read_text().splitlines():
+    assert searched and set(searched) == {(3, 1, 0.3)}
+    lines = out.read_text().splitlines()
+    assert len(lines) == 2
+    for line in lines:
         words = line.split()
         assert len(words) == len(set(words))  # no word twice
     assert cli.main(["translate", "--model", str(run), "-i", str(src), "model.copy=true"]) == 2

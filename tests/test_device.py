@@ -97,6 +97,7 @@ def test_translator_built_before_training_leaves_the_model_on_its_device(toy_con
     _params_on(trainer.model, device)
     assert any(not torch.equal(p.detach(), before[n])
                for n, p in trainer.model.named_parameters())  # it trained
+    assert trainer.optimizer.state  # it stepped: Adam holds moments
     for state in trainer.optimizer.state.values():  # Adam moments live with their weights
         for value in state.values():
             if torch.is_tensor(value) and value.dim():

@@ -17,15 +17,24 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import toy_raw, train_tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import attendo
 from attendo.cli import main
 from attendo.config import ConfigError, DecodeConfig, ModelConfig, TrainConfig, config_from_dict
-from attendo.data.corpus import CorpusError, read_lines, read_parallel
+from attendo.data.corpus import (
+    CorpusError,
+    TextError,
+    clean_text,
+    clean_texts,
+    read_lines,
+    read_parallel,
+)
 from attendo.search import beam_search
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +84,10 @@ CORPORA = {
     "escape_in_target": (b"a\nb\n", b"x\n\x1b[31my\n", ("error", "tgt", 2, "U+001B")),
     "lone_carriage_return": (b"a\rb\nc\n", b"x\ny\n", ("error", "src", 1, "U+000D")),
     "next_line_c1": ("a\nb\u0085c\n".encode(), b"x\ny\n", ("error", "src", 2, "U+0085")),
+    "bidi_override": (
+        "a\nab\u202ecd\n".encode(), b"x\ny\n",
+        ("error", "src", 2, "control character U+202E (right-to-left override) at character 3"),
+    ),
     "empty_file": (b"", b"", ("error", "src", None, "empty file")),
     "bom_only_file": (BOM, BOM, ("error", "src", None, "empty file")),
     "empty_line": (b"a\n\nc\n", b"x\ny\nz\n", ("error", "src", 2, "empty source line")),
@@ -272,6 +285,111 @@ def test_evaluate_texts_refuses_nothing(tiny_model):
         evaluate_texts(Translator.from_dir(tiny_model), [], [])
 
 
+# --------------------------------------------------------------------------- one rule for text
+
+# each class of character the rule refuses: C0 (not tab), DEL, C1, bidi embeddings, overrides
+# and isolates
+CONTROL_CHARS = {
+    "NUL": "\x00", "BEL": "\x07", "ESC": "\x1b", "DEL": "\x7f", "NEL (C1)": "\x85",
+    "CSI (C1)": "\x9b", "LRE": "\u202a", "RLO": "\u202e", "LRI": "\u2066", "PDI": "\u2069",
+}
+
+
+@pytest.fixture(scope="module")
+def char_model(tmp_path_factory) -> Path:
+    """A model whose every input character is a piece: a BOM or a space would reach it."""
+    return train_tiny(tmp_path_factory.mktemp("faults") / "char", tokenizer="char")
+
+
+@pytest.fixture(scope="module")
+def char_translator(char_model):
+    return attendo.load(char_model)
+
+
+@pytest.mark.parametrize("name", sorted(CONTROL_CHARS))
+def test_clean_text_names_the_character_and_its_position(name):
+    c = CONTROL_CHARS[name]
+    with pytest.raises(TextError) as info:
+        clean_text(f"ab{c}d")
+    e = info.value
+    assert isinstance(e, ValueError) and e.index == 2 and e.char == c
+    assert str(e).startswith(f"control character U+{ord(c):04X}") and "at character 3" in str(e)
+
+
+def test_clean_text_keeps_text_and_drops_what_is_around_it():
+    assert clean_text("\ufeffa b") == "a b"  # a BOM at the start
+    assert clean_text(" \ta\u00a0b\ufeff ") == "a\u00a0b"
+    assert clean_text("a\ufeffb") == "a\ufeffb"  # inside: a zero-width no-break space
+    assert clean_text("a\tb") == "a\tb"  # tab is the one control character allowed
+    assert clean_text(" \t \u3000 \ufeff") == ""  # whitespace only
+    with pytest.raises(TextError, match="U\\+000A \\(line feed\\) at character 2"):
+        clean_text("a\nb")  # one sentence per text
+    with pytest.raises(TextError, match="character 2 is U\\+D800, a lone surrogate"):
+        clean_text("a\ud800")
+    with pytest.raises(TypeError, match="wrap it in a list"):
+        clean_texts("a b")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"texts\[1\]: expected text as a str, got int"):
+        clean_texts(["a", 3])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("name", sorted(CONTROL_CHARS))
+def test_translate_api_refuses_control_characters(char_translator, name):
+    c = CONTROL_CHARS[name]
+    with pytest.raises(TextError) as info:
+        char_translator.translate(["a b", f"a{c}b"], beam=1)
+    assert str(info.value).startswith(f"texts[1]: control character U+{ord(c):04X}")
+    assert "at character 2" in str(info.value) and info.value.index == 1
+
+
+def test_translate_api_drops_a_bom(char_translator):
+    plain, marked = char_translator.translate(["a b c", "\ufeffa b c"], beam=1)
+    assert marked.src_tokens == plain.src_tokens and marked.text == plain.text
+
+
+def test_whitespace_only_translates_to_nothing_in_api_and_cli(char_model, char_translator,
+                                                             monkeypatch, capsys):
+    for t in char_translator.translate([" ", "\t \u00a0", "\ufeff  "], beam=2, n_best=2):
+        assert (t.text, t.src_tokens) == ("", [])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"a b\n \t \n"),
+                                                       encoding="utf-8"))
+    assert main(["translate", "--model", str(char_model), "--beam", "1"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[1:] == ["", ""] and lines[0]  # the blank line's translation is empty
+
+
+@pytest.mark.parametrize("name", sorted(CONTROL_CHARS))
+def test_translate_cli_stdin_names_line_and_character(tiny_model, monkeypatch, capsys, name):
+    c = CONTROL_CHARS[name]
+    data = f"a b\nx{c}y\n".encode()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    assert main(["translate", "--model", str(tiny_model)]) == 2
+    line = only_error_line(capsys.readouterr().err, "translate")
+    assert f"<stdin>:2: control character U+{ord(c):04X}" in line and "at character 2" in line
+
+
+def test_attend_sentence_argument_with_a_control_character(tiny_model, tmp_path, capsys):
+    rc = main(["attend", "--model", str(tiny_model), "--out", str(tmp_path / "pics"), "a b",
+               "c\u202ed"])
+    assert rc == 2
+    line = only_error_line(capsys.readouterr().err, "attend")
+    assert "sentence argument 2: control character U+202E (right-to-left override) at " \
+           "character 2" in line
+    assert not (tmp_path / "pics").exists()
+
+
+def test_align_api_checks_both_sides(char_translator):
+    from attendo.align import align_pairs, forced_attention
+
+    with pytest.raises(TextError, match=r"^tgt\[1\]: control character U\+001B"):
+        align_pairs(char_translator, ["a b", "a b"], ["b a", "b\x1ba"])
+    with pytest.raises(TextError, match=r"^src\[0\]: control character U\+2066"):
+        forced_attention(char_translator, ["\u2066a"], ["a"])
+    # a BOM is dropped on both sides: the same pieces and weights as without
+    (sp, tp, a), (sp2, tp2, a2) = forced_attention(
+        char_translator, ["a b", "\ufeffa b "], ["b a", " b a\ufeff"])
+    assert (sp, tp) == (sp2, tp2) and np.allclose(a, a2, atol=1e-6)  # rows of one batch
+
+
 # --------------------------------------------------------------------------- paths (item 10)
 
 
@@ -409,7 +527,7 @@ def test_evaluate_flags_are_checked(tiny_model, tmp_path, capsys):
 _PIECES = [
     b"\n", b"\r\n", b"\r", b"\t", b" ", BOM, b"\x00", b"\x1b", b"\x0b", b"\xff", b"\xc3",
     "\u0085".encode(), "\u2028".encode(), "\ufeff".encode(), b"a", b"b c", "\u00e9".encode(),
-    "\u00a0".encode(),
+    "\u00a0".encode(), "\u202e".encode(), "\u2069".encode(),
 ]
 _content = st.lists(
     st.one_of(st.sampled_from(_PIECES), st.binary(max_size=6)), max_size=24
@@ -433,6 +551,7 @@ def _clean(text: str, allow_tab: bool) -> bool:
         and text == text.strip()
         and not text.startswith("\ufeff")
         and all(unicodedata.category(c) != "Cc" or (allow_tab and c == "\t") for c in text)
+        and not any("\u202a" <= c <= "\u202e" or "\u2066" <= c <= "\u2069" for c in text)
     )
 
 

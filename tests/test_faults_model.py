@@ -175,7 +175,8 @@ def test_tensor_of_the_wrong_shape(model, text, capsys):
 
 def test_absurd_config_size_is_checked_before_allocating(model, text, capsys):
     """model.emb_dim: 10000000 used to build (allocate ~15 GB) before anything checked; now
-    the meta-device model is compared with the weights' header first. The address-space cap
+    its size is estimated first (more than the address-space cap leaves), and a size that
+    fits is compared, as a meta-device model, with the weights' header. The address-space cap
     makes a regression fail fast instead of swapping."""
     cfg = model / "config.yaml"
     raw = yaml.safe_load(cfg.read_text())
@@ -183,13 +184,19 @@ def test_absurd_config_size_is_checked_before_allocating(model, text, capsys):
     cfg.write_text(yaml.safe_dump(raw))
     with address_space_cap():
         line = translate_fails(capsys, model, text)
+    assert f"error: {cfg}: model.emb_dim=10000000: the model has " in line
+    assert "ulimit -v" in line
+    raw["model"]["emb_dim"] = 1000  # fits in memory, not the weights
+    cfg.write_text(yaml.safe_dump(raw))
+    with address_space_cap():
+        line = translate_fails(capsys, model, text)
     assert f"error: {model / 'model.safetensors'}: " in line and "embed.weight" in line
-    assert "10000000" in line and str(cfg) in line
+    assert "1000" in line and str(cfg) in line
 
 
 def test_absurd_unstored_table_is_refused(model, text, capsys):
     """A Transformer's sinusoidal table is not in the weights: model.max_positions: 10**9
-    would allocate 64 GB; the error names config.yaml and the buffer instead."""
+    would allocate 64 GB; the error names config.yaml and the key instead."""
     cfg_path = model / "config.yaml"
     raw = yaml.safe_load(cfg_path.read_text())
     raw["model"].update(encoder="transformer", d_model=16, heads=2, ff_dim=32)
@@ -203,7 +210,7 @@ def test_absurd_unstored_table_is_refused(model, text, capsys):
     cfg_path.write_text(yaml.safe_dump(raw))
     with address_space_cap():
         line = translate_fails(capsys, model, text)  # ...until the table gets absurd
-    assert f"error: {cfg_path}: " in line and "encoder.pos.pe" in line
+    assert f"error: {cfg_path}: model.max_positions=1000000000: " in line
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
@@ -303,7 +310,12 @@ def test_resume_with_an_absurd_config_size_checks_before_allocating(model, capsy
     cfg.write_text(yaml.safe_dump(raw))
     with address_space_cap():
         line = fails(capsys, "train", "--resume", model)
-    assert f"error: {model / 'last.safetensors'}: " in line and "10000000" in line
+    assert "model.emb_dim=10000000: the model has at least " in line and "training" in line
+    raw["model"]["emb_dim"] = 1000  # fits in memory, not the checkpoint
+    cfg.write_text(yaml.safe_dump(raw))
+    with address_space_cap():
+        line = fails(capsys, "train", "--resume", model)
+    assert f"error: {model / 'last.safetensors'}: " in line and "1000" in line
 
 
 def test_resume_with_trainer_state_of_another_version(model, capsys):

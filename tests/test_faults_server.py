@@ -21,6 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import attendo  # noqa: E402
 from attendo import server  # noqa: E402
+from attendo.data.corpus import clean_text  # noqa: E402
 from attendo.server import (  # noqa: E402
     REQUEST_KEYS,
     RequestError,
@@ -223,7 +224,199 @@ def test_an_answer_over_the_size_limit_is_a_413_when_measured(translator, monkey
         assert healthy(port)
 
 
-# --------------------------------------------------------------------------- 4: malformed bodies
+# --------------------------------------------------------------------------- 4: text input
+
+# each class of character the input rule refuses (as in tests/test_faults_input.py)
+CONTROL_CHARS = {
+    "NUL": "\x00", "BEL": "\x07", "ESC": "\x1b", "DEL": "\x7f", "NEL (C1)": "\x85",
+    "CSI (C1)": "\x9b", "LRE": "\u202a", "RLO": "\u202e", "LRI": "\u2066", "PDI": "\u2069",
+    "line feed": "\n",
+}
+
+
+@pytest.fixture(scope="module")
+def char_live(tmp_path_factory):
+    """A server of a model whose every input character is a piece (a BOM or a space would
+    reach it): (app, port)."""
+    model = train_tiny(tmp_path_factory.mktemp("faults") / "char", tokenizer="char")
+    app = create_app(attendo.load(model), LIMITS, max_wait_ms=2.0)
+    with serve_in_thread(app) as port:
+        yield app, port
+
+
+@pytest.mark.parametrize("name", sorted(CONTROL_CHARS))
+def test_a_control_character_is_a_422_naming_sentence_and_position(char_live, name):
+    app, port = char_live
+    c = CONTROL_CHARS[name]
+    calls = app.state.batcher.calls
+    body = json.dumps({"text": ["a b", f"ab{c}c"]}).encode()
+    status, answer, _ = post(port, body)
+    assert status == 422, answer
+    assert answer["error"].startswith(f"sentence 1: control character U+{ord(c):04X}"), answer
+    assert "at character 3" in answer["error"]
+    assert app.state.batcher.calls == calls  # refused before translating
+
+
+def test_a_bom_is_dropped_and_whitespace_only_is_empty(char_live):
+    _, port = char_live
+    records = {}
+    for name, text in (("plain", "a b c"), ("bom", "\ufeffa b c"), ("padded", " a b c\t")):
+        status, answer, _ = post(port, json.dumps({"text": text, "beam": 1}).encode())
+        assert status == 200, answer
+        records[name] = answer["translations"][0]
+    assert records["bom"] == records["plain"] == records["padded"]
+    assert records["plain"]["source"] == "a b c"
+    body = json.dumps({"text": [" ", "\t\u00a0 ", "\ufeff"], "beam": 2, "n_best": 2,
+                       "return_attention": True, "alignment": True}).encode()
+    status, answer, _ = post(port, body)
+    assert status == 200, answer
+    for rec in answer["translations"]:
+        assert (rec["source"], rec["text"], rec["src_tokens"]) == ("", "", [])
+
+
+# --------------------------------------------------------------------------- 5: connections
+
+HEADER_TIMEOUT = 3.0
+# what a slow client sent before it stalled: nothing, part of a request line, part of headers
+SLOW_STARTS = [b"", b"PO", b"POST /translate HT", b"GET /health HTTP/1.1\r\nHost: x\r\n",
+               b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: appl"]
+
+
+def read_to_eof(socks: list[socket.socket], timeout: float) -> dict[socket.socket, tuple]:
+    """Read every socket until the server closes it: {socket: (bytes, monotonic time of EOF)}.
+    Fails if one is still open after ``timeout`` seconds."""
+    data = {s: b"" for s in socks}
+    done: dict[socket.socket, tuple] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(socks):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            pytest.fail(f"{len(socks) - len(done)} of {len(socks)} connections still open "
+                        f"{timeout:g} s on")
+        ready, _, _ = select.select([s for s in socks if s not in done], [], [], left)
+        for s in ready:
+            try:
+                chunk = s.recv(4096)
+            except ConnectionResetError:
+                chunk = b""
+            if chunk:
+                data[s] += chunk
+            else:
+                done[s] = (data[s], time.monotonic())
+    return done
+
+
+def test_slow_headers_are_cut_off_while_others_are_served(translator):
+    """50 clients that stall inside their request line or headers (or send nothing) hold no
+    slot: requests are answered while they wait, and each is closed by the server
+    header_timeout_s after it connected, with a 408 naming the limit where a request had
+    begun. A kept-alive connection that stalls in its second request is cut off the same way."""
+    limits = ServeLimits(**{**LIMITS.__dict__, "header_timeout_s": HEADER_TIMEOUT,
+                            "keep_alive_s": 60.0})  # the kept connection is cut by the header limit
+    with serve_in_thread(create_app(translator, limits, max_wait_ms=2.0)) as port:
+        t0 = time.monotonic()
+        slow = []
+        for i in range(50):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(SLOW_STARTS[i % len(SLOW_STARTS)])
+            slow.append(s)
+        kept = socket.create_connection(("127.0.0.1", port), timeout=10)
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = http.client.HTTPResponse(kept)
+        first.begin()
+        assert first.status == 200 and json.loads(first.read())["status"] == "ok"
+        try:
+            for _ in range(3):  # served while the 50 are held
+                status, answer, _ = post(port, b'{"text": "a b"}')
+                assert status == 200 and answer["translations"]
+            assert healthy(port)
+            answered = time.monotonic()
+            kept.sendall(b"GET /heal")  # the next request on the kept connection stalls
+            closed = read_to_eof(slow + [kept], HEADER_TIMEOUT + 15)
+            for i, s in enumerate(slow):
+                data, when = closed[s]
+                assert when > answered  # held until after the others were served
+                assert HEADER_TIMEOUT * 0.9 <= when - t0 < HEADER_TIMEOUT + 10, when - t0
+                if SLOW_STARTS[i % len(SLOW_STARTS)]:
+                    assert data.startswith(b"HTTP/1.1 408 "), data
+                    error = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+                    assert "header_timeout_s" in error and f"{HEADER_TIMEOUT:g} s" in error
+                else:
+                    assert data == b"", data  # never a word: closed without an answer
+            data, when = closed[kept]
+            assert data.startswith(b"HTTP/1.1 408 ") and when - answered >= HEADER_TIMEOUT * 0.9
+            assert healthy(port)
+        finally:
+            for s in slow + [kept]:
+                s.close()
+
+
+def test_an_answered_body_that_dribbles_on_is_cut_off(live):
+    """A route that reads no body answers at once; a client that goes on sending that body a
+    byte at a time (each byte disarms uvicorn's keep-alive timer) is closed read_timeout_s
+    after its first byte past the answer."""
+    _, port = live
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab")
+        r = http.client.HTTPResponse(s)
+        r.begin()
+        assert r.status == 405
+        r.read()
+        t0 = time.monotonic()
+        while True:  # until the server closes the connection
+            assert time.monotonic() < t0 + READ_TIMEOUT + 10, "still open"
+            with contextlib.suppress(OSError):
+                s.send(b"x")
+            if select.select([s], [], [], 0.2)[0]:
+                try:
+                    if s.recv(100) == b"":
+                        break
+                except ConnectionResetError:
+                    break
+        assert time.monotonic() - t0 >= READ_TIMEOUT * 0.9
+    finally:
+        s.close()
+    assert healthy(port)
+
+
+def test_connections_over_the_limit_get_a_503_and_the_server_recovers(translator):
+    """With max_connections open, one more is answered 503 (JSON, naming the limit) and
+    closed at once; once one closes, requests are served again."""
+    limits = ServeLimits(**{**LIMITS.__dict__, "max_connections": 5, "keep_alive_s": 60.0})
+    with serve_in_thread(create_app(translator, limits, max_wait_ms=2.0)) as port:
+        held = []
+        for _ in range(5):  # kept-alive connections the server has certainly accepted
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = http.client.HTTPResponse(s)
+            r.begin()
+            assert r.status == 200
+            r.read()
+            held.append(s)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            (data, _), = read_to_eof([extra], 15).values()
+            assert data.startswith(b"HTTP/1.1 503 "), data
+            error = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+            assert "max_connections" in error and "5 connections" in error
+        finally:
+            extra.close()
+        held.pop().close()
+        deadline = time.monotonic() + 15
+        while True:  # until the server has seen the close (then a request gets through)
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            (data, _), = read_to_eof([s], 15).values()
+            s.close()
+            if data.startswith(b"HTTP/1.1 200 "):
+                break
+            assert data.startswith(b"HTTP/1.1 503 ") and time.monotonic() < deadline, data
+        for s in held:
+            s.close()
+
+
+# --------------------------------------------------------------------------- 6: malformed bodies
 
 MALFORMED = {
     "truncated JSON": (b'{"text": "a b', "application/json"),
@@ -302,6 +495,7 @@ def check_parse(body: bytes, translator) -> None:
     assert type(beam) is int and 1 <= beam <= LIMITS.max_beam
     assert type(n_best) is int and 1 <= n_best <= beam
     assert type(attn) is bool
+    assert all(clean_text(t) == t for t in texts)  # checked and cleaned (BOM, whitespace)
     n_tokens = [count_tokens(t) for t in texts]
     assert max(n_tokens) <= LIMITS.max_tokens
     assert estimate_response_bytes(texts, n_tokens, n_best, attn) > 0

@@ -1,10 +1,26 @@
-"""Kill test: a training run with dropout on, SIGKILLed at five moments (one of them inside
+"""Kill test: a training run with dropout on, SIGKILLed at five moments (two of them inside
 a checkpoint write) and resumed with ``attendo train --resume`` each time, ends bit-identical
 to a run that was never interrupted; metrics.jsonl has each step once; no temporary file of
 an interrupted write is left behind.
 
 The runs are real processes (``python -m attendo``), killed with SIGKILL: nothing in attendo
 gets a chance to clean up, as after a power cut or the OOM killer.
+
+The moments are points in the run, not wall-clock delays, so the test cannot race however
+loaded the machine is. Each killed run gets the test-only environment variable
+``ATTENDO_STOP_AT`` (:func:`attendo.utils.stop_point`; unset, it costs nothing), and stops
+itself with SIGSTOP there; the test waits for the stopped state (``os.waitpid`` with
+``WUNTRACED``), then sends SIGKILL:
+
+- ``ATTENDO_STOP_AT=update:N``: right after update N (its metrics line written; when N is a
+  multiple of train.valid_every, its checkpoint too);
+- ``ATTENDO_STOP_AT=write:NAME[:K]``: inside the K-th atomic write of the file NAME in that
+  process (``model.safetensors``, ``step-40.safetensors``, ``last.safetensors``): its
+  temporary file is written and fsynced, the rename over NAME has not happened.
+
+A seeded RNG picks the five points: the first inside one of the three writes of the first
+checkpoint (no checkpoint is complete yet: the run has to start again), the fourth inside a
+write of a later checkpoint, the others after an update between two checkpoints.
 """
 
 from __future__ import annotations
@@ -41,9 +57,12 @@ def _config(out: Path, device: str) -> dict:
     }
 
 
-def _env() -> dict:
+def _env(stop_at: str | None = None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("WORLD_SIZE", None)
+    env.pop("ATTENDO_STOP_AT", None)
+    if stop_at is not None:
+        env["ATTENDO_STOP_AT"] = stop_at
     return env
 
 
@@ -70,38 +89,24 @@ def _temporary_files(run: Path) -> list[Path]:
     return [p for d in (run, run / "checkpoints") if d.is_dir() for p in d.glob(".*.tmp")]
 
 
-def _checkpoint_write_under_way(run: Path) -> bool:
-    return any(".safetensors." in p.name for p in _temporary_files(run))
-
-
-def _kill_during_write(proc: subprocess.Popen, run: Path, timeout: float = 120) -> bool:
-    """SIGKILL ``proc`` as soon as the temporary file of a weights or checkpoint write exists
-    (the write is under way: not yet renamed). False if the process ended first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if _checkpoint_write_under_way(run):
-            proc.send_signal(signal.SIGKILL)
+def _kill_when_stopped(proc: subprocess.Popen, timeout: float = 600) -> bool:
+    """Wait until ``proc`` stops itself at its ATTENDO_STOP_AT point (SIGSTOP), then SIGKILL
+    it. False if it exited first (it never reached the point)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG | os.WUNTRACED)
+        if pid == 0:  # still running
+            time.sleep(0.01)
+            continue
+        if os.WIFSTOPPED(status):
+            proc.send_signal(signal.SIGKILL)  # a stopped process dies of SIGKILL at once
             proc.wait()
             return True
-        time.sleep(0.0005)
-    return False
-
-
-def _kill_after_progress(proc: subprocess.Popen, run: Path, delay: float,
-                         timeout: float = 120) -> bool:
-    """SIGKILL ``proc`` ``delay`` seconds after it logged a step beyond its starting point."""
-    start = _last_step(run)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if _last_step(run) > start:
-            time.sleep(delay)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                return True
-            return False
-        time.sleep(0.005)
-    return False
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        return False
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"the run neither stopped nor ended within {timeout} s")
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -132,28 +137,43 @@ def test_killed_five_times_and_resumed_is_bit_identical(tmp_path, device):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(_config(run, device)))
     rng = random.Random(1234)
-    # the first kill lands inside the first checkpoint write (the run has no complete
-    # checkpoint yet), the fourth inside a later one; the others at random moments
-    plans = ["write", "random", "random", "write", "random"]
+    kept = 0  # step of the last complete checkpoint, where the next run resumes (0: none)
     kills = []
-    for plan in plans:
+    for plan in ["first write", "update", "update", "later write", "update"]:
+        if plan == "first write":  # one of the three files of the checkpoint at VALID_EVERY
+            name = rng.choice(["model.safetensors", f"step-{VALID_EVERY}.safetensors",
+                               "last.safetensors"])
+            stop_at, step = f"write:{name}", VALID_EVERY
+        elif plan == "later write":  # the step checkpoint or last.safetensors, whichever the
+            # first kill did not hit (model.safetensors is written only when validation improves)
+            step = rng.choice(range(max(kept, VALID_EVERY) + VALID_EVERY, STEPS + 1, VALID_EVERY))
+            nth = (step - kept) // VALID_EVERY  # this run's nth checkpoint
+            step_file, last_file = f"write:step-{step}.safetensors", f"write:last.safetensors:{nth}"
+            stop_at = (last_file if "step-" in kills[0] else step_file if "last." in kills[0]
+                       else rng.choice([step_file, last_file]))
+        else:  # between two checkpoints
+            step = rng.choice([n for n in range(kept + 1, STEPS) if n % VALID_EVERY])
+            stop_at = f"update:{step}"
         # as a user would: `attendo train cfg.yaml` again if the run never got as far as
         # writing its config, else `attendo train --resume DIR`
         started = (run / "config.yaml").exists()
-        proc = subprocess.Popen(_train_cmd(cfg, run if started else None), env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if plan == "write":
-            killed = _kill_during_write(proc, run)
-        else:
-            killed = _kill_after_progress(proc, run, rng.uniform(0.0, 0.4))
+        with open(tmp_path / "stderr.txt", "w") as err:
+            proc = subprocess.Popen(_train_cmd(cfg, run if started else None),
+                                    env=_env(stop_at), stdout=subprocess.DEVNULL, stderr=err)
+            killed = _kill_when_stopped(proc)
         if not killed:
-            proc.kill()
-            pytest.fail(f"the run ended before it could be killed ({plan}): "
-                        f"{proc.stderr.read().decode()[-2000:]}")
-        proc.stderr.close()
-        kills.append((plan, _last_step(run)))
-    assert kills[0][1] <= VALID_EVERY, kills  # the first kill came before a checkpoint existed
-    assert kills[-1][1] < STEPS, kills
+            pytest.fail(f"the run ended (code {proc.returncode}) before {stop_at}: "
+                        f"{(tmp_path / 'stderr.txt').read_text()[-2000:]}")
+        kills.append(stop_at)
+        assert _last_step(run) == step, kills  # it stopped where it was told, nowhere else
+        if plan.endswith("write"):  # inside the write: its temporary file is there
+            assert _temporary_files(run), kills
+            kept = step - VALID_EVERY  # last.safetensors is still the one before
+        else:
+            kept = step // VALID_EVERY * VALID_EVERY
+        if plan == "first write":
+            assert not (run / "last.safetensors").exists(), kills  # no complete checkpoint
+    assert kept < STEPS
     done = subprocess.run(_train_cmd(cfg, run), env=_env(), capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

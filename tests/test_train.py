@@ -217,23 +217,32 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(
     assert [r["step"] for r in recs if r["type"] == "valid"] == [4, 8, 12]
 
 
+def _weight_files(run: Path) -> dict[Path, bytes]:
+    files = [run / "model.safetensors", run / "last.safetensors",
+             *run.glob("checkpoints/*.safetensors")]
+    return {p: p.read_bytes() for p in files if p.exists()}
+
+
 def test_non_finite_loss_stops_training_and_saves_no_nan_model(toy_config, tmp_path):
-    """A learning rate that blows the weights up: updates with a non-finite loss are skipped
-    and training stops with an error after a few; no NaN weights are saved, none is 'best'."""
+    """A learning rate that blows the weights up, in a run resumed from a good checkpoint:
+    training stops with an error naming train.lr; every weight file then on disk is finite,
+    the best model stays byte for byte, and no later validation is 'best'."""
     from attendo.train import TrainingDiverged
 
     run = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match=r"training diverged: .*(non-finite|not finite).*train\.lr"):
-        Trainer(toy_config("train.lr=1e38", "train.max_steps=40", "train.valid_every=4",
-                           out_dir=run)).run()
-    saved = [p for p in [run / "model.safetensors", *run.glob("checkpoints/*.safetensors")]
-             if p.exists()]
-    for path in saved:
+    Trainer(toy_config("train.max_steps=4", "train.valid_every=4", out_dir=run)).run()
+    best = run / "model.safetensors"
+    best_bytes = best.read_bytes()
+    with pytest.raises(TrainingDiverged, match=r"training diverged: .*train\.lr"):
+        resume(run, ["train.lr=1e38", "train.max_steps=40", "train.valid_every=1"])
+    after = _weight_files(run)
+    assert after[best] == best_bytes and len(after) > 2  # best, last and step checkpoints
+    for path in after:
         for name, t in _model_tensors(path).items():
             assert torch.isfinite(t).all(), f"{path.name}: {name}"
-    for rec in _records(run) if (run / "metrics.jsonl").exists() else []:
-        if rec["type"] == "valid":
-            assert math.isfinite(rec["ppl"]) and math.isfinite(rec["loss"])
+    valid = [r for r in _records(run) if r["type"] == "valid"]
+    assert valid[0]["step"] == 4 and valid[0]["best"] and math.isfinite(valid[0]["ppl"])
+    assert not any(r["best"] for r in valid[1:])  # anything validated after: never best
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(

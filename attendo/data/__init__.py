@@ -1,7 +1,16 @@
 """Data layer: reading corpora, tokenizers, vocabularies, batching and toy tasks."""
 
 from attendo.data.batching import Batch, BatchStream, collate, make_batches
-from attendo.data.corpus import CorpusError, ReadReport, length_filter, read_lines, read_parallel
+from attendo.data.corpus import (
+    CorpusError,
+    ReadReport,
+    TextError,
+    clean_text,
+    clean_texts,
+    length_filter,
+    read_lines,
+    read_parallel,
+)
 from attendo.data.download import (
     MULTI30K_BASE_URL,
     MULTI30K_FILES,
@@ -38,10 +47,13 @@ __all__ = [
     "SentencePieceTokenizer",
     "TOKENIZER_KINDS",
     "TOY_TASKS",
+    "TextError",
     "Tokenizer",
     "Vocab",
     "WordTokenizer",
     "build_vocab",
+    "clean_text",
+    "clean_texts",
     "collate",
     "date_task",
     "fetch_multi30k",

@@ -9,11 +9,17 @@ What a line may hold:
 - A UTF-8 byte-order mark (U+FEFF) at the start of a file is dropped, and so is one at either
   end of a line (files joined with ``cat`` keep their marks at the start of later lines); one
   inside a sentence is kept as text (the zero-width no-break space).
-- Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) are an error naming
-  the file, line and column, except tab (whitespace, and a TSV's column separator) and the
-  line terminator (``\n``, or ``\r\n``: one ``\r`` before the ``\n`` is part of it). A lone
-  ``\r``, NUL, ESC, form feed or NEL inside a line usually means a binary or mangled file, and
-  would otherwise end up inside tokens (``'Hund\x00l\u00e4uft'``).
+- Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F, and the
+  bidirectional embeddings, overrides and isolates U+202A-U+202E, U+2066-U+2069) are an error
+  naming the file, line and character, except tab (whitespace, and a TSV's column separator)
+  and the line terminator (``\n``, or ``\r\n``: one ``\r`` before the ``\n`` is part of it).
+  A lone ``\r``, NUL, ESC, form feed or NEL inside a line usually means a binary or mangled
+  file, and would otherwise end up inside tokens (``'Hund\x00l\u00e4uft'``); a bidi override
+  makes text display in another order than the model reads it.
+
+The same rule holds for every text a model is given (the Python API, the server, ``attendo
+align`` and ``attend``): :func:`clean_text` is that rule for one string, and the readers here
+apply it to each line.
 - A file with no line at all is an error for :func:`read_parallel` (not for :func:`read_lines`,
   where no input simply means no output).
 """
@@ -38,11 +44,18 @@ _SKIP_HINT = "use data.skip_bad_lines: true to skip such pairs"
 
 BOM = "\ufeff"
 _BOM_BYTES = BOM.encode("utf-8")
-# Unicode category Cc without tab; "\n" cannot occur inside a line
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Unicode category Cc without tab ("\n" cannot occur inside a line read from a file, but can
+# in a string given to the API), the bidirectional embeddings, overrides and isolates, and lone
+# surrogates (a Python str that is not valid Unicode)
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _CONTROL_NAMES = {
-    0x00: "NUL", 0x08: "backspace", 0x0B: "vertical tab", 0x0C: "form feed",
-    0x0D: "carriage return", 0x1B: "ESC", 0x7F: "DEL", 0x85: "NEL",
+    0x00: "NUL", 0x07: "BEL", 0x08: "backspace", 0x0A: "line feed", 0x0B: "vertical tab",
+    0x0C: "form feed", 0x0D: "carriage return", 0x1B: "ESC", 0x7F: "DEL", 0x85: "NEL",
+    0x202A: "left-to-right embedding", 0x202B: "right-to-left embedding",
+    0x202C: "pop directional formatting", 0x202D: "left-to-right override",
+    0x202E: "right-to-left override", 0x2066: "left-to-right isolate",
+    0x2067: "right-to-left isolate", 0x2068: "first strong isolate",
+    0x2069: "pop directional isolate",
 }
 _EDGES = re.compile("^[\\s\ufeff]+|[\\s\ufeff]+$")
 
@@ -63,6 +76,73 @@ class CorpusError(ValueError):
 
     def __reduce__(self):  # keeps the exception picklable across worker processes
         return (type(self), (self.path, self.line, self.problem))
+
+
+class TextError(ValueError):
+    """A text no model is given (see the module docstring): it holds a control character or
+    a lone surrogate. ``index`` is the 0-based position of that character in the text as
+    given, ``char`` the character; the message counts characters from 1, as editors count
+    columns. ``where`` names the input (e.g. ``"texts[3]"``) when the text was one of many."""
+
+    def __init__(self, index: int, char: str, where: str = "") -> None:
+        self.index, self.char, self.where = index, char, where
+        super().__init__(str(self))
+
+    @property
+    def problem(self) -> str:
+        code = ord(self.char)
+        if 0xD800 <= code <= 0xDFFF:
+            return (f"character {self.index + 1} is U+{code:04X}, a lone surrogate (not valid "
+                    "Unicode; expected text that can be written as UTF-8)")
+        name = _CONTROL_NAMES.get(code)
+        return (f"control character U+{code:04X}{f' ({name})' if name else ''} at character "
+                f"{self.index + 1}; expected plain text, where tab is the only control "
+                "character allowed")
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}" if self.where else self.problem
+
+    def __reduce__(self):  # picklable, like CorpusError
+        return (type(self), (self.index, self.char, self.where))
+
+    def located(self, where: str) -> TextError:
+        """The same error, naming which input it is in."""
+        return TextError(self.index, self.char, where)
+
+
+def check_text(text: str) -> None:
+    """Raise a :class:`TextError` at the first control character (tab is allowed) or lone
+    surrogate of ``text``."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected text as a str, got {type(text).__name__}")
+    bad = _CONTROL.search(text)
+    if bad:
+        raise TextError(bad.start(), bad.group())
+
+
+def clean_text(text: str) -> str:
+    """The one rule for a text given to a model, by any route (files, stdin, the Python API,
+    the server): ``text`` without surrounding whitespace and byte-order marks, so that
+    whitespace-only text becomes ``""`` (which translates to ``""``); a control character
+    or a lone surrogate is a :class:`TextError` naming its position."""
+    check_text(text)
+    return _strip(text)
+
+
+def clean_texts(texts: list[str], what: str = "texts") -> list[str]:
+    """:func:`clean_text` of each text; an error names the input as ``what[i]`` (0-based)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{what}: expected a list of strings, got one str; wrap it in a list "
+                        "([text])")
+    out = []
+    for i, text in enumerate(texts):
+        try:
+            out.append(clean_text(text))
+        except TextError as e:
+            raise e.located(f"{what}[{i}]") from None
+        except TypeError as e:
+            raise TypeError(f"{what}[{i}]: {e}") from None
+    return out
 
 
 @dataclass
@@ -134,17 +214,10 @@ def _decode(raw: bytes, path: Path, lineno: int, hint: str = "") -> str:
             + ("this looks like UTF-16 (convert with e.g. iconv -f utf-16 -t utf-8)" if utf16 else
                "expected UTF-8 text (convert with e.g. iconv -f latin1 -t utf-8)"),
         ) from None
-    bad = _CONTROL.search(text)
-    if bad:
-        code = ord(bad.group())
-        name = _CONTROL_NAMES.get(code)
-        raise CorpusError(
-            path,
-            lineno,
-            f"control character U+{code:04X}{f' ({name})' if name else ''} at column "
-            f"{bad.start() + 1}; expected plain text, where tab is the only control character "
-            "allowed" + (f" ({hint})" if hint else ""),
-        )
+    try:
+        check_text(text)
+    except TextError as e:
+        raise CorpusError(path, lineno, e.problem + (f" ({hint})" if hint else "")) from None
     return text
 
 

@@ -215,7 +215,7 @@ def load_codecs(model_dir: str | Path, lowercase: bool = False) -> tuple[Codec, 
     return tuple(  # type: ignore[return-value]
         Codec(
             load_tokenizer(model_dir, prefix),
-            Vocab.load(model_dir / f"{prefix}.vocab.json"),
+            Vocab.load(model_dir / f"{prefix}.vocab.json", model_dir),
             lowercase,
         )
         for prefix in ("src", "tgt")

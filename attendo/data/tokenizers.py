@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import sentencepiece as spm
 
-from attendo.checkpoint import ModelFileError, read_regular_file
+from attendo.checkpoint import ModelFileError, check_inside, read_regular_file
 from attendo.data.vocab import Vocab
 from attendo.utils import atomic_write_bytes, atomic_write_text
 
@@ -231,6 +231,7 @@ def load_tokenizer(directory: str | Path, prefix: str) -> Tokenizer:
     whose message starts with the file's path."""
     directory = Path(directory)
     meta_path = directory / f"{prefix}.tokenizer.json"
+    check_inside(meta_path, directory, "tokenizer description")
     raw = read_regular_file(meta_path, "tokenizer description", MAX_TOKENIZER_JSON_BYTES)
     try:
         meta = json.loads(raw.decode("utf-8"))

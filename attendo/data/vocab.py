@@ -137,15 +137,18 @@ class Vocab:
         atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=0) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> Vocab:
+    def load(cls, path: str | Path, model_dir: str | Path | None = None) -> Vocab:
         """Read a vocabulary written by :meth:`save` (a bare JSON list of tokens also works).
 
         A missing file is a FileNotFoundError; anything else wrong (not a regular file, too
-        big, not JSON, wrong types or structure) a :class:`~attendo.checkpoint.ModelFileError`
-        whose message starts with the path."""
-        from attendo.checkpoint import ModelFileError, read_regular_file
+        big, not JSON, wrong types or structure; with ``model_dir``, a path that resolves
+        outside it, as a symlink to elsewhere does) a
+        :class:`~attendo.checkpoint.ModelFileError` whose message starts with the path."""
+        from attendo.checkpoint import ModelFileError, check_inside, read_regular_file
 
         path = Path(path)
+        if model_dir is not None:
+            check_inside(path, model_dir, "vocabulary file")
         raw = read_regular_file(path, "vocabulary file", MAX_VOCAB_BYTES)
         try:
             obj = json.loads(raw.decode("utf-8"))

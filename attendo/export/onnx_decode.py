@@ -56,7 +56,12 @@ class OnnxTranslator:
 
     def translate(self, texts: list[str], beam: int | None = None, batch_size: int | None = None,
                   length_penalty: float | None = None) -> list[str]:
+        """Texts are checked and cleaned as attendo's Translator does (a BOM and surrounding
+        whitespace dropped; a control character is a ``TextError``)."""
+        from attendo.data.corpus import clean_texts
+
         src, tgt = self.codecs()
+        texts = clean_texts(texts, "texts")
         ids = [src.encode(t)[: self.meta["decode"]["max_input_tokens"]] for t in texts]
         out = self.translate_ids(ids, beam, batch_size, length_penalty)
         return [tgt.decode(o) for o in out]

@@ -56,10 +56,35 @@ class Seq2Seq(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
 
+    # -- capabilities: what a caller outside the model package may ask of a model -----------
     @property
     def copies(self) -> bool:
         """Whether the decoder is a pointer-generator (needs src_ext)."""
         return bool(getattr(self.decoder, "copy", False))
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether decoding attends over the source (False for ``model.attention: none``):
+        only then are there attention weights to draw, align or replace unknown words with."""
+        return bool(getattr(self.decoder, "use_attn", True))
+
+    @property
+    def has_coverage(self) -> bool:
+        """Whether the decoder keeps a coverage vector (``model.coverage``)."""
+        return bool(self.coverage_parameters())
+
+    @property
+    def attention_heads(self) -> tuple[int, int] | None:
+        """(layers, heads) of the decoder's multi-head cross-attention, whose weights come
+        per layer and head (a Transformer decoder); None for one attention distribution per
+        step (an RNN decoder)."""
+        layers = getattr(self.decoder, "cross_attention_heads", None)
+        return layers() if callable(layers) else None
+
+    def coverage_parameters(self) -> list[nn.Parameter]:
+        """The coverage weights (``w_c`` of the scorer; zero-initialised, so a model starts as
+        if it had no coverage): See et al.'s phase two starts them at 0."""
+        return [p for n, p in self.named_parameters() if n.endswith(".w_c")]
 
     def start(
         self, src: Tensor, src_lens: Tensor, src_ext: Tensor | None = None, n_ext: int | None = None
@@ -158,12 +183,32 @@ class Seq2Seq(nn.Module):
         return parts.loss, parts.nll, int(parts.n_tokens)
 
 
-def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0) -> Seq2Seq:
+def build_model(
+    cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0, *,
+    training: bool = False, device: torch.device | str | None = None,
+) -> Seq2Seq:
     """Encoder (rnn | cnn | transformer) + decoder (rnn | transformer), any mix.
 
     RNN parts start from U(-0.1, 0.1); CNN and Transformer parts initialise themselves
     (``reset_parameters``). ``tie_src_tgt`` makes the encoder use the decoder's embeddings.
+
+    Before anything is allocated the model's size is estimated from ``cfg`` (see
+    :func:`~attendo.model.size.check_model_size`): a size that overflows, or that cannot fit
+    in memory when the model is ``training`` (4 copies of the weights) or decoding (1) on
+    ``device`` (CPU when None), is a :class:`ConfigError` naming the keys. Built under
+    ``torch.device("meta")`` only the overflow is checked.
     """
+    from .size import check_model_size
+
+    on_meta = torch.get_default_device().type == "meta"
+    check_model_size(cfg, src_vocab_size, tgt_vocab_size, pad_id, training=training,
+                     device="meta" if on_meta else device)
+    return assemble_model(cfg, src_vocab_size, tgt_vocab_size, pad_id)
+
+
+def assemble_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
+                   pad_id: int = 0) -> Seq2Seq:
+    """:func:`build_model` without its size check (the estimate builds with this on ``meta``)."""
     if cfg.tie_src_tgt and src_vocab_size != tgt_vocab_size:
         raise ConfigError(
             f"model.tie_src_tgt: needs one joint vocabulary (data.joint_vocab: true), but the "

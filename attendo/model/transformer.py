@@ -194,6 +194,9 @@ class SinusoidalPositions(nn.Module):
 
     @staticmethod
     def table(n: int, dim: int) -> Tensor:
+        if torch.get_default_device().type == "meta":
+            # a shape without values (size checks); meta arange would import torch's compiler
+            return torch.empty(n, dim)
         pos = torch.arange(n, dtype=torch.float32).unsqueeze(1)  # (n, 1)
         freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
         pe = torch.zeros(n, dim)
@@ -592,6 +595,10 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         self.align_head: tuple[int, int] | None = None
         self.d_model = self.out_dim = d_model
         self.reset_parameters()
+
+    def cross_attention_heads(self) -> tuple[int, int]:
+        """(layers, heads) of the cross-attention (``Seq2Seq.attention_heads``)."""
+        return len(self.layers), self.heads
 
     def reset_parameters(self) -> None:
         _init_transformer(self, self.d_model)
