@@ -13,9 +13,7 @@ Pure functions on text, token lists and numpy arrays, so each can be tested with
   the share that the output reproduces, and of those it carries over, the share the reference
   has too; and the share of output tokens that are ``<unk>``.
 - **Attention**: entropy of the attention rows; alignment error rate, precision and recall
-  (Och & Ney 2003) against gold links, read and written in two formats (:data:`GOLD_FORMATS`):
-  *pharaoh*, 0-based ``i-j`` sure and ``i?j`` possible; *talp* (RWTH, Och & Ney), 1-based
-  ``i-j`` sure and ``ipj`` possible. In both, i indexes the source side and j the target.
+  (Och & Ney 2003) against gold links (:mod:`attendo.gold`, whose names are re-exported here).
 """
 
 from __future__ import annotations
@@ -23,19 +21,29 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .data.vocab import Vocab
+from .gold import (  # noqa: F401  (re-exported: gold files and AER are diagnostics too)
+    GOLD_FORMATS,
+    AlignmentFileError,
+    GoldAlignment,
+    aer,
+    aer_counts,
+    attention_to_words,
+    check_gold,
+    format_alignment_line,
+    links_from_attention,
+    parse_alignment_line,
+    parse_pharaoh_line,
+    precision_recall,
+    read_gold_alignments,
+    word_groups,
+)
 
 # Source-length buckets in words: (lowest, highest or None for open-ended)
 BUCKETS: tuple[tuple[int, int | None], ...] = ((1, 10), (11, 20), (21, 30), (31, 40), (41, None))
-
-
-class AlignmentFileError(ValueError):
-    """A gold alignment file that cannot be read; the message names file:line."""
 
 
 # -- length ---------------------------------------------------------------------------------
@@ -245,165 +253,6 @@ def attention_entropy(matrices: Iterable[np.ndarray]) -> dict[str, float | None]
         "entropy": round(total / rows, 4) if rows else None,
         "entropy_norm": round(norm_total / norm_rows, 4) if norm_rows else None,
     }
-
-
-@dataclass
-class GoldAlignment:
-    """Gold links of one sentence pair as (source word, target word), 0-based.
-    ``possible`` includes the sure links (S is a subset of P, Och & Ney 2003)."""
-
-    sure: set[tuple[int, int]] = field(default_factory=set)
-    possible: set[tuple[int, int]] = field(default_factory=set)
-    line: int = 0  # line number in the gold file (for error messages)
-
-
-# format -> (separator of a possible link, first index)
-GOLD_FORMATS: dict[str, tuple[str, int]] = {"pharaoh": ("?", 0), "talp": ("p", 1)}
-
-
-def parse_alignment_line(line: str, where: str, fmt: str = "pharaoh") -> GoldAlignment:
-    """Parse one line of links into 0-based (source word, target word) pairs: pharaoh
-    ``"0-0 1-2 2?1"`` (0-based; ``i?j`` possible) or talp ``"1-1 2-3 3p2"`` (1-based; ``ipj``
-    possible); ``i-j`` is a sure link in both. ``where`` ("file:line") prefixes any error."""
-    if fmt not in GOLD_FORMATS:
-        raise ValueError(f"alignment format {fmt!r}: expected one of {', '.join(GOLD_FORMATS)}")
-    maybe, base = GOLD_FORMATS[fmt]
-    gold = GoldAlignment()
-    for tok in line.split():
-        sep = "-" if "-" in tok else maybe if maybe in tok else None
-        parts = tok.split(sep) if sep else []
-        if (len(parts) != 2 or not all(p.isdigit() and p.isascii() for p in parts)
-                or min(int(p) for p in parts) < base):
-            raise AlignmentFileError(
-                f"{where}: bad link {tok!r}; expected 'i-j' (sure) or 'i{maybe}j' (possible), "
-                f"i and j {base}-based word indices of source and reference ({fmt} format)"
-            )
-        link = (int(parts[0]) - base, int(parts[1]) - base)
-        gold.possible.add(link)
-        if sep == "-":
-            gold.sure.add(link)
-    return gold
-
-
-def parse_pharaoh_line(line: str, where: str) -> GoldAlignment:
-    """:func:`parse_alignment_line` in the 0-based Pharaoh format."""
-    return parse_alignment_line(line, where, "pharaoh")
-
-
-def format_alignment_line(sure: Iterable[tuple[int, int]],
-                          possible: Iterable[tuple[int, int]] = (), fmt: str = "pharaoh") -> str:
-    """One line of links from 0-based (source, target) pairs, sorted; a pair in both ``sure``
-    and ``possible`` is written once, as sure."""
-    maybe, base = GOLD_FORMATS[fmt]
-    sure = set(sure)
-    links = [(i, j, "-") for i, j in sure] + [(i, j, maybe) for i, j in set(possible) - sure]
-    return " ".join(f"{i + base}{sep}{j + base}" for i, j, sep in sorted(links))
-
-
-def read_gold_alignments(path: str | Path, fmt: str = "pharaoh") -> list[GoldAlignment]:
-    """Read an alignment file in ``fmt`` (:data:`GOLD_FORMATS`), one line of links per
-    sentence (an empty line: no links); links come back 0-based."""
-    from .utils import open_text
-
-    path = Path(path)
-    out = []
-    try:
-        with open_text(path) as f:
-            for i, line in enumerate(f, 1):
-                g = parse_alignment_line(line.rstrip("\r\n"), f"{path}:{i}", fmt)
-                g.line = i
-                out.append(g)
-    except UnicodeDecodeError as e:
-        raise AlignmentFileError(f"{path}:{len(out) + 1}: invalid UTF-8 ({e.reason})") from None
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such alignment file") from None
-    return out
-
-
-def check_gold(gold: Sequence[GoldAlignment], path: str | Path, src_lens: Sequence[int],
-               tgt_lens: Sequence[int]) -> None:
-    """Every sentence has a line, and every link points inside its sentence pair."""
-    if len(gold) != len(src_lens):
-        raise AlignmentFileError(
-            f"{path}: {len(gold)} lines, but the test set has {len(src_lens)} sentences "
-            "(expected one line of links per sentence)"
-        )
-    for g, ns, nt in zip(gold, src_lens, tgt_lens):
-        for i, j in sorted(g.possible):
-            if i >= ns or j >= nt:
-                raise AlignmentFileError(
-                    f"{path}:{g.line}: link {i}-{j} is outside the sentence pair (source has "
-                    f"{ns} words, reference {nt}; expected 0-based i < {ns}, j < {nt})"
-                )
-
-
-def word_groups(pieces: Sequence[str], kind: str) -> list[list[int]]:
-    """Piece indices of each whitespace word, for a tokenizer of ``kind``.
-
-    word: one piece per word. bpe/unigram (sentencepiece): a piece starting with "▁" starts
-    a word. char: "▁" pieces separate words and belong to none.
-    """
-    if kind == "word":
-        return [[i] for i in range(len(pieces))]
-    groups: list[list[int]] = []
-    if kind == "char":
-        current: list[int] = []
-        for i, p in enumerate(pieces):
-            if p == "\u2581":
-                if current:
-                    groups.append(current)
-                current = []
-            else:
-                current.append(i)
-        return groups + ([current] if current else [])
-    for i, p in enumerate(pieces):
-        if p.startswith("\u2581") or not groups:
-            groups.append([i])
-        else:
-            groups[-1].append(i)
-    return groups
-
-
-def attention_to_words(attn: np.ndarray, src_groups: Sequence[Sequence[int]],
-                       tgt_groups: Sequence[Sequence[int]]) -> np.ndarray:
-    """Word-level attention (T_words, S_words) from piece-level (T, S): a source word gets
-    the sum of its pieces' weights, an output word the mean over its pieces' rows."""
-    a = np.asarray(attn, dtype=np.float64)
-    cols = np.stack([a[:, list(g)].sum(1) for g in src_groups], 1)  # (T, S_words)
-    return np.stack([cols[list(g)].mean(0) for g in tgt_groups], 0)  # (T_words, S_words)
-
-
-def links_from_attention(attn_words: np.ndarray, method: str = "argmax",
-                         threshold: float = 0.5) -> set[tuple[int, int]]:
-    """Alignment links (source word i, target word j) read off word-level attention
-    (T_words, S_words): ``argmax``, the most attended source word of each target word;
-    ``threshold``, every pair whose weight is at least ``threshold``."""
-    a = np.asarray(attn_words)
-    if a.size == 0:
-        return set()
-    if method == "argmax":
-        return {(int(i), j) for j, i in enumerate(a.argmax(1))}
-    if method == "threshold":
-        js, is_ = np.nonzero(a >= threshold)
-        return {(int(i), int(j)) for j, i in zip(js, is_)}
-    raise ValueError(f"alignment method {method!r}: expected 'argmax' or 'threshold'")
-
-
-def aer_counts(links: set[tuple[int, int]], gold: GoldAlignment) -> tuple[int, int, int, int]:
-    """(|A|, |S|, |A & S|, |A & P|) for one sentence."""
-    return (len(links), len(gold.sure), len(links & gold.sure), len(links & gold.possible))
-
-
-def aer(a: int, s: int, a_s: int, a_p: int) -> float | None:
-    """Alignment error rate 1 - (|A&S| + |A&P|) / (|A| + |S|) (Och & Ney 2003), from counts
-    summed over the corpus; None when there are neither links nor sure gold links."""
-    return None if a + s == 0 else 1.0 - (a_s + a_p) / (a + s)
-
-
-def precision_recall(a: int, s: int, a_s: int, a_p: int) -> tuple[float | None, float | None]:
-    """Precision |A&P| / |A| and recall |A&S| / |S| (Och & Ney 2003) from the same counts as
-    :func:`aer`; None where the denominator is 0."""
-    return (a_p / a if a else None), (a_s / s if s else None)
 
 
 # -- the table ------------------------------------------------------------------------------

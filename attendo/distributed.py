@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -52,7 +54,7 @@ def device_for(name: str) -> str:
     if name == "auto":
         return "cuda" if gpus >= max(local, 1) else "cpu"
     if name == "cuda" and local > gpus:
-        raise ValueError(
+        raise UsageError(
             f"train.device is cuda but this machine has {gpus} CUDA device(s) for {local} "
             "processes; start at most one process per GPU, or use train.device=cpu"
         )

@@ -14,6 +14,7 @@ from . import align, metrics
 from . import diagnostics as dg
 from .data.corpus import read_parallel
 from .data.prepare import Corpus, encode_copy, encode_pairs
+from .errors import UsageError
 from .translator import Translation, Translator
 
 RARE_MAX_COUNT = 5  # a source word seen at most this many times in training is "rare"
@@ -70,9 +71,9 @@ def evaluate_texts(
     """:func:`evaluate` on sentences in memory; returns the report and the translations
     (with attention when ``diagnostics``)."""
     if len(src) != len(ref):
-        raise ValueError(f"got {len(src)} sources but {len(ref)} references")
+        raise UsageError(f"got {len(src)} sources but {len(ref)} references")
     if not src:
-        raise ValueError("nothing to evaluate: no sentences")
+        raise UsageError("nothing to evaluate: no sentences")
     if gold is not None:  # before decoding: a bad gold file fails fast
         dg.check_gold(gold, gold_path or "<gold>", [len(s.split()) for s in src],
                       [len(r.split()) for r in ref])
@@ -86,7 +87,7 @@ def evaluate_texts(
     corpus = Corpus(src, ref)
     src_ids, tgt_ids, kept = encode_pairs(corpus, translator.src, translator.tgt)
     copy = None
-    if getattr(translator.model, "copies", False):  # a pointer-generator scores extended ids
+    if translator.model.copies:  # a pointer-generator scores extended ids
         copy = encode_copy(corpus, translator.src, translator.tgt, kept)
     nll, n = metrics.corpus_nll(translator.model, src_ids, tgt_ids, device=translator.device,
                                 copy=copy)
@@ -138,7 +139,7 @@ def diagnose(
         "unk_rate": dg.unk_rate(o.tgt_tokens for o in out),
         "attention": None,
     }
-    if getattr(translator.model.decoder, "use_attn", True):
+    if translator.model.has_attention:
         att: dict[str, Any] = dg.attention_entropy(o.attention for o in out)
         if gold is not None:
             att.update(alignment_error(translator, src, ref, gold, align_method, align_threshold))

@@ -29,14 +29,24 @@ def bleu_with_signature(
 def bleu_stats(hyps: list[str], refs: list[str], tokenize: str = "13a") -> np.ndarray:
     """sacreBLEU's per-sentence BLEU statistics (n, 2 + 2 * 4): hypothesis and reference
     lengths, then matched and total n-grams for n = 1..4, the sums that corpus BLEU is computed
-    from (the same ones sacreBLEU's own paired tests resample)."""
-    metric = sacrebleu.metrics.BLEU(tokenize=tokenize)
-    return np.asarray(metric._extract_corpus_statistics(hyps, [refs]), dtype=np.int64)
+    from (the same ones sacreBLEU's own paired tests resample), through its public
+    ``sentence_score`` (effective order changes the score, not the counts; it only silences
+    sacreBLEU's advice for sentence-level scores)."""
+    metric = sacrebleu.metrics.BLEU(tokenize=tokenize, effective_order=True)
+    rows = []
+    for h, r in zip(hyps, refs, strict=True):
+        s = metric.sentence_score(h, [r])
+        rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
+    return np.asarray(rows, dtype=np.int64)
 
 
 def bleu_from_stats(summed: np.ndarray) -> float:
-    """Corpus BLEU (sacreBLEU defaults: exp smoothing) from summed :func:`bleu_stats` rows."""
-    return sacrebleu.metrics.BLEU()._compute_score_from_stats([int(x) for x in summed]).score
+    """Corpus BLEU (sacreBLEU defaults: exp smoothing) from summed :func:`bleu_stats` rows
+    (hypothesis length, reference length, 4 matched counts, 4 totals)."""
+    n = (len(summed) - 2) // 2
+    return sacrebleu.metrics.BLEU.compute_bleu(
+        correct=[int(x) for x in summed[2 : 2 + n]], total=[int(x) for x in summed[2 + n :]],
+        sys_len=int(summed[0]), ref_len=int(summed[1]), smooth_method="exp").score
 
 
 def paired_bootstrap(stats_a: np.ndarray, stats_b: np.ndarray, n_samples: int = 1000,
@@ -78,7 +88,7 @@ def corpus_nll(
 
     A copy model needs ``copy``: each pair's :class:`~attendo.data.batching.CopyIds`
     (``attendo.data.prepare.encode_copy`` of the same pairs)."""
-    if getattr(model, "copies", False) and copy is None:
+    if model.copies and copy is None:
         raise ValueError(
             "corpus_nll: this model copies from the source (model.copy); pass "
             "copy=encode_copy(corpus, src_codec, tgt_codec, kept) for the same pairs"

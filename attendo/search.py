@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .model.coverage import COVERAGE_FLOOR, coverage_penalty  # noqa: F401 (importable from here)
+
 
 @dataclass
 class Hypothesis:
@@ -38,21 +40,6 @@ class Hypothesis:
 def length_penalty(length: int | Tensor, alpha: float):
     """GNMT length penalty ((5 + |Y|) / 6) ** alpha (Wu et al. 2016, sec. 7); 1 when alpha = 0."""
     return ((5.0 + length) / 6.0) ** alpha
-
-
-COVERAGE_FLOOR = 1e-10  # sum_i a_ij is floored here: an unattended word costs beta * log(1e-10)
-
-
-def coverage_penalty(attn_sum: Tensor, src_pad_mask: Tensor | None, beta: float) -> Tensor:
-    """GNMT coverage penalty beta * sum_j log(min(sum_i a_ij, 1)) (Wu et al. 2016, sec. 7).
-
-    attn_sum (N, S): attention each source position received over the whole output;
-    src_pad_mask (N, S) True at padding (not counted), or None. Returns (N,), <= 0.
-    """
-    logs = attn_sum.float().clamp(min=COVERAGE_FLOOR, max=1.0).log()  # (N, S)
-    if src_pad_mask is not None:
-        logs = logs.masked_fill(src_pad_mask, 0.0)
-    return beta * logs.sum(-1)
 
 
 def block_repeats(lp: Tensor, hist: Tensor, n: int, eos: int) -> Tensor:

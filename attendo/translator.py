@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +30,16 @@ from .data.batching import collate, make_batches
 from .data.corpus import clean_texts
 from .data.prepare import Codec, copy_ids, load_codecs
 from .data.vocab import Vocab
+from .errors import UsageError
 from .model.seq2seq import Seq2Seq
 from .search import Hypothesis, beam_search, greedy_search
 
 log = logging.getLogger("attendo")
+
+# what ``translate(return_alignment=True)`` links words with: attendo.align's
+# translation_links(translator, translation, src_text), installed by attendo/__init__.py so
+# that decoding imports nothing from the layers above it (align reads translations)
+word_links: Callable[..., Iterable[tuple[int, int]] | None] | None = None
 
 
 @dataclass
@@ -234,12 +241,10 @@ class Translator:
         character's position."""
         texts = clean_texts(texts, "texts")
         if return_alignment:
-            from .align import translation_links
-
             out = self.translate(texts, beam, n_best, True, length_penalty, batch_size,
                                  coverage_penalty, block_ngram_repeat)
             for text, t in zip(texts, out):
-                t.alignment = sorted(translation_links(self, t, text) or ())
+                t.alignment = sorted(word_links(self, t, text) or ())
             return out
         cfg = self.cfg.decode
         beam = cfg.beam_size if beam is None else beam
@@ -247,7 +252,7 @@ class Translator:
         beta = cfg.coverage_penalty if coverage_penalty is None else coverage_penalty
         ngram = cfg.block_ngram_repeat if block_ngram_repeat is None else block_ngram_repeat
         if beam < 1 or n_best < 1 or n_best > beam:
-            raise ValueError(f"need 1 <= n_best ({n_best}) <= beam ({beam})")
+            raise UsageError(f"need 1 <= n_best ({n_best}) <= beam ({beam})")
         pieces = [self.src.pieces(t) for t in texts]
         for i, p in enumerate(pieces):
             if len(p) > cfg.max_input_tokens:

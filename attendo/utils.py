@@ -13,6 +13,8 @@ import socket
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from .errors import AttendoError
+
 GZIP_MAGIC = b"\x1f\x8b"
 
 # -- test-only stop points --------------------------------------------------------------------
@@ -138,7 +140,7 @@ def open_text(path: str | Path, errors: str = "strict") -> TextIO:
 LOCK_FILE = ".attendo.lock"
 
 
-class DirectoryBusy(RuntimeError):
+class DirectoryBusy(RuntimeError, AttendoError):
     """Another process holds the lock of a run directory (see :class:`DirLock`)."""
 
 

@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .diagnostics import word_groups  # noqa: E402
+from .errors import UsageError  # noqa: E402
 from .utils import atomic_write_bytes  # noqa: E402
 
 SPECIALS = ("<s>", "</s>", "<unk>", "<pad>")
@@ -386,11 +387,11 @@ def select_heads(weights: np.ndarray, layer: int | None = None, head: int | None
     layers, heads = list(range(L)), list(range(H))
     if layer is not None:
         if not -L <= layer < L:
-            raise ValueError(f"--layer {layer}: the model has {L} layers (0..{L - 1}, or -1 for the last)")
+            raise UsageError(f"--layer {layer}: the model has {L} layers (0..{L - 1}, or -1 for the last)")
         layers = [layer % L]
     if head is not None:
         if not -H <= head < H:
-            raise ValueError(f"--head {head}: the model has {H} heads (0..{H - 1}, or -1 for the last)")
+            raise UsageError(f"--head {head}: the model has {H} heads (0..{H - 1}, or -1 for the last)")
         heads = [head % H]
     return weights[np.ix_(layers, heads)], layers, heads
 
@@ -436,7 +437,7 @@ def draw_translation(t, out_dir: str | Path, stem: str, title: str = "", merge: 
                             alignment=alignment, kinds=kinds)]
     heads = info.get("attn_heads")  # (T, L, H, S)
     if heads is None and self_attention is None and (layer is not None or head is not None):
-        raise ValueError("--layer/--head pick a Transformer's attention heads; this model has none")
+        raise UsageError("--layer/--head pick a Transformer's attention heads; this model has none")
     if heads is not None:
         w = heads[: len(tgt), ..., : len(src)].transpose(1, 2, 0, 3)  # (L, H, T, S)
         paths.append(_plot_heads(w, tgt, src, stem_path, "cross", layer, head, title, merge, dpi,

@@ -1,5 +1,5 @@
 """The pointer-generator's training loss with label smoothing: the smoothing term without the
-(N, V) mixture (attendo.model.decoders.OutputLayer._copy_token_loss) against the mixture built
+(N, V) mixture (attendo.model.copy.copy_token_loss, through OutputLayer.token_loss) against the mixture built
 in full over the vocabulary (attendo's code before 2026-12-01), forward + backward.
 
     python bench/copy_loss.py --threads 1 > copy_loss.json
@@ -30,7 +30,7 @@ class Out(torch.nn.Module, OutputLayer):
 
 def full_mixture(layer: Out, feats, info, target, keep, ls):
     """The smoothing term over the mixture built in full (N, V), as attendo computed it."""
-    _, nll = layer._copy_token_loss(feats, info, target, keep, 0.0)
+    _, nll = layer.token_loss(feats, info, target, keep, 0.0)
     V = layer.vocab_size
     lp = torch.log_softmax(layer.out(feats[keep]), -1)
     attn = info["attn"][keep]
@@ -69,8 +69,8 @@ def measure(V: int, reps: int, B: int = 64, T: int = 25, S: int = 40, D: int = 5
     def old(*a):
         return full_mixture(layer, *a)
 
-    now, before = run(layer._copy_token_loss), run(old)  # also warms up
-    new_s = timed(lambda: run(layer._copy_token_loss), reps)
+    now, before = run(layer.token_loss), run(old)  # also warms up
+    new_s = timed(lambda: run(layer.token_loss), reps)
     old_s = timed(lambda: run(old), reps)
     return {"vocab": V, "loss_now": round(now, 4), "loss_full_mixture": round(before, 4),
             "seconds_now": round(new_s, 4), "seconds_full_mixture": round(old_s, 4),

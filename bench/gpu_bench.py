@@ -44,7 +44,7 @@ Definitions (per model row):
 - ``train_tgt_tok_per_s``: target tokens (EOS included, padding not) trained on per second of
   wall time, in a steady window: from the first update after ``max(20 updates, 10% of the
   budget)`` to the end of training. Batches come through the Trainer's own pipeline
-  (``train.num_workers`` collation workers, pinned memory), one ``Trainer.train_step`` per
+  (``train.num_workers`` collation workers, pinned memory), one ``Trainer.step()`` per
   update, as ``Trainer.run`` does it minus validation and checkpoints (none falls inside).
 - ``mfu_pct``: model FLOPs per second in that window / the measured bf16 matmul peak. Model
   FLOPs of an update = 3 x forward FLOPs (forward + backward = 3 forwards) with, summed over
@@ -417,14 +417,12 @@ def train_phase(name: str, cfg, budget_s: float, plan: Plan, dev: Device, sample
         win_t0 = None
         t0 = time.time()
         while True:
-            batch = next(trainer.batches)
-            trainer._set_lr()
-            flops, n_src, _ = count(batch)
-            _, _, n_tgt = trainer.train_step(batch)  # syncs with the host once an update
-            trainer.state.step += 1
+            res = trainer.step()  # syncs with the host once an update
+            counted = [count(b) for b in res.batches]  # (flops, source tokens, _) per batch
             steps += 1
             now = time.time()
-            add = {"tgt": n_tgt, "src": n_src, "sents": batch.size, "flops": flops}
+            add = {"tgt": res.tokens, "src": sum(c[1] for c in counted),
+                   "sents": res.sentences, "flops": sum(c[0] for c in counted)}
             for k, v in add.items():
                 total[k] += v
             if win_t0 is not None:
@@ -492,9 +490,7 @@ def train_phase(name: str, cfg, budget_s: float, plan: Plan, dev: Device, sample
             keep["small_cfg"] = cfg
     finally:
         with contextlib.suppress(Exception):
-            trainer.batches.close()  # shuts its collation workers down
-        with contextlib.suppress(Exception):
-            trainer._close()
+            trainer.close()  # also shuts the collation workers down
         log_file = Path(cfg.train.out_dir) / "train.log"
         if log_file.exists():
             shutil.copy(log_file, details / f"{name}.train.log")

@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from attendo.config import ModelConfig
-from attendo.model.seq2seq import build_model
+from attendo.model import build_model
 from attendo.search import beam_search
 
 

@@ -31,14 +31,13 @@ def main() -> None:
         trainer = Trainer(cfg)
         trainer.model.train()
         for _ in range(args.warmup):
-            trainer._set_lr()
-            trainer.train_step(next(trainer.stream))
+            trainer.step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             t = time.time()
             for _ in range(args.steps):
-                trainer._set_lr()
-                trainer.train_step(next(trainer.stream))
+                trainer.step()
             per_step = (time.time() - t) / args.steps
+        trainer.close()
     print(f"{per_step:.4f} s/step under the profiler")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 

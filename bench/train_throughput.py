@@ -62,14 +62,13 @@ def main() -> None:
         marks: dict[int, float] = {}
         sents = toks = 0
         for step in range(1, args.steps + 1):
-            batch = next(trainer.stream)
-            trainer._set_lr()
-            _, _, n = trainer.train_step(batch)
+            res = trainer.step()
             if step > args.warmup:
-                sents += batch.size
-                toks += n
+                sents += res.sentences
+                toks += res.tokens
             if step in (args.warmup, args.steps):
                 marks[step] = time.time()
+        trainer.close()
         window = marks[args.steps] - marks[args.warmup]
         updates = args.steps - args.warmup
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -154,8 +154,14 @@ def test_mean_rule_links_words_from_word_weights():
 def test_cli_lists_the_methods_and_rules_of_attendo_align():
     from attendo import cli
 
-    assert cli.ALIGN_METHODS == align.METHODS and cli.ALIGN_WORD_RULES == align.WORD_RULES
-    assert cli.ALIGN_SYMMETRIZE == align.SYMMETRIZE + align.SOFT_SYMMETRIZE
+    subparsers = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    choices = {(name, a.dest): a.choices for name, p in subparsers.choices.items()
+               for a in p._actions if a.choices}
+    assert choices["align", "method"] == list(align.METHODS)
+    assert choices["align", "words"] == list(align.WORD_RULES)
+    assert choices["align", "symmetrize"] == list(align.SYMMETRIZE + align.SOFT_SYMMETRIZE)
+    assert choices["evaluate", "align_method"] == choices["attend", "show_alignment"] == \
+        list(align.METHODS)
 
 
 def test_argmax_leaves_a_word_that_attended_only_to_the_end_unlinked():
@@ -173,8 +179,8 @@ def test_average_symmetrization_thresholds_the_mean_of_both_directions():
     # mean: t0 (0.525, 0.35), t1 (0.5, 0.525); s0-t1 is half-believed by both (0.45, 0.55):
     # it passes 0.5 although a hard intersection of the two directions' links drops it
     assert align.average(fwd, rev, "threshold", 0.5) == {(0, 0), (0, 1), (1, 1)}
-    hard = align.symmetrize(align._pick(fwd, "threshold", 0.5),
-                            align._pick(rev.T, "threshold", 0.5), "intersect")
+    hard = align.symmetrize(align.pick_links(fwd, "threshold", 0.5),
+                            align.pick_links(rev.T, "threshold", 0.5), "intersect")
     assert (0, 1) not in hard
     assert align.average(fwd, rev, "argmax") == {(0, 0), (1, 1)}
     assert align.average(fwd, rev, "threshold", 0.6) == set()

@@ -145,7 +145,8 @@ def test_smoothed_loss_equals_the_mixture_built_in_full_values_and_gradients():
     """The label-smoothing term sums log P(w) over the vocabulary without building the (N, V)
     mixture; with a word repeated in a source, a source-only word and padding, value and
     gradients equal those of the mixture built in full (TINY-clamped, as before)."""
-    from attendo.model.decoders import TINY, OutputLayer
+    from attendo.model.copy import TINY
+    from attendo.model.interfaces import OutputLayer
 
     class Out(torch.nn.Module, OutputLayer):
         def __init__(self):
@@ -162,7 +163,7 @@ def test_smoothed_loss_equals_the_mixture_built_in_full_values_and_gradients():
     target = torch.tensor([[5, V, 2], [V + 1, 9, PAD]])
     keep = target != PAD
     info = {"attn": attn, "src_ext": src_ext, "p_gen_logit": logit}
-    loss, nll = layer._copy_token_loss(feats, info, target, keep, 0.1)
+    loss, nll = layer.token_loss(feats, info, target, keep, 0.1)
     grads = torch.autograd.grad(loss, (feats, scores, logit), retain_graph=True)
     lp = torch.log_softmax(layer.out(feats[keep]), -1)
     a, lg = attn[keep], logit[keep]

@@ -18,7 +18,7 @@ from attendo.config import ConfigError
 from attendo.data.batching import collate
 from attendo.data.vocab import Vocab
 from attendo.model import DecoderState
-from attendo.model.decoders import coverage_loss
+from attendo.model.coverage import coverage_loss
 from attendo.search import beam_search, block_repeats, coverage_penalty, greedy_search
 from attendo.train import Trainer
 from attendo.translator import Translator

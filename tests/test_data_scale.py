@@ -14,7 +14,7 @@ from conftest import toy_raw
 
 from attendo import cli
 from attendo.config import config_from_dict
-from attendo.data import binarized
+from attendo.data import chunked
 from attendo.data.batching import BatchStream, make_batches
 from attendo.data.binarized import PreparedCorpus, StalePreparation, prepare
 from attendo.data.corpus import CorpusError, read_parallel
@@ -185,7 +185,7 @@ def _with_bad_lines(tmp_path, bad_at):
 
 @pytest.mark.parametrize("tokenizer", ["word", "bpe"])  # found in pass 1 / in pass 2
 def test_bad_line_in_a_worker_chunk_names_file_and_line(tmp_path, monkeypatch, tokenizer):
-    monkeypatch.setattr(binarized, "CHUNK_LINES", 50)
+    monkeypatch.setattr(chunked, "CHUNK_LINES", 50)
     a = _corpus(tmp_path, "a", 120, 0)
     b = _with_bad_lines(tmp_path, [173, 301])
     cfg = _cfg(tmp_path, train_src=[a[0], b[0]], train_tgt=[a[1], b[1]], tokenizer=tokenizer)
@@ -195,7 +195,7 @@ def test_bad_line_in_a_worker_chunk_names_file_and_line(tmp_path, monkeypatch, t
 
 @pytest.mark.parametrize("tokenizer", ["word", "bpe"])
 def test_skipped_lines_are_counted_across_workers(tmp_path, monkeypatch, tokenizer):
-    monkeypatch.setattr(binarized, "CHUNK_LINES", 50)
+    monkeypatch.setattr(chunked, "CHUNK_LINES", 50)
     b = _with_bad_lines(tmp_path, [3, 60, 173, 301, 400])
     cfg = _cfg(tmp_path, train_src=b[0], train_tgt=b[1], skip_bad_lines=True,
                tokenizer=tokenizer)

@@ -131,7 +131,7 @@ def test_two_processes_equal_one_process_accumulating(two_process_run, tmp_path)
     moved = any(
         not torch.allclose(fresh.model.state_dict()[k], one[k]) for k in one
     )
-    fresh._close()
+    fresh.close()
     assert moved
 
 

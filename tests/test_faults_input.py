@@ -238,11 +238,11 @@ def test_translate_stdin_bom_on_each_line(tiny_model, monkeypatch, capsys):
         return capsys.readouterr().out
 
     assert run(BOM + b"a b c\n" + BOM + b"d e\n") == run(b"a b c\nd e\n")
-    from attendo.cli import _read_input
+    from attendo.cli import read_input
 
     data = BOM + b"a b c\r\n" + BOM + b"d e"
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
-    assert _read_input(None) == ["a b c", "d e"]
+    assert read_input(None) == ["a b c", "d e"]
 
 
 @pytest.mark.parametrize("where", ["file", "stdin"])
@@ -444,6 +444,70 @@ def test_main_reports_os_errors_in_one_line(monkeypatch, capsys, exc, shown):
     monkeypatch.setattr(cli, "cmd_data", fail)
     assert main(["data", "multi30k", "--out", "x"]) == 2
     assert shown in only_error_line(capsys.readouterr().err, "data")
+
+
+def test_main_reports_user_errors_in_one_line_and_lets_bugs_raise(monkeypatch, capsys):
+    """A user error (AttendoError) is one line with exit code 2; a plain ValueError is a bug
+    in attendo and keeps its traceback (it used to be reported as if the user had erred)."""
+    import attendo.cli as cli
+    from attendo.errors import AttendoError, UsageError
+
+    def fail(exc):
+        def run(args):
+            raise exc
+        return run
+
+    monkeypatch.setattr(cli, "cmd_data", fail(UsageError("--x must be >= 1, got 0")))
+    assert main(["data", "multi30k", "--out", "x"]) == 2
+    assert only_error_line(capsys.readouterr().err, "data").endswith("--x must be >= 1, got 0")
+    monkeypatch.setattr(cli, "cmd_data", fail(ValueError("internal")))
+    with pytest.raises(ValueError, match="internal"):
+        main(["data", "multi30k", "--out", "x"])
+    assert issubclass(UsageError, ValueError) and issubclass(cli.CLIError, AttendoError)
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("data.max_len=1", "no training pairs left after the length filters (data.max_len)"),
+    ("train.precision=fp16", "train.precision: fp16 needs a CUDA device"),
+    ("data.tokenizer=bpe", "bpe vocab_size=5 is too small"),
+])
+def test_user_errors_raised_as_value_errors_stay_one_line(tmp_path, capsys, override, shown):
+    """Errors a config can cause deep in training were ValueErrors that main reported only
+    because it took every ValueError for a user error; they are user errors now."""
+    import torch
+
+    if override == "train.precision=fp16" and torch.cuda.is_available():
+        pytest.skip("fp16 runs where there is CUDA")
+    raw = toy_raw(tmp_path / "run")
+    raw["data"].update(toy="copy", toy_train_size=100, toy_valid_size=8, toy_test_size=8,
+                       toy_max_len=5, vocab_size=5)
+    raw["train"].update(max_steps=2)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", str(tmp_path / "c.yaml"), override]) == 2
+    assert shown in only_error_line(capsys.readouterr().err, "train")
+    assert main(["data", "multi30k", "--out", str(tmp_path / "m"), "--langs", "xx"]) == 2
+    assert "unknown Multi30k language(s) ['xx']" in only_error_line(capsys.readouterr().err,
+                                                                    "data")
+
+
+def test_every_user_error_type_is_an_attendo_error():
+    from attendo.checkpoint import ModelFileError
+    from attendo.config import ConfigError
+    from attendo.data.binarized import StalePreparation
+    from attendo.data.corpus import CorpusError, TextError
+    from attendo.data.download import DownloadError
+    from attendo.diagnostics import AlignmentFileError
+    from attendo.errors import AttendoError
+    from attendo.export import ExportError
+    from attendo.study import StudyError
+    from attendo.train.divergence import TrainingDiverged
+    from attendo.utils import DirectoryBusy
+
+    for cls in (ModelFileError, ConfigError, StalePreparation, CorpusError, TextError,
+                AlignmentFileError, TrainingDiverged, ExportError, StudyError):
+        assert issubclass(cls, AttendoError) and issubclass(cls, ValueError), cls
+    assert issubclass(DownloadError, AttendoError) and issubclass(DownloadError, OSError)
+    assert issubclass(DirectoryBusy, AttendoError) and issubclass(DirectoryBusy, RuntimeError)
 
 
 # --------------------------------------------------------------------------- numbers (item 11)

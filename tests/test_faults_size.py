@@ -112,13 +112,13 @@ def test_estimate_equals_the_built_model(changes):
 def test_the_estimate_never_builds_the_configured_depth(monkeypatch):
     """However deep the config, the estimate builds at most four small models."""
     built: list[tuple[int, int]] = []
-    real = seq2seq.assemble_model
+    real = size.assemble_model
 
     def counting(cfg, *args, **kwargs):
         built.append((cfg.enc_layers, cfg.dec_layers))
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(seq2seq, "assemble_model", counting)
+    monkeypatch.setattr(size, "assemble_model", counting)
     cfg = ModelConfig(emb_dim=8, enc_hidden=8, dec_hidden=8, enc_layers=MAX_LAYERS,
                       dec_layers=MAX_LAYERS)
     got = estimate_size(cfg, 30, 30)

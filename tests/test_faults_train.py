@@ -6,8 +6,8 @@ saves nothing from the diverged state; a model that diverged anyway still decode
   no model.safetensors or last.safetensors; the same lr given to a resumed run leaves its
   last good checkpoint byte for byte, and that checkpoint resumes with a sane lr;
 - ordinary runs (RNN and Transformer, validated from their first steps) stay far from every
-  threshold of :mod:`attendo.divergence`;
-- :class:`~attendo.divergence.DivergenceGuard` itself: noise, a warm-up and short spikes never
+  threshold of :mod:`attendo.train.divergence`;
+- :class:`~attendo.train.divergence.DivergenceGuard` itself: noise, a warm-up and short spikes never
   stop it; a sustained loss spike, exploded gradients or weights and an impossible perplexity
   do, at the step where they happen;
 - a model whose weights are huge but finite (a trained toy model scaled by 1e15 or 1e30, saved
@@ -36,7 +36,10 @@ import attendo
 from attendo.checkpoint import MODEL_FILE, read_safetensors, save_weights
 from attendo.cli import main
 from attendo.config import config_from_dict
-from attendo.divergence import (
+from attendo.model import DecoderState
+from attendo.search import beam_search, greedy_search
+from attendo.train import Trainer
+from attendo.train.divergence import (
     GRAD_NORM_LIMIT,
     MAX_BAD_UPDATES,
     PPL_FACTOR,
@@ -47,9 +50,6 @@ from attendo.divergence import (
     DivergenceGuard,
     TrainingDiverged,
 )
-from attendo.model import DecoderState
-from attendo.search import beam_search, greedy_search
-from attendo.train import Trainer
 
 # --------------------------------------------------------------------------- the CLI probe
 

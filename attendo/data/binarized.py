@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import itertools
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections import Counter
@@ -46,240 +44,28 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..config import ConfigError, DataConfig
+from ..config import DataConfig
 from ..utils import atomic_write_text
-from .corpus import MAX_REPORTED_PROBLEMS, CorpusError, _parse_pair, _raw_lines
-from .prepare import (
-    Codec,
-    CorpusFiles,
-    load_codecs,
-    make_tokenizer,
-    multi_corpus,
-    save_codecs,
-    train_files,
+from .chunked import ChunkRunner, chunk_tasks, encode_chunk, init_encoder, scan_chunk
+from .corpus import MAX_REPORTED_PROBLEMS, CorpusError, parse_pair
+from .memmap import (  # noqa: F401  (the reading side, re-exported)
+    AUTO_PREPARE_BYTES,
+    FORMAT_VERSION,
+    MANIFEST,
+    PREP_KEYS,
+    PreparedCorpus,
+    StalePreparation,
+    TokenView,
+    check_fresh,
+    file_stamp,
+    prepared_dir,
+    read_manifest,
 )
+from .prepare import Codec, CorpusFiles, make_tokenizer, save_codecs, train_files
 from .tokenizers import SentencePieceTokenizer
 from .vocab import Vocab
 
 log = logging.getLogger("attendo")
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-CHUNK_LINES = 20_000  # lines a worker validates or encodes at a time
-# a single training file larger than this is prepared (into train.out_dir/prepared) rather
-# than read into Python lists, when data.prepared is not set
-AUTO_PREPARE_BYTES = 64 << 20
-# the data settings a preparation depends on (the others apply at training time)
-PREP_KEYS = ("tokenizer", "joint_vocab", "vocab_size", "min_freq", "lowercase",
-             "skip_bad_lines", "max_chars", "spm_sample")
-
-
-class StalePreparation(ValueError):
-    """A prepared folder that does not match the config (or the files) it is used with."""
-
-
-# -- deciding ----------------------------------------------------------------------------
-
-
-def prepared_dir(cfg) -> Path | None:
-    """Where training reads prepared data from (None: the in-memory path).
-
-    ``data.prepared`` when set; else ``train.out_dir/prepared`` for several, globbed,
-    weighted or large (> :data:`AUTO_PREPARE_BYTES`) training files; else None."""
-    data: DataConfig = cfg.data
-    if data.toy:
-        return None
-    guided = bool(cfg.train.guided_alignment.file)
-    if data.prepared or multi_corpus(data):
-        if cfg.model.copy:
-            raise ConfigError(
-                "model.copy: copy models read their training data into memory; give one "
-                "training file (no list, glob or weights) and leave data.prepared unset")
-        if guided:
-            raise ConfigError(
-                "train.guided_alignment.file: guided alignment reads its training data into "
-                "memory; give one training file (no list, glob or weights) and leave "
-                "data.prepared unset")
-        return Path(data.prepared or Path(cfg.train.out_dir) / "prepared")
-    if not (cfg.model.copy or guided) and _total_bytes(train_files(data)) > AUTO_PREPARE_BYTES:
-        return Path(cfg.train.out_dir) / "prepared"
-    return None
-
-
-def _total_bytes(files: list[CorpusFiles]) -> int:
-    total = 0
-    for f in files:
-        for p in (f.src, f.tgt):
-            if p:
-                try:
-                    total += os.path.getsize(p)
-                except OSError:
-                    pass  # reported with file and line by the reader
-    return total
-
-
-# -- preparing ----------------------------------------------------------------------------
-
-
-def _stamp(path: str | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return {"path": path}
-    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _chunks(files: CorpusFiles, counts: dict[str, int]):
-    """Yield ``(first_lineno, raw_src_lines, raw_tgt_lines or None)`` of CHUNK_LINES lines,
-    then check (like :func:`~attendo.data.corpus.read_parallel`) that both files had lines
-    and as many; ``counts`` gets the line counts."""
-    src_it = _raw_lines(Path(files.src))
-    tgt_it = _raw_lines(Path(files.tgt)) if files.tgt else None
-    n_src = n_tgt = 0
-    lineno = 1
-    while True:
-        s = list(itertools.islice(src_it, CHUNK_LINES))
-        t = list(itertools.islice(tgt_it, CHUNK_LINES)) if tgt_it is not None else None
-        n_src += len(s)
-        n_tgt += len(t) if t is not None else len(s)
-        if t is not None and len(s) != len(t):  # one file ended: count the rest of the other
-            n_src += sum(1 for _ in src_it)
-            n_tgt += sum(1 for _ in tgt_it)
-            break
-        if not s:
-            break
-        yield lineno, s, t
-        lineno += len(s)
-    counts["lines"] = n_src
-    if n_src != n_tgt:
-        raise CorpusError(
-            files.src, None,
-            f"has {n_src} lines but {files.tgt} has {n_tgt} lines; expected line-aligned files "
-            "with the same number of lines (this cannot be skipped)",
-        )
-    if n_src == 0:
-        expected = "one sentence per line" if files.tgt else "one source<TAB>target pair per line"
-        raise CorpusError(files.src, None, f"empty file, expected {expected}")
-
-
-def _clean(task: tuple, settings: dict) -> tuple[list[str], list[str], list[int], int, list[str]]:
-    """Validate one chunk: (src texts, tgt texts, their positions in the chunk, skipped,
-    problems); a bad line raises its CorpusError unless skip_bad_lines."""
-    _, src, tgt, lineno, raw_s, raw_t = task
-    src_p, tgt_p = Path(src), (Path(tgt) if tgt else None)
-    ss: list[str] = []
-    ts: list[str] = []
-    pos: list[int] = []
-    skipped, problems = 0, []
-    for k, rs in enumerate(raw_s):
-        try:
-            s, t = _parse_pair(rs, raw_t[k] if raw_t is not None else None, src_p, tgt_p,
-                               lineno + k, settings["max_chars"])
-        except CorpusError as e:
-            if not settings["skip_bad_lines"]:
-                raise
-            skipped += 1
-            if len(problems) < MAX_REPORTED_PROBLEMS:
-                problems.append(str(e))
-            continue
-        if settings["lowercase"]:
-            s, t = s.lower(), t.lower()
-        ss.append(s)
-        ts.append(t)
-        pos.append(k)
-    return ss, ts, pos, skipped, problems
-
-
-def _scan_chunk(task: tuple, settings: dict) -> dict:
-    """Pass 1 (word/char) on one chunk: validate, count the pieces."""
-    ss, ts, _, skipped, _ = _clean(task, settings)
-    from .tokenizers import train_tokenizer
-
-    tok = train_tokenizer(settings["tokenizer"], [], 1)
-    counts = [Counter(), Counter()]
-    for side, texts in enumerate((ss, ts)):
-        c = counts[0 if settings["joint_vocab"] else side]
-        for text in texts:
-            c.update(tok.encode(text))
-    return {"kept": len(ss), "skipped": skipped, "counts": counts}
-
-
-_WORKER: dict[str, Any] = {}
-
-
-def _init_encoder(src: Codec, tgt: Codec, spm_ids: bool) -> None:
-    _WORKER.update(src=src, tgt=tgt, spm_ids=spm_ids)
-
-
-def _encode_side(codec: Codec, texts: list[str], spm_ids: bool, dtype) -> tuple:
-    if spm_ids:
-        assert isinstance(codec.tokenizer, SentencePieceTokenizer)
-        # one thread: the worker processes already use every core
-        ids = codec.tokenizer.sp.encode(texts, out_type=int, num_threads=1)
-    else:
-        ids = [codec.vocab.encode(codec.tokenizer.encode(t)) for t in texts]
-    lens = np.fromiter((len(x) for x in ids), np.int32, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, count=int(lens.sum()))
-    counts = None
-    if spm_ids:
-        counts = np.bincount(flat, minlength=codec.tokenizer.sp.get_piece_size())
-    return lens, flat, counts
-
-
-def _encode_chunk(task: tuple, settings: dict, dtype: str) -> dict:
-    """Pass 2 on one chunk: validate again, encode both sides (sentencepiece: to piece ids,
-    counted, mapped to vocabulary ids once the vocabulary is known)."""
-    ss, ts, _, skipped, problems = _clean(task, settings)
-    spm_ids = _WORKER["spm_ids"]
-    src = _encode_side(_WORKER["src"], ss, spm_ids, np.dtype(dtype))
-    tgt = _encode_side(_WORKER["tgt"], ts, spm_ids, np.dtype(dtype))
-    return {"kept": len(ss), "skipped": skipped, "problems": problems, "src": src, "tgt": tgt}
-
-
-class _Runner:
-    """Runs chunk tasks in a pool of worker processes (or inline for one worker), keeping at
-    most a few chunks in flight so that memory stays bounded; results come back in order."""
-
-    def __init__(self, workers: int, initializer=None, initargs=()):
-        self.pool = None
-        if workers > 1:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            ctx = multiprocessing.get_context(method)
-            self.pool = ctx.Pool(workers, initializer=initializer, initargs=initargs)
-        elif initializer is not None:
-            initializer(*initargs)
-        self.window = 2 * workers + 1
-        self.pending: list = []
-
-    def submit(self, fn, *args) -> list:
-        """Queue a task; returns the results that are now due (in submission order)."""
-        if self.pool is None:
-            return [fn(*args)]
-        self.pending.append(self.pool.apply_async(fn, args))
-        done = []
-        while len(self.pending) >= self.window or (self.pending and self.pending[0].ready()):
-            done.append(self.pending.pop(0).get())
-        return done
-
-    def drain(self) -> list:
-        done = [r.get() for r in self.pending]
-        self.pending = []
-        return done
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-
-
-def _tasks(files: list[CorpusFiles], counts: list[dict]):
-    chunk_id = 0
-    for i, f in enumerate(files):
-        for lineno, raw_s, raw_t in _chunks(f, counts[i]):
-            yield i, (chunk_id, f.src, f.tgt, lineno, raw_s, raw_t)
-            chunk_id += 1
 
 
 def _sample_spm(cfg: DataConfig, files: list[CorpusFiles], settings: dict, progress: bool):
@@ -298,12 +84,12 @@ def _sample_spm(cfg: DataConfig, files: list[CorpusFiles], settings: dict, progr
         return -h[0][0] if len(h) >= k else 1.0
 
     try:
-        for _, (chunk_id, src, tgt, lineno, raw_s, raw_t) in _tasks(files, [{} for _ in files]):
+        for _, (chunk_id, src, tgt, lineno, raw_s, raw_t) in chunk_tasks(files, [{} for _ in files]):
             pri = np.random.default_rng([settings["seed"], chunk_id]).random((2, len(raw_s)))
             limit = np.array([[tau(0)], [tau(0 if cfg.joint_vocab else 1)]])
             for pos in np.flatnonzero((pri < limit).any(axis=0)).tolist():
                 try:
-                    pair = _parse_pair(raw_s[pos], raw_t[pos] if raw_t is not None else None,
+                    pair = parse_pair(raw_s[pos], raw_t[pos] if raw_t is not None else None,
                                        Path(src), Path(tgt) if tgt else None, lineno + pos,
                                        settings["max_chars"])
                 except CorpusError:
@@ -332,7 +118,7 @@ def _count_pieces(cfg: DataConfig, files: list[CorpusFiles], settings: dict, wor
     any encoding, unless skipped) and count the pieces for the vocabularies."""
     counters = [Counter(), Counter()]
     first_error: CorpusError | None = None
-    runner = _Runner(workers)
+    runner = ChunkRunner(workers)
     bar = tqdm(desc="count", unit=" pairs", unit_scale=True, disable=not progress,
                dynamic_ncols=True)
 
@@ -342,11 +128,11 @@ def _count_pieces(cfg: DataConfig, files: list[CorpusFiles], settings: dict, wor
             c.update(more)
 
     try:
-        for _, task in _tasks(files, [{} for _ in files]):
+        for _, task in chunk_tasks(files, [{} for _ in files]):
             if first_error is not None:
                 continue  # read on only to count lines: a count mismatch is the likelier cause
             try:
-                for res in runner.submit(_scan_chunk, task, settings):
+                for res in runner.submit(scan_chunk, task, settings):
                     take(res)
             except CorpusError as e:
                 first_error = e
@@ -420,7 +206,7 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
         dtype = _id_dtype(max(len(src.vocab), len(tgt.vocab)))
     lens: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
     piece_counts: dict[str, np.ndarray | None] = {"src": None, "tgt": None}
-    runner = _Runner(workers, _init_encoder, (src, tgt, spm_ids))
+    runner = ChunkRunner(workers, init_encoder, (src, tgt, spm_ids))
     bar = tqdm(desc="encode", unit=" pairs", unit_scale=True, disable=not progress,
                dynamic_ncols=True)
     sinks = {side: open(out / f"{side}.tokens.bin", "wb") for side in ("src", "tgt")}
@@ -444,9 +230,9 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
         bar.update(res["kept"] + res["skipped"])
 
     try:
-        for i, task in _tasks(files, line_counts):
+        for i, task in chunk_tasks(files, line_counts):
             file_of.append(i)
-            for res in runner.submit(_encode_chunk, task, settings, dtype):
+            for res in runner.submit(encode_chunk, task, settings, dtype):
                 take(res)
         for res in runner.drain():
             take(res)
@@ -478,7 +264,7 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
     start = 0
     corpora = []
     for f, st in zip(files, stats):
-        corpora.append({"entry": f.entry, "src": _stamp(f.src), "tgt": _stamp(f.tgt),
+        corpora.append({"entry": f.entry, "src": file_stamp(f.src), "tgt": file_stamp(f.tgt),
                         "start": start, **st})
         start += st["pairs"]
     manifest = {
@@ -541,134 +327,6 @@ def _spm_vocabularies(cfg: DataConfig, src: Codec, tgt: Codec, piece_counts: dic
         arr.flush()
         del arr
     return src, tgt
-
-
-# -- reading ------------------------------------------------------------------------------
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StalePreparation(
-            f"{folder}: no prepared data here ({MANIFEST} is missing: never prepared, or the "
-            "preparation did not finish); run `attendo data prepare CONFIG --out "
-            f"{folder}`"
-        ) from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise StalePreparation(f"{path}: unreadable ({e})") from None
-
-
-def check_fresh(manifest: dict[str, Any], cfg: DataConfig, folder: str | Path) -> None:
-    """Raise :class:`StalePreparation` naming the first difference between the prepared
-    folder and the config (its settings, its training files, their sizes and mtimes)."""
-    redo = f"; prepare it again: attendo data prepare CONFIG --out {folder}"
-    if manifest.get("format") != FORMAT_VERSION:
-        raise StalePreparation(f"{folder}: prepared by another attendo version{redo}")
-    for key in PREP_KEYS:
-        was = manifest["settings"].get(key)
-        if was != getattr(cfg, key):
-            raise StalePreparation(
-                f"{folder}: stale: prepared with data.{key}={was!r}, the config has "
-                f"{getattr(cfg, key)!r}{redo}")
-    files = train_files(cfg)
-    corpora = manifest["corpora"]
-    if [(f.src, f.tgt) for f in files] != [(c["src"]["path"], (c["tgt"] or {}).get("path"))
-                                           for c in corpora]:
-        raise StalePreparation(
-            f"{folder}: stale: prepared from {[c['src']['path'] for c in corpora]}, the config "
-            f"names {[f.src for f in files]}{redo}")
-    for c in corpora:
-        for stamp in (c["src"], c["tgt"]):
-            if stamp is not None and _stamp(stamp["path"]) != stamp:
-                raise StalePreparation(
-                    f"{folder}: stale: {stamp['path']} changed since it was prepared (size or "
-                    f"modification time){redo}")
-
-
-class TokenView:
-    """A read-only sequence of token-id lists over one side of a prepared folder: item i is
-    pair ``index[i]`` as a list of ints. ``lengths`` holds every item's length (numpy).
-
-    Pickles as its folder name and index, so DataLoader workers map the files themselves."""
-
-    def __init__(self, folder: str | Path, side: str, dtype: str, index: np.ndarray):
-        self.folder, self.side, self.dtype = str(folder), side, dtype
-        self.index = index
-        self._open()
-
-    def _open(self) -> None:
-        folder = Path(self.folder)
-        self.offsets = np.load(folder / f"{self.side}.offsets.npy", mmap_mode="r")
-        path = folder / f"{self.side}.tokens.bin"
-        self.tokens = (np.memmap(path, dtype=self.dtype, mode="r") if path.stat().st_size
-                       else np.zeros(0, self.dtype))
-        self.lengths = np.diff(self.offsets)[self.index].astype(np.int32)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> list[int]:
-        j = self.index[i]
-        return self.tokens[self.offsets[j] : self.offsets[j + 1]].tolist()
-
-    def __getstate__(self) -> dict:
-        return {"folder": self.folder, "side": self.side, "dtype": self.dtype, "index": self.index}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._open()
-
-
-class PreparedCorpus:
-    """A prepared folder opened for training (memory-mapped; nothing is read up front but the
-    offsets and the manifest)."""
-
-    def __init__(self, folder: str | Path, cfg: DataConfig | None = None):
-        self.folder = Path(folder)
-        self.manifest = read_manifest(folder)
-        if cfg is not None:
-            check_fresh(self.manifest, cfg, folder)
-        self.dtype = self.manifest["dtype"]
-
-    @property
-    def n_pairs(self) -> int:
-        return int(self.manifest["pairs"])
-
-    def codecs(self, lowercase: bool = False) -> tuple[Codec, Codec]:
-        return load_codecs(self.folder, lowercase)
-
-    def fingerprint(self) -> list:
-        """What ranks compare to be sure they train on the same data."""
-        m = self.manifest
-        return [m["pairs"], m["tokens"], m["vocab"], [c["src"] for c in m["corpora"]]]
-
-    def training_views(self, max_len: int = 0, max_ratio: float = 0.0,
-                       weights: list[int] | None = None) -> tuple[TokenView, TokenView, int]:
-        """Source and target views of the pairs that pass the length filters (see
-        :func:`~attendo.data.corpus.length_filter`), each corpus repeated its weight times
-        (by ``data.train_weights`` entry); also returns how many pairs the filters dropped."""
-        off = {s: np.load(self.folder / f"{s}.offsets.npy", mmap_mode="r") for s in ("src", "tgt")}
-        a = np.diff(off["src"]).astype(np.int64)
-        b = np.diff(off["tgt"]).astype(np.int64)
-        if max_len <= 0:
-            keep = (a > 0) & (b > 0)
-        else:
-            keep = (a >= 1) & (a <= max_len) & (b >= 1) & (b <= max_len)
-            if max_ratio:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ratio = np.maximum(a, b) / np.minimum(a, b)
-                keep &= ~(ratio > max_ratio)
-        parts = []
-        for c in self.manifest["corpora"]:
-            idx = np.flatnonzero(keep[c["start"] : c["start"] + c["pairs"]]) + c["start"]
-            w = weights[c["entry"]] if weights else 1
-            parts.extend([idx] * w)
-        index = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        dropped = int(len(keep) - keep.sum())
-        return (TokenView(self.folder, "src", self.dtype, index),
-                TokenView(self.folder, "tgt", self.dtype, index), dropped)
 
 
 def ensure_prepared(cfg, folder: Path, *, seed: int, resume: bool) -> None:

@@ -36,6 +36,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import BinaryIO
 
+from attendo.errors import AttendoError
 from attendo.utils import open_binary
 
 MAX_REPORTED_PROBLEMS = 20
@@ -60,7 +61,7 @@ _CONTROL_NAMES = {
 _EDGES = re.compile("^[\\s\ufeff]+|[\\s\ufeff]+$")
 
 
-class CorpusError(ValueError):
+class CorpusError(ValueError, AttendoError):
     """A problem with a corpus file, located by path and (when known) 1-based line number."""
 
     def __init__(self, path: str | Path, line: int | None, problem: str) -> None:
@@ -78,7 +79,7 @@ class CorpusError(ValueError):
         return (type(self), (self.path, self.line, self.problem))
 
 
-class TextError(ValueError):
+class TextError(ValueError, AttendoError):
     """A text no model is given (see the module docstring): it holds a control character or
     a lone surrogate. ``index`` is the 0-based position of that character in the text as
     given, ``char`` the character; the message counts characters from 1, as editors count
@@ -161,7 +162,7 @@ class ReadReport:
         return f"{self.n_pairs} pairs read, {self.n_skipped} skipped"
 
 
-def _raw_lines(path: Path, stream: BinaryIO | None = None) -> Iterator[bytes]:
+def raw_lines(path: Path, stream: BinaryIO | None = None) -> Iterator[bytes]:
     """Yield the lines of ``path`` (or of ``stream``, which ``path`` then only names) as bytes
     without their line terminator, and without a UTF-8 byte-order mark at the start.
 
@@ -248,7 +249,7 @@ def _check_text(
         )
 
 
-def _parse_pair(
+def parse_pair(
     raw_src: bytes,
     raw_tgt: bytes | None,
     src: Path,
@@ -309,8 +310,8 @@ def read_parallel(
     # count mismatch, the likelier root cause of odd lines, be reported in its place.
     first_error: CorpusError | None = None
     n_src = n_tgt = 0
-    src_iter = _raw_lines(src_path)
-    tgt_iter = _raw_lines(tgt_path) if tgt_path is not None else iter(())
+    src_iter = raw_lines(src_path)
+    tgt_iter = raw_lines(tgt_path) if tgt_path is not None else iter(())
     missing = object()
     for lineno, (raw_s, raw_t) in enumerate(
         zip_longest(src_iter, tgt_iter, fillvalue=missing), start=1
@@ -326,7 +327,7 @@ def read_parallel(
         ):
             continue  # only counting lines from here on
         try:
-            s, t = _parse_pair(
+            s, t = parse_pair(
                 raw_s,
                 raw_t if tgt_path is not None else None,
                 src_path,
@@ -345,21 +346,23 @@ def read_parallel(
             continue
         src_lines.append(s)
         tgt_lines.append(t)
-    if tgt_path is not None and n_src != n_tgt:
-        raise CorpusError(
-            src_path,
-            None,
-            f"has {n_src} lines but {tgt_path} has {n_tgt} lines; expected line-aligned files "
-            "with the same number of lines (this cannot be skipped)",
-        )
-    if n_src == 0:
-        expected = "one sentence per line" if tgt_path is not None else (
-            "one source<TAB>target pair per line")
-        raise CorpusError(src_path, None, f"empty file, expected {expected}")
+    check_line_counts(src_path, tgt_path, n_src, n_tgt)
     if first_error is not None:
         raise first_error
     report.n_pairs = len(src_lines)
     return src_lines, tgt_lines, report
+
+
+def check_line_counts(src: str | Path, tgt: str | Path | None, n_src: int, n_tgt: int) -> None:
+    """What every reader of a parallel corpus checks once it has counted the lines: ``src``
+    and ``tgt`` (None or "": a TSV) have as many lines, and some."""
+    if tgt and n_src != n_tgt:
+        raise CorpusError(src, None, f"has {n_src} lines but {tgt} has {n_tgt} lines; expected "
+                          "line-aligned files with the same number of lines (this cannot be "
+                          "skipped)")
+    if n_src == 0:
+        expected = "one sentence per line" if tgt else "one source<TAB>target pair per line"
+        raise CorpusError(src, None, f"empty file, expected {expected}")
 
 
 def read_lines(
@@ -375,7 +378,7 @@ def read_lines(
     """
     path = Path(path)
     lines: list[str] = []
-    for lineno, raw in enumerate(_raw_lines(path, stream), start=1):
+    for lineno, raw in enumerate(raw_lines(path, stream), start=1):
         text = _strip(_decode(raw, path, lineno))
         if max_chars is not None and len(text) > max_chars:
             raise CorpusError(

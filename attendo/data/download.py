@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 from attendo.data.corpus import CorpusError
+from attendo.errors import AttendoError, UsageError
 from attendo.utils import GZIP_MAGIC, atomic_write_bytes
 
 MULTI30K_BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
@@ -25,7 +26,7 @@ MULTI30K_FILES: dict[str, int] = {
 }
 
 
-class DownloadError(OSError):
+class DownloadError(OSError, AttendoError):
     """A file could not be downloaded (no network, HTTP error)."""
 
 
@@ -93,7 +94,7 @@ def fetch_multi30k(
     """
     unknown = [lang for lang in langs if lang not in MULTI30K_LANGS]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"unknown Multi30k language(s) {unknown}; expected some of {MULTI30K_LANGS}"
         )
     out_dir = Path(out_dir)

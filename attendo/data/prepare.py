@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
-from .batching import CopyIds
+from .batch import CopyIds
 from .corpus import CorpusError, length_filter, read_parallel
 from .tokenizers import (
     SentencePieceTokenizer,

@@ -17,8 +17,9 @@ from typing import ClassVar
 
 import sentencepiece as spm
 
-from attendo.checkpoint import ModelFileError, check_inside, read_regular_file
 from attendo.data.vocab import Vocab
+from attendo.errors import UsageError
+from attendo.files import ModelFileError, check_inside, read_regular_file
 from attendo.utils import atomic_write_bytes, atomic_write_text
 
 TOKENIZER_KINDS = ("word", "char", "bpe", "unigram")
@@ -151,7 +152,7 @@ class SentencePieceTokenizer(Tokenizer):
             raise ValueError(f"SentencePiece model type must be 'bpe' or 'unigram', got {kind!r}")
         sample = [t for t in texts if t.strip()]
         if not sample:
-            raise ValueError("cannot train a tokenizer on no text (all training lines are empty)")
+            raise UsageError("cannot train a tokenizer on no text (all training lines are empty)")
         if len(sample) > max_sentences:
             sample = random.Random(seed).sample(sample, max_sentences)
         spm.set_random_generator_seed(seed)
@@ -178,7 +179,7 @@ class SentencePieceTokenizer(Tokenizer):
         except RuntimeError as e:
             m = re.search(r"required_chars\. (\d+) vs (\d+)", str(e))
             if m:
-                raise ValueError(
+                raise UsageError(
                     f"{kind} vocab_size={vocab_size} is too small: the training text needs at "
                     f"least {m.group(2)} pieces for its characters; increase vocab_size or "
                     "lower character_coverage"
@@ -227,7 +228,7 @@ def load_tokenizer(directory: str | Path, prefix: str) -> Tokenizer:
 
     The files the JSON lists must be regular files of bounded size inside ``directory`` (a
     name that leads elsewhere, or a FIFO, is refused without being opened). Anything wrong is
-    a :class:`~attendo.checkpoint.ModelFileError` (a FileNotFoundError when a file is missing)
+    a :class:`~attendo.files.ModelFileError` (a FileNotFoundError when a file is missing)
     whose message starts with the file's path."""
     directory = Path(directory)
     meta_path = directory / f"{prefix}.tokenizer.json"

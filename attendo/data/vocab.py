@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from attendo.files import ModelFileError, check_inside, read_regular_file
 from attendo.utils import atomic_write_text
 
 MAX_VOCAB_BYTES = 256 << 20  # a vocabulary file larger than this is not one attendo wrote
@@ -143,9 +144,7 @@ class Vocab:
         A missing file is a FileNotFoundError; anything else wrong (not a regular file, too
         big, not JSON, wrong types or structure; with ``model_dir``, a path that resolves
         outside it, as a symlink to elsewhere does) a
-        :class:`~attendo.checkpoint.ModelFileError` whose message starts with the path."""
-        from attendo.checkpoint import ModelFileError, check_inside, read_regular_file
-
+        :class:`~attendo.files.ModelFileError` whose message starts with the path."""
         path = Path(path)
         if model_dir is not None:
             check_inside(path, model_dir, "vocabulary file")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ExportError, copy_tokenizer_files
+from .common import ExportError, copy_tokenizer_files
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which attendo uses
 
@@ -82,7 +82,7 @@ def _norm(spec, ln: torch.nn.LayerNorm) -> None:
 def position_table(part, n: int) -> np.ndarray:
     """The (n, D) positions of an attendo Transformer encoder or decoder: the learned table
     as it is, or the sinusoidal table computed for n positions."""
-    from attendo.model.transformer import LearnedPositions, SinusoidalPositions
+    from attendo.model.positions import LearnedPositions, SinusoidalPositions
 
     pos = part.pos
     if isinstance(pos, LearnedPositions):

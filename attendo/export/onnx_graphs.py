@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ExportError, copy_tokenizer_files
+from .common import ExportError, copy_tokenizer_files
 
 META_FILE = "attendo_onnx.json"
 
@@ -103,7 +103,7 @@ class TransformerStep(nn.Module):
             x, k, v, _, _ = layer(x, cross_k[i], cross_v[i], src_pad_mask, self_k[i], self_v[i])
             ks.append(k)  # (B, H, t+1, d)
             vs.append(v)
-        lp = F.log_softmax(dec.out(dec._top(x.squeeze(1))).float(), dim=-1)  # (B, V)
+        lp = F.log_softmax(dec.out(dec.top(x.squeeze(1))).float(), dim=-1)  # (B, V)
         return (lp, *ks, *vs)
 
 
@@ -196,17 +196,10 @@ def export_graphs(model, cfg, out: Path, opset: int = 17) -> dict:
     src_lens = torch.tensor([S, S - 2])
     enc_axes = {"src": {0: "batch", 1: "src_len"}, "src_lens": {0: "batch"},
                 "memory": {0: "batch", 1: "src_len"}, "src_pad_mask": {0: "batch", 1: "src_len"}}
-    encoder = model.encoder
-    had_fused = getattr(encoder, "fused", None)
-    if had_fused is not None:
-        encoder.fused = False  # the packed nn.GRU exports as one ONNX GRU; the fused loop would not
-    try:
+    with model.unfused():  # the packed nn.GRU exports as one ONNX GRU; the fused loop would not
         if cfg.model.decoder == "transformer":
             return _export_transformer(model, cfg, out, opset, src, src_lens, t, enc_axes)
         return _export_rnn(model, out, opset, src, src_lens, enc_axes)
-    finally:
-        if had_fused is not None:
-            encoder.fused = had_fused
 
 
 def _export_transformer(model, cfg, out, opset, src, src_lens, t, enc_axes) -> dict:
@@ -246,7 +239,7 @@ def _export_rnn(model, out, opset, src, src_lens, enc_axes) -> dict:
     enc = model.encoder(src, src_lens)
     state = dec.init_state(enc)
     source = [n for n in RNN_SOURCE if getattr(state, n) is not None]
-    if not dec.use_attn:
+    if not dec.has_attention:
         source = []  # memory and keys are never read by a decoder without attention
     recurrent = [n for n in RNN_STATE if getattr(state, n) is not None]
     names = source + recurrent

@@ -8,6 +8,9 @@ Each scorer has two parts so that per-step work stays small during decoding:
 ``prepare(keys)`` runs once per source batch (e.g. W_2 h_j for the additive scorer) and
 ``score(query, prepared, cov)`` runs at every step. Weights are returned, never stored.
 
+A new scorer is one class (``__init__(query_dim, key_dim)``, ``prepare``, ``score``) and one
+line in :data:`SCORERS`.
+
 Coverage (Tu et al. 2016; See et al. 2017, sec. 2.3). With ``model.coverage`` the decoder
 passes cov_ij = sum_{i' < i} a_i'j, the attention source position j has received so far, to
 the scorer (after :meth:`Scorer.add_coverage`), so that it can learn to look elsewhere:
@@ -17,6 +20,8 @@ the scorer (after :meth:`Scorer.add_coverage`), so that it can learn to look els
 - dot, scaled_dot, general, location: these have no hidden layer to put it in, so a learned
   scalar is added to the score, e_ij = f(s_i, h_j) + w_c cov_ij (w_c < 0 steers attention
   away from positions already covered; w_c = 0 ignores coverage).
+
+The hook, the weight, the loss and the decode-time penalty are in :mod:`attendo.model.coverage`.
 
 Normalizer (``model.attention_normalizer``): a_i = softmax(e_i) by default, or sparsemax /
 1.5-entmax (see :mod:`attendo.model.normalizers`), which give exactly zero weight to
@@ -45,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .normalizers import NORMALIZERS, normalize
+from . import coverage as cov_
+from .normalizers import normalize
 
 
 def masked_softmax(scores: Tensor, src_pad_mask: Tensor) -> Tensor:
@@ -55,6 +61,14 @@ def masked_softmax(scores: Tensor, src_pad_mask: Tensor) -> Tensor:
     """
     scores = scores.masked_fill(src_pad_mask.unsqueeze(1), float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def scaled_dot(q: Tensor, k: Tensor) -> Tensor:
+    """Scaled dot-product scores q k^T / sqrt(d) (Vaswani et al. 2017, sec. 3.2.1):
+    q (..., Tq, d), k (..., Tk, d) -> (..., Tq, Tk). The multi-head attention's (and its
+    grouped fast path's); :class:`ScaledDotScorer` multiplies by 1 / sqrt(d) instead, which
+    its saved models were trained with (not bit-identical to a division)."""
+    return q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
 
 
 def masked_normalize(scores: Tensor, src_pad_mask: Tensor, normalizer: str = "softmax") -> Tensor:
@@ -87,14 +101,17 @@ class Scorer(nn.Module):
         """query: (B, Tq, Dq); prepared: from prepare; cov (B, Tq, S) -> scores (B, Tq, S)."""
         raise NotImplementedError
 
+    @classmethod
+    def build(cls, query_dim: int, key_dim: int, max_len: int = 256) -> Scorer:
+        """The scorer for these sizes (``max_len``: positions, for the scorers that need it)."""
+        return cls(query_dim, key_dim)
+
     def add_coverage(self) -> None:
         """Let coverage enter the scores: e_ij + w_c cov_ij with a learned scalar w_c."""
-        self.w_c = nn.Parameter(torch.zeros(()))
+        self.w_c = cov_.coverage_weight()
 
     def _with_coverage(self, scores: Tensor, cov: Tensor | None) -> Tensor:
-        if cov is None or self.w_c is None:
-            return scores
-        return scores + self.w_c * cov  # (B, Tq, S)
+        return cov_.add_to_scores(scores, self.w_c, cov)  # (B, Tq, S)
 
 
 class DotScorer(Scorer):
@@ -150,13 +167,12 @@ class AdditiveScorer(Scorer):
         return self.W_2(keys)  # (B, S, A)
 
     def add_coverage(self) -> None:
-        self.w_c = nn.Parameter(torch.zeros(self.v_a.in_features))  # (A,)
+        self.w_c = cov_.coverage_weight(self.v_a.in_features)  # (A,)
 
     def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
         q = self.W_1(query)  # (B, Tq, A)
         pre = q.unsqueeze(2) + prepared.unsqueeze(1)  # (B, Tq, S, A)
-        if cov is not None and self.w_c is not None:
-            pre = pre + cov.unsqueeze(-1) * self.w_c  # (B, Tq, S, A)
+        pre = cov_.add_to_features(pre, self.w_c, cov)  # (B, Tq, S, A)
         return self.v_a(torch.tanh(pre)).squeeze(-1)  # (B, Tq, S)
 
 
@@ -171,6 +187,10 @@ class LocationScorer(Scorer):
         super().__init__()
         self.W_a = nn.Linear(query_dim, max_len)
         self.max_len = max_len
+
+    @classmethod
+    def build(cls, query_dim: int, key_dim: int, max_len: int = 256) -> Scorer:
+        return cls(query_dim, key_dim, max_len)
 
     def prepare(self, keys: Tensor) -> Tensor:
         return keys
@@ -199,21 +219,16 @@ def build_scorer(
 ) -> Scorer:
     if name not in SCORERS:
         raise ValueError(f"unknown attention scorer {name!r}; choose one of {sorted(SCORERS)}")
-    if name == "location":
-        scorer: Scorer = LocationScorer(query_dim, key_dim, location_max_len)
-    else:
-        scorer = SCORERS[name](query_dim, key_dim)
+    scorer = SCORERS[name].build(query_dim, key_dim, location_max_len)
     if coverage:
         scorer.add_coverage()
     return scorer
 
 
-LOCAL_KINDS = ("monotonic", "predictive")
-
-
 class Attention(nn.Module):
     """A scorer plus the shared masked normalizer (softmax by default) and weighted sum,
-    optionally local (window > 0; see the module docstring)."""
+    optionally local (window > 0; see the module docstring). The settings come validated
+    (``ModelConfig``: ``attention_normalizer``, ``attention_window``, ``local``)."""
 
     def __init__(
         self,
@@ -224,14 +239,6 @@ class Attention(nn.Module):
         query_dim: int | None = None,
     ):
         super().__init__()
-        if normalizer not in NORMALIZERS:
-            raise ValueError(
-                f"unknown attention normalizer {normalizer!r}; choose one of {list(NORMALIZERS)}"
-            )
-        if window < 0:
-            raise ValueError(f"attention window must be >= 0, got {window}")
-        if window and local not in LOCAL_KINDS:
-            raise ValueError(f"unknown local attention {local!r}; choose one of {list(LOCAL_KINDS)}")
         self.scorer = scorer
         self.normalizer = normalizer
         self.window = window

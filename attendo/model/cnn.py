@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dropout import Dropout
-from .encoders import EncoderOutput
-from .transformer import LearnedPositions, mean_pool
+from .interfaces import Encoder, EncoderOutput
+from .positions import LearnedPositions, mean_pool
 
 SQRT_HALF = math.sqrt(0.5)
 
 
-class CNNEncoder(nn.Module):
+class CNNEncoder(Encoder):
     """ConvS2S encoder (Gehring et al. 2017, sec. 3.1-3.3).
 
     e_j = w_j + p_j (token + learned position embeddings), mapped to C channels; then each

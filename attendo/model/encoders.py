@@ -1,12 +1,10 @@
-"""Encoders: read source ids into states h_1..h_n (the "memory" attention looks at).
+"""The recurrent encoder: read source ids into states h_1..h_n (the "memory" attention looks at).
 
-Every encoder returns an :class:`EncoderOutput`; decoders only see that, so encoders
-and decoders can be mixed.
+Every encoder returns an :class:`~attendo.model.interfaces.EncoderOutput` (the contract is in
+:mod:`attendo.model.interfaces`); decoders only see that, so encoders and decoders can be mixed.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -14,17 +12,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .dropout import Dropout
 from .fused_rnn import fused_gru_encode
+from .interfaces import Encoder, EncoderOutput
+
+__all__ = ["RNNEncoder", "EncoderOutput"]
 
 
-@dataclass
-class EncoderOutput:
-    out: Tensor  # (B, S, D_enc) one state per source position
-    src_pad_mask: Tensor  # (B, S) True at padding
-    final_h: Tensor | None = None  # (B, L, D_final) last state per layer (both directions concatenated)
-    final_c: Tensor | None = None  # (B, L, D_final) LSTM cell, else None
-
-
-class RNNEncoder(nn.Module):
+class RNNEncoder(Encoder):
     """Embedding -> (bi)directional GRU/LSTM over packed sequences (Bahdanau et al. 2015, sec. 3.2)."""
 
     def __init__(

@@ -1,10 +1,17 @@
 """The encoder-decoder, built from a validated :class:`~attendo.config.ModelConfig`.
 
-Only :func:`build_model` reads the config; modules take explicit arguments.
+Only :func:`build_model` reads the config; modules take explicit arguments. It looks the
+encoder and the decoder up in :data:`ENCODERS` and :data:`DECODERS` (``model.encoder``,
+``model.decoder``), which map each name to the function that builds that module from the
+config: a new encoder or decoder is one class (behind the contracts of
+:mod:`attendo.model.interfaces`) and one registered builder. Attention scorers have their
+registry in :mod:`attendo.model.attention` (``SCORERS``, ``model.attention``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -12,8 +19,11 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, ModelConfig
 from .cnn import CNNEncoder
-from .decoders import RNNDecoder, coverage_loss
+from .copy import extra_words
+from .coverage import coverage_loss, coverage_parameters
+from .decoders import RNNDecoder
 from .encoders import RNNEncoder
+from .interfaces import Decoder, Encoder
 from .transformer import TransformerDecoder, TransformerEncoder
 
 
@@ -51,40 +61,56 @@ class Seq2Seq(nn.Module):
     source in the extended vocabulary (``Batch.src_ext``), and targets are extended ids
     (``Batch.tgt_out_ext``); ``n_ext`` (extra words in the batch) is computed when omitted."""
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+    def __init__(self, encoder: Encoder, decoder: Decoder):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
 
     # -- capabilities: what a caller outside the model package may ask of a model -----------
+    # (declared by every decoder, see attendo.model.interfaces.Decoder)
     @property
     def copies(self) -> bool:
         """Whether the decoder is a pointer-generator (needs src_ext)."""
-        return bool(getattr(self.decoder, "copy", False))
+        return self.decoder.copies
 
     @property
     def has_attention(self) -> bool:
         """Whether decoding attends over the source (False for ``model.attention: none``):
         only then are there attention weights to draw, align or replace unknown words with."""
-        return bool(getattr(self.decoder, "use_attn", True))
+        return self.decoder.has_attention
 
     @property
     def has_coverage(self) -> bool:
         """Whether the decoder keeps a coverage vector (``model.coverage``)."""
-        return bool(self.coverage_parameters())
+        return self.decoder.has_coverage
 
     @property
     def attention_heads(self) -> tuple[int, int] | None:
         """(layers, heads) of the decoder's multi-head cross-attention, whose weights come
         per layer and head (a Transformer decoder); None for one attention distribution per
         step (an RNN decoder)."""
-        layers = getattr(self.decoder, "cross_attention_heads", None)
-        return layers() if callable(layers) else None
+        return self.decoder.cross_attention_heads()
 
     def coverage_parameters(self) -> list[nn.Parameter]:
         """The coverage weights (``w_c`` of the scorer; zero-initialised, so a model starts as
         if it had no coverage): See et al.'s phase two starts them at 0."""
-        return [p for n, p in self.named_parameters() if n.endswith(".w_c")]
+        return coverage_parameters(self)
+
+    @contextmanager
+    def unfused(self) -> Iterator[Seq2Seq]:
+        """The model with the fused recurrent passes of :mod:`attendo.model.fused_rnn`
+        switched off while the block runs (the same function, computed by the plain modules):
+        what tracing needs, e.g. ONNX export, where the packed ``nn.GRU`` exports as one ONNX
+        GRU and the fused loop would not."""
+        parts = [m for m in (self.encoder, self.decoder) if isinstance(m, RNNEncoder | RNNDecoder)]
+        before = [m.fused for m in parts]
+        for m in parts:
+            m.fused = False
+        try:
+            yield self
+        finally:
+            for m, fused in zip(parts, before):
+                m.fused = fused
 
     def start(
         self, src: Tensor, src_lens: Tensor, src_ext: Tensor | None = None, n_ext: int | None = None
@@ -99,7 +125,7 @@ class Seq2Seq(nn.Module):
                 "the extended vocabulary (Batch.src_ext; collate(..., copy=...) builds it)"
             )
         if n_ext is None:
-            n_ext = max(0, int(src_ext.max()) + 1 - self.decoder.vocab_size) if src_ext.numel() else 0
+            n_ext = extra_words(src_ext, self.decoder.vocab_size)
         return self.decoder.init_state(enc, src_ext, n_ext)
 
     def forward(
@@ -183,32 +209,10 @@ class Seq2Seq(nn.Module):
         return parts.loss, parts.nll, int(parts.n_tokens)
 
 
-def build_model(
-    cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0, *,
-    training: bool = False, device: torch.device | str | None = None,
-) -> Seq2Seq:
-    """Encoder (rnn | cnn | transformer) + decoder (rnn | transformer), any mix.
-
-    RNN parts start from U(-0.1, 0.1); CNN and Transformer parts initialise themselves
-    (``reset_parameters``). ``tie_src_tgt`` makes the encoder use the decoder's embeddings.
-
-    Before anything is allocated the model's size is estimated from ``cfg`` (see
-    :func:`~attendo.model.size.check_model_size`): a size that overflows, or that cannot fit
-    in memory when the model is ``training`` (4 copies of the weights) or decoding (1) on
-    ``device`` (CPU when None), is a :class:`ConfigError` naming the keys. Built under
-    ``torch.device("meta")`` only the overflow is checked.
-    """
-    from .size import check_model_size
-
-    on_meta = torch.get_default_device().type == "meta"
-    check_model_size(cfg, src_vocab_size, tgt_vocab_size, pad_id, training=training,
-                     device="meta" if on_meta else device)
-    return assemble_model(cfg, src_vocab_size, tgt_vocab_size, pad_id)
-
-
 def assemble_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
                    pad_id: int = 0) -> Seq2Seq:
-    """:func:`build_model` without its size check (the estimate builds with this on ``meta``)."""
+    """:func:`attendo.model.size.build_model` without its size check (the estimate builds
+    with this on ``meta``)."""
     if cfg.tie_src_tgt and src_vocab_size != tgt_vocab_size:
         raise ConfigError(
             f"model.tie_src_tgt: needs one joint vocabulary (data.joint_vocab: true), but the "
@@ -224,62 +228,83 @@ def assemble_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int,
     return Seq2Seq(encoder, decoder)
 
 
-def _build_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int) -> nn.Module:
-    if cfg.encoder == "transformer":
-        return TransformerEncoder(
-            vocab_size, cfg.d_model, cfg.heads, cfg.ff_dim, layers=cfg.enc_layers,
-            dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
-            positions=cfg.positions, max_positions=cfg.max_positions, pad_id=pad_id,
-            normalizer=cfg.attention_normalizer,
-        )
-    if cfg.encoder == "cnn":
-        return CNNEncoder(
-            vocab_size, cfg.emb_dim, cfg.enc_hidden, layers=cfg.enc_layers, kernel=cfg.cnn_kernel,
-            dropout=cfg.dropout, max_positions=cfg.max_positions, pad_id=pad_id,
-        )
+EncoderBuilder = Callable[[ModelConfig, int, int], Encoder]  # (cfg, vocab_size, pad_id)
+DecoderBuilder = Callable[[ModelConfig, int, int, int], Decoder]  # (cfg, vocab, enc_dim, pad_id)
+
+ENCODERS: dict[str, EncoderBuilder] = {}  # model.encoder -> builder
+DECODERS: dict[str, DecoderBuilder] = {}  # model.decoder -> builder
+
+
+def register_encoder(name: str) -> Callable[[EncoderBuilder], EncoderBuilder]:
+    def add(build: EncoderBuilder) -> EncoderBuilder:
+        ENCODERS[name] = build
+        return build
+    return add
+
+
+def register_decoder(name: str) -> Callable[[DecoderBuilder], DecoderBuilder]:
+    def add(build: DecoderBuilder) -> DecoderBuilder:
+        DECODERS[name] = build
+        return build
+    return add
+
+
+def _build_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int) -> Encoder:
+    return ENCODERS[cfg.encoder](cfg, vocab_size, pad_id)
+
+
+def _build_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int) -> Decoder:
+    return DECODERS[cfg.decoder](cfg, vocab_size, enc_dim, pad_id)
+
+
+@register_encoder("rnn")
+def _rnn_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int) -> Encoder:
     return RNNEncoder(
-        vocab_size,
-        cfg.emb_dim,
-        cfg.enc_hidden,
-        layers=cfg.enc_layers,
-        bidirectional=cfg.bidirectional,
-        rnn_type=cfg.rnn_type,
-        dropout=cfg.dropout,
-        pad_id=pad_id,
+        vocab_size, cfg.emb_dim, cfg.enc_hidden, layers=cfg.enc_layers,
+        bidirectional=cfg.bidirectional, rnn_type=cfg.rnn_type, dropout=cfg.dropout, pad_id=pad_id,
     )
 
 
-def _build_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int) -> nn.Module:
-    if cfg.decoder == "transformer":
-        return TransformerDecoder(
-            vocab_size, enc_dim, cfg.d_model, cfg.heads, cfg.ff_dim, layers=cfg.dec_layers,
-            dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
-            positions=cfg.positions, max_positions=cfg.max_positions, tie_output=cfg.tie_output,
-            attn_layer=cfg.attn_layer, pad_id=pad_id, copy=cfg.copy,
-            normalizer=cfg.attention_normalizer,
-        )
-    return RNNDecoder(
-        vocab_size,
-        cfg.emb_dim,
-        cfg.dec_hidden,
-        enc_dim=enc_dim,
-        enc_final_dim=enc_dim,  # RNN: last state per layer; CNN, Transformer: mean state
-        layers=cfg.dec_layers,
-        rnn_type=cfg.rnn_type,
-        attention=cfg.attention,
-        style=cfg.attention_style,
-        input_feeding=cfg.input_feeding,
-        bridge=cfg.bridge,
-        out_dim=cfg.attn_vector_dim,
-        tie_output=cfg.tie_output,
-        dropout=cfg.dropout,
-        location_max_len=cfg.location_max_len,
-        pad_id=pad_id,
-        coverage=cfg.coverage,
-        copy=cfg.copy,
+@register_encoder("cnn")
+def _cnn_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int) -> Encoder:
+    return CNNEncoder(
+        vocab_size, cfg.emb_dim, cfg.enc_hidden, layers=cfg.enc_layers, kernel=cfg.cnn_kernel,
+        dropout=cfg.dropout, max_positions=cfg.max_positions, pad_id=pad_id,
+    )
+
+
+@register_encoder("transformer")
+def _transformer_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int) -> Encoder:
+    return TransformerEncoder(
+        vocab_size, cfg.d_model, cfg.heads, cfg.ff_dim, layers=cfg.enc_layers,
+        dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
+        positions=cfg.positions, max_positions=cfg.max_positions, pad_id=pad_id,
         normalizer=cfg.attention_normalizer,
-        window=cfg.attention_window,
+    )
+
+
+@register_decoder("rnn")
+def _rnn_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int) -> Decoder:
+    return RNNDecoder(
+        vocab_size, cfg.emb_dim, cfg.dec_hidden, enc_dim=enc_dim,
+        enc_final_dim=enc_dim,  # RNN: last state per layer; CNN, Transformer: mean state
+        layers=cfg.dec_layers, rnn_type=cfg.rnn_type, attention=cfg.attention,
+        style=cfg.attention_style, input_feeding=cfg.input_feeding, bridge=cfg.bridge,
+        out_dim=cfg.attn_vector_dim, tie_output=cfg.tie_output, dropout=cfg.dropout,
+        location_max_len=cfg.location_max_len, pad_id=pad_id, coverage=cfg.coverage,
+        copy=cfg.copy, normalizer=cfg.attention_normalizer, window=cfg.attention_window,
         local=cfg.local,
+    )
+
+
+@register_decoder("transformer")
+def _transformer_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int) -> Decoder:
+    return TransformerDecoder(
+        vocab_size, enc_dim, cfg.d_model, cfg.heads, cfg.ff_dim, layers=cfg.dec_layers,
+        dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, norm=cfg.norm,
+        positions=cfg.positions, max_positions=cfg.max_positions, tie_output=cfg.tie_output,
+        attn_layer=cfg.attn_layer, pad_id=pad_id, copy=cfg.copy,
+        normalizer=cfg.attention_normalizer,
     )
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..config import ConfigError, ModelConfig
+from .seq2seq import Seq2Seq, assemble_model
 
 # per parameter while training: weights, gradients and Adam's two moments (activations come
 # on top, so a model refused by this bound could never train)
@@ -74,8 +75,6 @@ def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
 
 def _count(cfg: ModelConfig, enc_layers: int, dec_layers: int, src_vocab: int, tgt_vocab: int,
            pad_id: int) -> tuple[int, int, int]:
-    from .seq2seq import assemble_model  # the builder build_model uses, without this check
-
     # attn_layer only picks which layer's attention is returned; it must exist in the small one
     small = dataclasses.replace(cfg, enc_layers=enc_layers, dec_layers=dec_layers, attn_layer=-1)
     try:
@@ -282,3 +281,24 @@ def check_model_size(
                 f"{_gb(have)} available ({source}); use smaller sizes"
             )
     return size
+
+
+def build_model(
+    cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0, *,
+    training: bool = False, device: torch.device | str | None = None,
+) -> Seq2Seq:
+    """Encoder (rnn | cnn | transformer) + decoder (rnn | transformer), any mix.
+
+    RNN parts start from U(-0.1, 0.1); CNN and Transformer parts initialise themselves
+    (``reset_parameters``). ``tie_src_tgt`` makes the encoder use the decoder's embeddings.
+
+    Before anything is allocated the model's size is estimated from ``cfg`` (see
+    :func:`~attendo.model.size.check_model_size`): a size that overflows, or that cannot fit
+    in memory when the model is ``training`` (4 copies of the weights) or decoding (1) on
+    ``device`` (CPU when None), is a :class:`ConfigError` naming the keys. Built under
+    ``torch.device("meta")`` only the overflow is checked.
+    """
+    on_meta = torch.get_default_device().type == "meta"
+    check_model_size(cfg, src_vocab_size, tgt_vocab_size, pad_id, training=training,
+                     device="meta" if on_meta else device)
+    return assemble_model(cfg, src_vocab_size, tgt_vocab_size, pad_id)

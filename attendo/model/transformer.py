@@ -10,239 +10,38 @@ or before the sub-layer ("pre", Wang et al. 2019, which trains without a careful
 Shapes: B batch, T target length, S source length, D = d_model, H heads, d = D / H,
 L layers. Masks follow attendo's one convention: ``src_pad_mask`` (B, S) is True at padding.
 
-The decoder implements the same step interface as :class:`~attendo.model.decoders.RNNDecoder`.
-Its state caches, per layer, the keys and values of the tokens decoded so far (growing by one
-per step) and of the encoder states (computed once in ``init_state``), all batch-first, so
+The decoder implements the step interface of :mod:`attendo.model.interfaces`. Its state
+caches, per layer, the keys and values of the tokens decoded so far (growing by one per step)
+and of the encoder states (computed once in ``init_state``), all batch-first, so
 ``state.index_select`` reorders them for beam search like any other state.
+
+The parts live beside this file: the multi-head attention in :mod:`attendo.model.multihead`,
+the positions in :mod:`attendo.model.positions`, and the decoding fast paths (the state's
+deferred reorder, cross-attention shared by a sentence's beams) in
+:mod:`attendo.model.transformer_fast`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decoders import DecoderState, OutputLayer
+from .copy import check_src_ext, p_gen_info, p_gen_layer, unk_extended
 from .dropout import Dropout
-from .encoders import EncoderOutput
-from .normalizers import NORMALIZERS, normalize
+from .interfaces import Decoder, Encoder, EncoderOutput
+from .multihead import MultiHeadAttention, attention_mask
+from .positions import LearnedPositions, SinusoidalPositions, build_positions, mean_pool
+from .transformer_fast import TransformerDecoderState, extend_cache
 
-# --------------------------------------------------------------------------- attention
-
-
-def attention_mask(key_pad_mask: Tensor | None, causal: bool, Tq: int, Tk: int,
-                   device: torch.device) -> Tensor | None:
-    """Boolean mask, True where query i may attend to key j, broadcastable to (B, H, Tq, Tk).
-
-    key_pad_mask: (B, Tk), True at padding. causal: query i sees keys j <= i (Tq == Tk).
-    """
-    allowed = None
-    if key_pad_mask is not None:
-        allowed = ~key_pad_mask[:, None, None, :]  # (B, 1, 1, Tk)
-    if causal:
-        tril = torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril()  # (Tq, Tk)
-        allowed = tril if allowed is None else allowed & tril
-    return allowed
-
-
-class MultiHeadAttention(nn.Module):
-    """Multi-head scaled dot-product attention (Vaswani et al. 2017, sec. 3.2.2).
-
-    head_h = softmax(Q W_q^h (K W_k^h)^T / sqrt(d)) V W_v^h;  out = [head_1; ...; head_H] W_o.
-
-    Self-attention (``kv_dim=None``) projects Q, K and V with one fused matrix W_qkv;
-    cross-attention projects queries with W_q and the memory with W_kv (keys and values
-    fused), so the memory's keys and values can be computed once per source batch.
-
-    ``attend`` uses ``F.scaled_dot_product_attention`` (fused kernels) unless the weights are
-    asked for; then it computes them explicitly and returns them per head (B, H, Tq, Tk).
-    Both paths give the same output (tested). Weights are returned, never stored.
-
-    ``normalizer`` (``model.attention_normalizer``): softmax, or sparsemax / 1.5-entmax (see
-    :mod:`attendo.model.normalizers`), which always take the explicit-weights path (SDPA only
-    does softmax); masked positions get exactly zero weight.
-    """
-
-    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, kv_dim: int | None = None,
-                 normalizer: str = "softmax"):
-        super().__init__()
-        if d_model % heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
-        if normalizer not in NORMALIZERS:
-            raise ValueError(
-                f"unknown attention normalizer {normalizer!r}; choose one of {list(NORMALIZERS)}"
-            )
-        self.normalizer = normalizer
-        self.heads, self.d_head, self.dropout = heads, d_model // heads, dropout
-        self.is_self = kv_dim is None
-        if self.is_self:
-            self.W_qkv = nn.Linear(d_model, 3 * d_model)
-        else:
-            self.W_q = nn.Linear(d_model, d_model)
-            self.W_kv = nn.Linear(kv_dim, 2 * d_model)
-        self.W_o = nn.Linear(d_model, d_model)
-
-    def _split(self, x: Tensor, n: int) -> tuple[Tensor, ...]:
-        """(B, T, n*D) -> n tensors (B, H, T, d)."""
-        B, T, _ = x.shape
-        x = x.view(B, T, n, self.heads, self.d_head).permute(2, 0, 3, 1, 4)  # (n, B, H, T, d)
-        return x.unbind(0)
-
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Self-attention: x (B, T, D) -> q, k, v, each (B, H, T, d)."""
-        return self._split(self.W_qkv(x), 3)  # type: ignore[return-value]
-
-    def project_q(self, x: Tensor) -> Tensor:
-        """Cross-attention queries: x (B, T, D) -> (B, H, T, d)."""
-        return self._split(self.W_q(x), 1)[0]
-
-    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Cross-attention memory: (B, S, D_kv) -> k, v, each (B, H, S, d)."""
-        return self._split(self.W_kv(memory), 2)  # type: ignore[return-value]
-
-    def attend(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        key_pad_mask: Tensor | None = None,
-        causal: bool = False,
-        need_weights: bool = False,
-        group: int = 1,
-    ) -> tuple[Tensor, Tensor | None]:
-        """q (B, H, Tq, d), k and v (B, H, Tk, d) -> out (B, Tq, D), weights (B, H, Tq, Tk) or None.
-
-        key_pad_mask (B, Tk) True at padding keys; causal: query i sees keys j <= i.
-        The returned weights are those before attention dropout (what the model attends to).
-        group > 1 (one query per row, cross-attention in beam search): rows come in groups of
-        ``group`` that share one memory, and k, v hold it once per group (B / group, H, Tk, d).
-        """
-        if group > 1:
-            return self._attend_grouped(q, k, v, key_pad_mask, group, need_weights)
-        B, H, Tq, d = q.shape
-        Tk = k.size(2)
-        p = self.dropout if self.training else 0.0
-        weights = None
-        # one query per row (incremental decoding) on CPU: the fused kernel's tiling costs more
-        # than three plain operations (bench/sdpa_one_query.py)
-        plain = Tq == 1 and q.device.type == "cpu"
-        if not need_weights and not plain and self.normalizer == "softmax":
-            if causal and key_pad_mask is None:  # the fused kernel builds the causal mask itself
-                ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            else:
-                mask = attention_mask(key_pad_mask, causal, Tq, Tk, q.device)
-                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        else:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(d)  # (B, H, Tq, Tk)
-            mask = attention_mask(key_pad_mask, causal, Tq, Tk, q.device)
-            if self.normalizer != "softmax":
-                invalid = None if mask is None else ~mask
-                weights = normalize(scores.float(), self.normalizer, invalid).to(q.dtype)
-            else:
-                if mask is not None:
-                    scores = scores.masked_fill(~mask, float("-inf"))
-                weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)
-            ctx = F.dropout(weights, p, self.training) @ v  # (B, H, Tq, d)
-            if not need_weights:
-                weights = None
-        ctx = ctx.transpose(1, 2).reshape(B, Tq, H * d)  # (B, Tq, D)
-        return self.W_o(ctx), weights
-
-    def _attend_grouped(self, q: Tensor, k: Tensor, v: Tensor, key_pad_mask: Tensor | None,
-                        g: int, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        """attend for q (B, H, 1, d) in groups of g rows over k, v (B / g, H, S, d): each
-        group's queries attend together, (n, H, g, d) against (n, H, S, d)."""
-        B, H, Tq, d = q.shape
-        if Tq != 1 or B % g or k.size(0) * g != B:
-            raise ValueError(f"grouped attention needs one query per row and B = {g} x memory rows")
-        n = B // g
-        qg = q.view(n, g, H, d).transpose(1, 2)  # (n, H, g, d)
-        scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (n, H, g, S)
-        invalid = None if key_pad_mask is None else key_pad_mask.view(n, 1, g, -1)
-        w = normalize(scores.float(), self.normalizer, invalid).to(q.dtype)
-        p = self.dropout if self.training else 0.0
-        ctx = (F.dropout(w, p, self.training) @ v).transpose(1, 2).reshape(B, 1, H * d)  # (B, 1, D)
-        weights = w.transpose(1, 2).reshape(B, H, 1, -1) if need_weights else None  # (B, H, 1, S)
-        return self.W_o(ctx), weights
-
-    def forward(
-        self, x: Tensor, key_pad_mask: Tensor | None = None, causal: bool = False,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Self-attention over x (B, T, D) -> out (B, T, D), weights (B, H, T, T) or None."""
-        q, k, v = self.project_qkv(x)
-        return self.attend(q, k, v, key_pad_mask, causal, need_weights)
-
-
-# --------------------------------------------------------------------------- positions
-
-
-class SinusoidalPositions(nn.Module):
-    """PE(pos, 2i) = sin(pos / 10000^(2i/D)), PE(pos, 2i+1) = cos(pos / 10000^(2i/D))
-    (Vaswani et al. 2017, sec. 3.5). Not trained and not saved; longer sequences than the
-    precomputed table are computed on the fly."""
-
-    def __init__(self, dim: int, max_len: int = 512):
-        super().__init__()
-        self.dim = dim
-        self.register_buffer("pe", self.table(max_len, dim), persistent=False)
-
-    @staticmethod
-    def table(n: int, dim: int) -> Tensor:
-        if torch.get_default_device().type == "meta":
-            # a shape without values (size checks); meta arange would import torch's compiler
-            return torch.empty(n, dim)
-        pos = torch.arange(n, dtype=torch.float32).unsqueeze(1)  # (n, 1)
-        freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
-        pe = torch.zeros(n, dim)
-        pe[:, 0::2] = torch.sin(pos * freq)
-        pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
-        return pe  # (n, D)
-
-    def forward(self, T: int, offset: int = 0) -> Tensor:
-        """Positions offset .. offset+T-1 -> (T, D)."""
-        if offset + T > self.pe.size(0):
-            return self.table(offset + T, self.dim).to(self.pe)[offset:]
-        return self.pe[offset : offset + T]
-
-
-class LearnedPositions(nn.Module):
-    """One trained vector per position (Gehring et al. 2017, sec. 3.1), up to ``max_len``."""
-
-    def __init__(self, dim: int, max_len: int = 512):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(max_len, dim))
-        nn.init.normal_(self.weight, std=dim**-0.5)
-
-    def forward(self, T: int, offset: int = 0) -> Tensor:
-        """Positions offset .. offset+T-1 -> (T, D)."""
-        if offset + T > self.weight.size(0):
-            raise ValueError(
-                f"position {offset + T - 1} is beyond the {self.weight.size(0)} learned positions "
-                "(model.max_positions); raise it, or cap input and output lengths below it"
-            )
-        return self.weight[offset : offset + T]
-
-
-def build_positions(kind: str, dim: int, max_len: int) -> nn.Module:
-    if kind == "sinusoidal":
-        return SinusoidalPositions(dim, max_len)
-    if kind == "learned":
-        return LearnedPositions(dim, max_len)
-    raise ValueError(f"unknown positions {kind!r}; choose sinusoidal or learned")
-
-
-def mean_pool(out: Tensor, src_pad_mask: Tensor) -> Tensor:
-    """Mean of the non-padding states: out (B, S, D) -> (B, 1, D), a stand-in for an RNN's final
-    state so that an RNN decoder's bridge can start from a non-recurrent encoder."""
-    keep = (~src_pad_mask).unsqueeze(-1).to(out.dtype)  # (B, S, 1)
-    return ((out * keep).sum(1) / keep.sum(1).clamp(min=1)).unsqueeze(1)
-
+# kept importable from here, where they were first defined
+__all__ = ["MultiHeadAttention", "attention_mask", "SinusoidalPositions", "LearnedPositions",
+           "build_positions", "mean_pool", "TransformerEncoder", "TransformerDecoder",
+           "TransformerDecoderState", "TransformerEncoderLayer", "TransformerDecoderLayer",
+           "FeedForward"]
 
 # --------------------------------------------------------------------------- layers
 
@@ -267,8 +66,6 @@ class _Residual(nn.Module):
 
     def __init__(self, norm: str, dropout: float):
         super().__init__()
-        if norm not in ("pre", "post"):
-            raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         self.pre_norm = norm == "pre"
         self.dropout = Dropout(dropout)
 
@@ -340,7 +137,7 @@ class TransformerDecoderLayer(_Residual):
         """
         q, k, v = self.self_attn.project_qkv(self._in(x, self.norm_self))  # (B, H, T, d) each
         if past_k is not None:
-            k, v = _extend(past_k, k, past_order), _extend(past_v, v, past_order)  # (B, H, t+T, d)
+            k, v = extend_cache(past_k, k, past_order), extend_cache(past_v, v, past_order)  # (B, H, t+T, d)
         y, _ = self.self_attn.attend(q, k, v, causal=past_k is None)
         x = self._out(x, y, self.norm_self)
         q = self.cross_attn.project_q(self._in(x, self.norm_cross))
@@ -350,34 +147,6 @@ class TransformerDecoderLayer(_Residual):
         x = self._out(x, ctx, self.norm_cross)
         x = self._out(x, self.ff(self._in(x, self.norm_ff)), self.norm_ff)
         return x, k, v, w, ctx
-
-
-def _whole_groups(idx: Tensor, g: int) -> Tensor | None:
-    """If idx (B,) selects whole groups of g consecutive rows, in order within each group
-    (rows j*g ... j*g + g-1), the group numbers j (B / g,); else None."""
-    if g == 1:
-        return idx
-    if idx.numel() % g:
-        return None
-    rows = idx.view(-1, g)
-    first = rows[:, :1]
-    if bool((first % g != 0).any()) or not torch.equal(rows - first, torch.arange(g, device=idx.device).expand_as(rows)):
-        return None
-    return torch.div(first.squeeze(1), g, rounding_mode="floor")
-
-
-def _extend(past: Tensor, new: Tensor, order: Tensor | None) -> Tensor:
-    """The rows ``order`` of the cache past (B', H, t, d) (all rows when None), then new
-    (B, H, T, d) appended along time -> (B, H, t+T, d), in one copy of the cache: a beam
-    reorder and the append share it."""
-    if order is None:
-        return torch.cat([past, new], 2)
-    B, H, T, d = new.shape
-    t = past.size(2)
-    out = new.new_empty(B, H, t + T, d)
-    torch.index_select(past, 0, order, out=out[:, :, :t])
-    out[:, :, t:] = new
-    return out
 
 
 class _EmbeddedTokens(nn.Module):
@@ -421,7 +190,7 @@ def _init_transformer(module: nn.Module, d_model: int) -> None:
 # --------------------------------------------------------------------------- encoder
 
 
-class TransformerEncoder(_EmbeddedTokens):
+class TransformerEncoder(Encoder, _EmbeddedTokens):
     """Embeddings + positions, N self-attention layers (+ a final LayerNorm when pre-norm).
 
     Returns an :class:`EncoderOutput` whose ``out`` is zero at padding and whose ``final_h``
@@ -482,61 +251,7 @@ class TransformerEncoder(_EmbeddedTokens):
 # --------------------------------------------------------------------------- decoder
 
 
-@dataclass
-class TransformerDecoderState(DecoderState):
-    # one contiguous (B, H, *, d) tensor per layer: a slice [:, i] of one (B, L, H, *, d)
-    # tensor would be copied by every matrix product that reads it, at every step
-    self_k: tuple[Tensor, ...]  # L x (B, H, t, d) self-attention keys of the t tokens so far
-    self_v: tuple[Tensor, ...]  # L x (B, H, t, d) ... and their values
-    cross_k: tuple[Tensor, ...]  # L x (B, H, S, d) cross-attention keys of the encoder states
-    cross_v: tuple[Tensor, ...]  # L x (B, H, S, d) ... and values
-    src_pad_mask: Tensor  # (B, S) True at padding
-    t: int = 0  # tokens decoded so far = position of the next one (all rows advance together)
-    src_ext: Tensor | None = None  # (B, S) source ids in the extended vocabulary (model.copy)
-    n_ext: int = 0  # extra (source-only) words in the extended vocabulary of this batch
-    # (B,) pending row order of self_k and self_v: row b of the cache is row order[b] of the
-    # stored tensors. index_select only records it; the next step applies it while it
-    # appends the new position (one copy of the cache instead of two). None: as stored.
-    order: Tensor | None = None
-    # rows per cross_k/cross_v row: after repeat_rows(k) (beam search) the k beams of a
-    # sentence share one copy of its memory, and cross-attention attends for them together
-    group: int = 1
-
-    PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"cross_k", "cross_v", "src_pad_mask", "src_ext"})
-
-    def index_select(self, idx: Tensor, same_source: bool = False):
-        order = idx if self.order is None else self.order.index_select(0, idx)
-        rest = dataclasses.replace(self, self_k=(), self_v=(), order=None, cross_k=(), cross_v=())
-        rest = DecoderState.index_select(rest, idx, same_source)
-        cross_k, cross_v, group = self.cross_k, self.cross_v, self.group
-        if not same_source:
-            whole = _whole_groups(idx, group)  # memory rows when idx keeps whole groups
-            if whole is None:  # give every row its own memory again
-                whole, group = torch.div(idx, group, rounding_mode="floor"), 1
-            cross_k = tuple(c.index_select(0, whole) for c in cross_k)
-            cross_v = tuple(c.index_select(0, whole) for c in cross_v)
-        return dataclasses.replace(
-            rest, self_k=self.self_k, self_v=self.self_v, order=order,
-            cross_k=cross_k, cross_v=cross_v, group=group,
-        )
-
-    def repeat_rows(self, k: int):
-        n = self.src_pad_mask.size(0)
-        idx = torch.arange(n, device=self.src_pad_mask.device).repeat_interleave(k)
-        out = dataclasses.replace(self, cross_k=(), cross_v=()).index_select(idx)
-        return dataclasses.replace(
-            out, cross_k=self.cross_k, cross_v=self.cross_v, group=self.group * k
-        )
-
-    def cache(self, i: int) -> tuple[Tensor, Tensor]:
-        """Layer i's self-attention keys and values (B, H, t, d), in the state's row order."""
-        k, v = self.self_k[i], self.self_v[i]
-        if self.order is None:
-            return k, v
-        return k.index_select(0, self.order), v.index_select(0, self.order)
-
-
-class TransformerDecoder(OutputLayer, _EmbeddedTokens):
+class TransformerDecoder(Decoder, _EmbeddedTokens):
     """Masked self-attention + cross-attention decoder behind attendo's step interface.
 
     ``step`` runs one position for the whole batch with cached keys/values; ``forward`` runs
@@ -549,8 +264,6 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
     layer's cross-attention output (the heads' contexts projected by W_o), s_i the decoder
     output (after the final LayerNorm) and x_i the input embedding (scaled, plus position).
     """
-
-    use_attn = True
 
     def __init__(
         self,
@@ -573,8 +286,6 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         normalizer: str = "softmax",
     ):
         super().__init__(vocab_size, d_model, positions, max_positions, dropout, pad_id)
-        if not -layers <= attn_layer < layers:
-            raise ValueError(f"attn_layer {attn_layer} is not one of {layers} layers")
         self.vocab_size = vocab_size
         self.copy, self.unk_id = copy, unk_id
         self.layers = nn.ModuleList(
@@ -587,7 +298,7 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         if tie_output:
             self.out.weight = self.embed.weight
         if copy:
-            self.W_gen = nn.Linear(3 * d_model, 1)  # p_gen from [c_i; s_i; x_i]
+            self.W_gen = p_gen_layer(d_model, d_model, d_model)  # p_gen from [c_i; s_i; x_i]
         self.heads, self.d_head = heads, d_model // heads
         self.attn_layer = attn_layer % layers
         # guided alignment (train.guided_alignment): (layer, head) whose cross-attention the
@@ -608,8 +319,8 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         self, enc: EncoderOutput, src_ext: Tensor | None = None, n_ext: int = 0
     ) -> TransformerDecoderState:
         """The state before the first step; src_ext (B, S) and n_ext are for copy only."""
-        if self.copy and src_ext is None:
-            raise ValueError("a copy decoder needs src_ext, the source in the extended vocabulary")
+        if self.copy:
+            check_src_ext(src_ext)
         kv = [layer.cross_attn.project_kv(enc.out) for layer in self.layers]
         cross_k = tuple(k.contiguous() for k, _ in kv)  # L x (B, H, S, d)
         cross_v = tuple(v.contiguous() for _, v in kv)
@@ -621,14 +332,10 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
             empty, empty, cross_k, cross_v, enc.src_pad_mask, src_ext=src_ext, n_ext=n_ext
         )
 
-    def _top(self, x: Tensor) -> Tensor:
+    def top(self, x: Tensor) -> Tensor:
+        """The decoder output s_i from the last layer's x (..., D): after the final LayerNorm
+        (pre-norm), what the output layer reads."""
         return x if self.final_norm is None else self.final_norm(x)
-
-    def _p_gen(self, info: dict, ctx: Tensor, top: Tensor, emb: Tensor) -> None:
-        """Put p_gen and its logit into info: ctx, top, emb (..., D) -> (...)."""
-        logit = self.W_gen(torch.cat([ctx, top, emb], -1)).squeeze(-1)
-        info["p_gen"] = torch.sigmoid(logit)
-        info["p_gen_logit"] = logit
 
     # -- one step ----------------------------------------------------------------------
     def step(self, y_prev: Tensor, state: TransformerDecoderState, need_info: bool = True
@@ -639,7 +346,7 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         need_info=False: info is empty (with copy: only what the output needs, "attn" and
         p_gen) and cross-attention takes the fused path, without per-head weights."""
         if self.copy:  # a copied source-only word is fed back as <unk>
-            y_prev = y_prev.masked_fill(y_prev >= self.vocab_size, self.unk_id)
+            y_prev = unk_extended(y_prev, self.vocab_size, self.unk_id)
         x = emb = self._embed(y_prev.unsqueeze(1), state.t)  # (B, 1, D)
         ks, vs, ws = [], [], []
         for i, layer in enumerate(self.layers):
@@ -664,9 +371,9 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         state = dataclasses.replace(
             state, self_k=tuple(ks), self_v=tuple(vs), t=state.t + 1, order=None
         )  # L x (B, H, t+1, d)
-        top = self._top(x.squeeze(1))  # (B, D)
+        top = self.top(x.squeeze(1))  # (B, D)
         if self.copy:
-            self._p_gen(info, attn_ctx.squeeze(1), top, emb.squeeze(1))
+            info.update(p_gen_info(self.W_gen, attn_ctx.squeeze(1), top, emb.squeeze(1)))
         return self._step_log_probs(top, info, state.src_ext, state.n_ext), state, info
 
     # -- teacher forcing ---------------------------------------------------------------
@@ -677,7 +384,7 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
         if state.t != 0:
             raise ValueError("forward() needs a fresh state from init_state (no decoded tokens)")
         if self.copy:
-            tgt_in = tgt_in.masked_fill(tgt_in >= self.vocab_size, self.unk_id)
+            tgt_in = unk_extended(tgt_in, self.vocab_size, self.unk_id)
         x = emb = self._embed(tgt_in)  # (B, T, D)
         attn = align_attn = None
         # guided alignment: its layer also takes the explicit-weights path (the others keep
@@ -691,11 +398,11 @@ class TransformerDecoder(OutputLayer, _EmbeddedTokens):
                 attn, attn_ctx = w.mean(1), ctx  # (B, T, S), (B, T, D)
             if i == align_layer:
                 align_attn = w[:, align_head]  # (B, T, S)
-        top = self._top(x)
+        top = self.top(x)
         info = {"attn": attn}
         if align_attn is not None:
             info["align_attn"] = align_attn
         if self.copy:
-            self._p_gen(info, attn_ctx, top, emb)
+            info.update(p_gen_info(self.W_gen, attn_ctx, top, emb))
             info["src_ext"] = state.src_ext
         return top, info

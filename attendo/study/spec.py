@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +12,13 @@ from .. import diagnostics as dg
 from ..config import (
     Config,
     ConfigError,
-    _build,
     apply_overrides,
+    build_dataclass,
     config_from_dict,
     read_yaml,
 )
+from ..config.strict import unknown_key
+from ..errors import AttendoError
 
 DONE_FILE = "study_done.json"
 EVAL_FILE = "study_eval.json"
@@ -28,7 +29,7 @@ STUDY_KEYS = ("train.out_dir", "train.seed", "train.max_steps", "train.max_minut
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-class StudyError(ValueError):
+class StudyError(ValueError, AttendoError):
     """A study that cannot run as asked; the message says why and what to do."""
 
 
@@ -127,12 +128,6 @@ class Study:
 
 
 # -- loading --------------------------------------------------------------------------------
-def _unknown(key: str, allowed: list[str], prefix: str = "") -> ConfigError:
-    close = difflib.get_close_matches(str(key), allowed, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"{prefix}{key}: unknown key{hint} (allowed: {', '.join(allowed)})")
-
-
 def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     """Read, override (``budget.steps=20``, ``out_dir=...``) and validate a study file; every
     variant's config is built and validated here, before anything trains."""
@@ -149,9 +144,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
 def _study_from_raw(path: Path, raw: dict[str, Any]) -> Study:
     for key in raw:
         if key not in TOP_KEYS:
-            raise _unknown(key, TOP_KEYS)
+            raise unknown_key(key, TOP_KEYS)
     rest = {k: v for k, v in raw.items() if k not in ("base", "variants")}
-    settings: StudySettings = _build(StudySettings, rest, "")
+    settings: StudySettings = build_dataclass(StudySettings, rest, "")
     settings.budget.validate()
     settings.test.validate()
     base = _base_raw(raw.get("base"))
@@ -198,7 +193,7 @@ def _variants(items: Any) -> list[Variant]:
         raise ConfigError("variants: expected a non-empty list of {name, overrides}")
     out: list[Variant] = []
     for i, item in enumerate(items):
-        v: Variant = _build(Variant, item, f"variants[{i}]")
+        v: Variant = build_dataclass(Variant, item, f"variants[{i}]")
         if not v.name:
             raise ConfigError(f"variants[{i}].name: missing (every variant needs a name)")
         if not NAME_RE.match(v.name):

@@ -37,6 +37,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import AttendoError
+
 MAX_BAD_UPDATES = 5
 """Non-finite updates in a row (each one skipped) before training stops."""
 
@@ -86,7 +88,7 @@ config's first batch, 1.0 |V| for toy dates), so ten times worse than uniform me
 is confidently wrong about nearly every token: it has diverged, however finite its numbers."""
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(ValueError, AttendoError):
     """Training diverged (non-finite or absurd losses, gradients, weights or validation
     perplexity); nothing from the diverged state was saved."""
 

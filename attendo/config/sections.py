@@ -1,31 +1,14 @@
-"""Configuration: nested dataclasses loaded from YAML, validated strictly.
-
-An unknown or misspelt key, a value of the wrong type or an impossible value raises
-:class:`ConfigError` naming the dotted key and what is allowed. Every number setting must be
-finite (``nan`` and ``inf`` are rejected naming the key, since torch would only fail later
-without it). Dotted overrides (``train.lr=5e-4``) are applied before validation, so they get
-the same checks.
-"""
+"""The sections of a config: what each setting means, its default, and the checks on its
+value (:meth:`validate`) that need no other section; :class:`~attendo.config.Config` checks
+the settings that involve several."""
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import difflib
-import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key and what is allowed."""
-
+from .strict import ConfigError, check_finite, positive
 
 # deepest encoder or decoder stack (deeper ones are typos: a layer takes milliseconds to build,
 # a million of them minutes; sizes and memory are checked by attendo.model.size)
@@ -67,7 +50,7 @@ class DataConfig:
     workers: int = 0  # processes that tokenize in `attendo data prepare` (0 = all cores)
 
     def validate(self) -> None:
-        _check_finite("data", self)
+        check_finite("data", self)
         if not self.toy and not self.train_src:
             raise ConfigError("data.train_src: set a training file (or data.toy to a generated task)")
         n_src = len(self.train_src) if isinstance(self.train_src, list) else 1
@@ -82,17 +65,17 @@ class DataConfig:
         ):
             raise ConfigError(f"data.train_weights: expected {n_src} whole numbers >= 1 (one "
                               f"per data.train_src entry), got {self.train_weights}")
-        _positive("data.spm_sample", self.spm_sample)
+        positive("data.spm_sample", self.spm_sample)
         if self.workers < 0:
             raise ConfigError(f"data.workers: must be >= 0 (0 = all cores), got {self.workers}")
         if self.toy_max_len < 3:
             raise ConfigError(f"data.toy_max_len: must be >= 3, got {self.toy_max_len}")
         if self.toy_train_size < 1 or self.toy_valid_size < 1 or self.toy_test_size < 0:
             raise ConfigError("data.toy_*_size: must be positive")
-        _positive("data.vocab_size", self.vocab_size)
-        _positive("data.min_freq", self.min_freq)
-        _positive("data.max_len", self.max_len)
-        _positive("data.max_chars", self.max_chars)
+        positive("data.vocab_size", self.vocab_size)
+        positive("data.min_freq", self.min_freq)
+        positive("data.max_len", self.max_len)
+        positive("data.max_chars", self.max_chars)
         if self.max_ratio < 0:
             raise ConfigError("data.max_ratio: must be >= 0 (0 disables the ratio filter)")
 
@@ -143,16 +126,16 @@ class ModelConfig:
     local: Literal["monotonic", "predictive"] = "monotonic"
 
     def validate(self) -> None:
-        _check_finite("model", self)
+        check_finite("model", self)
         for key in ("emb_dim", "enc_hidden", "enc_layers", "dec_hidden", "dec_layers"):
-            _positive(f"model.{key}", getattr(self, key))
+            positive(f"model.{key}", getattr(self, key))
         for key in ("enc_layers", "dec_layers"):
             if getattr(self, key) > MAX_LAYERS:
                 raise ConfigError(
                     f"model.{key}: {getattr(self, key):,} layers is more than the {MAX_LAYERS:,} "
                     "a stack may have (each layer is a module built one by one)"
                 )
-        _positive("model.location_max_len", self.location_max_len)
+        positive("model.location_max_len", self.location_max_len)
         if self.out_dim < 0:
             raise ConfigError("model.out_dim: must be >= 0 (0 picks a default)")
         if not 0.0 <= self.dropout < 1.0:
@@ -230,7 +213,7 @@ class ModelConfig:
     def _validate_transformer_and_cnn(self) -> None:
         if "transformer" in (self.encoder, self.decoder):
             for key in ("d_model", "heads", "ff_dim"):
-                _positive(f"model.{key}", getattr(self, key))
+                positive(f"model.{key}", getattr(self, key))
             if self.d_model % self.heads:
                 raise ConfigError(
                     f"model.heads: d_model ({self.d_model}) must be divisible by heads "
@@ -238,7 +221,7 @@ class ModelConfig:
                 )
             if not 0.0 <= self.attn_dropout < 1.0:
                 raise ConfigError(f"model.attn_dropout: must be in [0, 1), got {self.attn_dropout}")
-        _positive("model.max_positions", self.max_positions)
+        positive("model.max_positions", self.max_positions)
         if self.encoder == "cnn" and (self.cnn_kernel < 1 or self.cnn_kernel % 2 == 0):
             raise ConfigError(f"model.cnn_kernel: must be odd and >= 1, got {self.cnn_kernel}")
         if self.decoder == "transformer":
@@ -293,7 +276,7 @@ class GuidedAlignmentConfig:
     shift: bool = False
 
     def validate(self) -> None:
-        _check_finite("train.guided_alignment", self)
+        check_finite("train.guided_alignment", self)
         if self.file and self.weight <= 0:
             raise ConfigError(
                 f"train.guided_alignment.weight: must be > 0, got {self.weight}")
@@ -352,7 +335,7 @@ class TrainConfig:
     init_from: str = ""
 
     def validate(self) -> None:
-        _check_finite("train", self)
+        check_finite("train", self)
         self.guided_alignment.validate()
         if self.lr <= 0:
             raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
@@ -361,7 +344,7 @@ class TrainConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         for key in ("batch_size", "log_every", "valid_every", "valid_max_sents", "accum_steps"):
-            _positive(f"train.{key}", getattr(self, key))
+            positive(f"train.{key}", getattr(self, key))
         for key in ("max_steps", "max_epochs", "warmup_steps", "patience", "keep_last", "threads",
                     "num_workers", "coverage_from_step"):
             if getattr(self, key) < 0:
@@ -407,9 +390,9 @@ class DecodeConfig:
     precision: Literal["fp32", "bf16", "int8"] = "fp32"
 
     def validate(self) -> None:
-        _check_finite("decode", self)
+        check_finite("decode", self)
         for key in ("beam_size", "n_best", "max_len", "batch_size", "max_input_tokens"):
-            _positive(f"decode.{key}", getattr(self, key))
+            positive(f"decode.{key}", getattr(self, key))
         if self.length_penalty < 0:
             # beam search stops a sentence early once no live hypothesis can beat its finished
             # ones; the bound it uses holds because lp(len) grows with len, i.e. alpha >= 0
@@ -427,276 +410,3 @@ class DecodeConfig:
             raise ConfigError(
                 f"decode.block_ngram_repeat: must be >= 0 (0 = off), got {self.block_ngram_repeat}"
             )
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-
-    def validate(self) -> Config:
-        self.data.validate()
-        self.model.validate()
-        self.train.validate()
-        self.decode.validate()
-        m = self.model
-        if self.train.coverage_from_step and not m.coverage:
-            raise ConfigError(
-                "train.coverage_from_step: needs model.coverage: true (it is when the coverage "
-                "mechanism and its loss start)"
-            )
-        if self.train.coverage_loss > 0 and not m.coverage:
-            raise ConfigError(
-                "train.coverage_loss: needs model.coverage: true (the loss is on the coverage "
-                "vector the decoder carries)"
-            )
-        if self.train.guided_alignment.file:
-            self._validate_guided_alignment()
-        if m.tie_src_tgt and not self.data.joint_vocab:
-            raise ConfigError(
-                "model.tie_src_tgt: needs data.joint_vocab: true (one vocabulary for both sides)"
-            )
-        if m.encoder == "cnn" or (m.positions == "learned" and "transformer" in (m.encoder, m.decoder)):
-            longest = max(self.decode.max_input_tokens, self.decode.max_len, self.data.max_len + 1)
-            if longest > m.max_positions:
-                raise ConfigError(
-                    f"model.max_positions: {m.max_positions} learned positions cannot cover "
-                    f"{longest} tokens (decode.max_input_tokens / decode.max_len / data.max_len + 1)"
-                )
-        return self
-
-    def _validate_guided_alignment(self) -> None:
-        ga, m = self.train.guided_alignment, self.model
-        key = "train.guided_alignment"
-        if m.decoder == "rnn" and m.attention == "none":
-            raise ConfigError(f"{key}.file: supervises the attention, but model.attention is 'none'")
-        if m.attention_normalizer != "softmax":
-            raise ConfigError(
-                f"{key}.file: the alignment cross-entropy needs softmax attention (sparsemax and "
-                f"entmax give exact zeros, whose log is -inf); model.attention_normalizer is "
-                f"{m.attention_normalizer!r}")
-        if self.data.skip_bad_lines:
-            raise ConfigError(
-                f"{key}.file: its lines follow the training pairs one for one, so "
-                "data.skip_bad_lines (which drops pairs) cannot be on")
-        if m.decoder == "transformer":
-            if ga.layer is not None and not -m.dec_layers <= ga.layer < m.dec_layers:
-                raise ConfigError(
-                    f"{key}.layer: {ga.layer} is not a decoder layer (dec_layers="
-                    f"{m.dec_layers}; use 0..{m.dec_layers - 1}, -1 for the last, or null for "
-                    "model.attn_layer)")
-            if not -m.heads <= ga.head < m.heads:
-                raise ConfigError(
-                    f"{key}.head: {ga.head} is not a head (model.heads={m.heads}; use "
-                    f"0..{m.heads - 1})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-def _check_finite(section: str, settings: Any) -> None:
-    """Raise a ConfigError naming the key of any number setting (or list element) of the
-    dataclass ``settings`` that is nan or infinite."""
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"{section}.{f.name}: must be a finite number, got {value}")
-
-
-def _positive(key: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {value}")
-
-
-def _describe(hint: Any) -> str:
-    """A type hint in words: str | list[str] -> 'a string or a list of strings'."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if origin is list:
-        (inner,) = typing.get_args(hint)
-        word = _describe(inner).removeprefix("a ").removeprefix("an ")
-        return f"a list of {word}s"
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-             type(None): "null"}
-    return names.get(hint, str(hint))
-
-
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """Check (and lightly coerce) one value against its type hint."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
-        return value
-    if origin in (list,):
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
-        (inner,) = typing.get_args(hint)
-        return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _check_type(key, value, option)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: expected {_describe(hint)}, got {value!r}")
-    if hint is type(None):
-        if value is not None:
-            raise ConfigError(f"{key}: expected null")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{dotted}: unknown key{hint} (allowed: {', '.join(names)})")
-        hint_t = hints[key]
-        if dataclasses.is_dataclass(hint_t):
-            kwargs[key] = _build(hint_t, value, dotted)
-        else:
-            kwargs[key] = _check_type(dotted, value, hint_t)
-    return cls(**kwargs)
-
-
-class OverrideError(ConfigError):
-    """An override string that cannot be applied (no ``=``, a value that is not YAML, a key
-    under something that is not a section); ``item`` is the override, ``problem`` what is wrong."""
-
-    def __init__(self, item: str, problem: str):
-        super().__init__(f"override {item!r}: {problem}")
-        self.item, self.problem = item, problem
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config dict."""
-    if overrides and not isinstance(raw, dict):
-        raise ConfigError(f"config: expected a mapping, got {raw!r}")
-    for item in overrides:
-        if "=" not in item:
-            raise OverrideError(item, "expected section.key=value")
-        dotted, text = item.split("=", 1)
-        parts = dotted.strip().split(".")
-        node = raw
-        for part in parts[:-1]:
-            if node.get(part) is None:  # absent, or an empty section in the YAML
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise OverrideError(item, f"{part} is not a section")
-        try:
-            node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as e:
-            problem = " ".join(str(e).split())
-            raise OverrideError(item, f"the value is not valid YAML ({problem})") from None
-    return raw
-
-
-def config_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    raw = apply_overrides(copy.deepcopy(raw or {}), list(overrides or []))
-    return _build(Config, raw, "").validate()
-
-
-def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """Parse a YAML file; a missing file or bad YAML is a ConfigError naming the path."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such {what}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a YAML {what}") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-            f"expected a YAML {what}"
-        ) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file, apply dotted overrides and validate.
-
-    A ConfigError says where the problem is: in an override (``command line: train.lr=.inf:
-    must be a finite number, got inf``, also for a misspelt key given as one), in the file
-    (``PATH: model.dropout: ...``), or in the two together (``PATH with the command line
-    decode.beam_size=2: decode.n_best: ...``)."""
-    path = Path(path)
-    raw = read_yaml(path)
-    overrides = list(overrides or [])
-    try:
-        return config_from_dict(raw or {}, overrides)
-    except ConfigError as e:
-        raise ConfigError(_where(e, path, raw, overrides)) from None
-
-
-_KEY = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.S)
-
-
-def _where(e: ConfigError, path: Path, raw: Any, overrides: list[str]) -> str:
-    """The message of ``e`` (raised for the file ``path`` with ``overrides``), prefixed with
-    where the fault lies: the override that set the key it names, the file, or both."""
-    if isinstance(e, OverrideError):
-        return f"command line: {e.item}: {e.problem}"
-    m = _KEY.match(str(e))
-    if m and overrides:
-        key, problem = m.groups()
-        for item in reversed(overrides):  # the last override of a key is the one that holds
-            dotted = item.split("=", 1)[0].strip()
-            if (key == dotted or key.startswith((dotted + ".", dotted + "["))
-                    or dotted.startswith(key + ".")):  # model.x.y=1: "model.x: unknown key"
-                shown = problem if key == dotted else f"{key}: {problem}"
-                return f"command line: {item}: {shown}"
-    if overrides:
-        try:
-            config_from_dict(raw or {}, [])
-            alone = None
-        except ConfigError as file_error:
-            alone = str(file_error)
-        if alone != str(e):  # the file alone is fine, or fails otherwise: the mix is at fault
-            return f"{path} with the command line {' '.join(overrides)}: {e}"
-    return f"{path}: {e}"

@@ -1,0 +1,83 @@
+"""Coverage (Tu et al. 2016; See et al. 2017, sec. 2.3; Wu et al. 2016, sec. 7), in one place.
+
+cov_i = sum_{i' < i} a_i', the attention each source position has received before step i.
+
+- The state: an RNN decoder with ``model.coverage`` carries cov (B, S), zero at the start
+  (:func:`initial_coverage`), and after each step's attention adds it (:func:`advance`);
+  ``info["coverage"]`` is cov_i, the coverage *before* step i's attention.
+- The attention hook: the scorer sees cov_ij, so that it can learn to look elsewhere.
+  The additive scorer puts it inside its tanh, e_ij = v_a^T tanh(W_1 s_i + W_2 h_j +
+  w_c cov_ij) with a learned vector w_c (See et al. 2017, eq. 11; :func:`add_to_features`);
+  the others have no hidden layer to put it in, so a learned scalar is added to the score,
+  e_ij = f(s_i, h_j) + w_c cov_ij (:func:`add_to_scores`).
+- The parameter: ``w_c`` of the scorer (:func:`coverage_weight`), zero-initialised, so a
+  model starts as if it had no coverage (See et al.'s phase two starts it at 0;
+  :func:`coverage_parameters` finds it).
+- The loss: lambda * sum_i sum_j min(a_ij, cov_ij) (See et al. 2017, eq. 12-13;
+  :func:`coverage_loss`, lambda is ``train.coverage_loss``).
+- The decode-time penalty (any attention model, trained with coverage or not): GNMT's
+  beta * sum_j log(min(sum_i a_ij, 1)) (:func:`coverage_penalty`, ``decode.coverage_penalty``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+COVERAGE_PARAM = "w_c"  # the coverage weight's name in a scorer (and in saved weights)
+COVERAGE_FLOOR = 1e-10  # sum_i a_ij is floored here: an unattended word costs beta * log(1e-10)
+
+
+def coverage_weight(*shape: int) -> nn.Parameter:
+    """The coverage weight w_c: () for the scalar form, (A,) inside the additive scorer; 0."""
+    return nn.Parameter(torch.zeros(shape))
+
+
+def coverage_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every coverage weight w_c of ``model``."""
+    return [p for n, p in model.named_parameters() if n.endswith("." + COVERAGE_PARAM)]
+
+
+def add_to_scores(scores: Tensor, w_c: Tensor | None, cov: Tensor | None) -> Tensor:
+    """e_ij + w_c cov_ij (a scalar w_c): scores, cov (B, Tq, S). Unchanged without coverage."""
+    if cov is None or w_c is None:
+        return scores
+    return scores + w_c * cov  # (B, Tq, S)
+
+
+def add_to_features(pre: Tensor, w_c: Tensor | None, cov: Tensor | None) -> Tensor:
+    """W_1 s_i + W_2 h_j + w_c cov_ij inside the additive scorer: pre (B, Tq, S, A), cov
+    (B, Tq, S), w_c (A,). Unchanged without coverage."""
+    if cov is None or w_c is None:
+        return pre
+    return pre + cov.unsqueeze(-1) * w_c  # (B, Tq, S, A)
+
+
+def initial_coverage(memory: Tensor, src_pad_mask: Tensor) -> Tensor:
+    """cov_0 = 0 (B, S), like the encoder states ``memory`` (B, S, D)."""
+    B, S = src_pad_mask.shape
+    return memory.new_zeros(B, S)
+
+
+def advance(cov: Tensor, attn: Tensor, info: dict) -> Tensor:
+    """Record cov_i in ``info["coverage"]`` and return cov_{i+1} = cov_i + a_i (B, S)."""
+    info["coverage"] = cov  # before this step's attention
+    return cov + attn
+
+
+def coverage_loss(attn: Tensor, cov: Tensor, keep: Tensor) -> Tensor:
+    """sum_i sum_j min(a_ij, cov_ij) over the target positions where keep is True
+    (See et al. 2017, eq. 12). attn, cov (B, T, S); keep (B, T) -> scalar."""
+    return torch.minimum(attn, cov).sum(-1)[keep].sum()
+
+
+def coverage_penalty(attn_sum: Tensor, src_pad_mask: Tensor | None, beta: float) -> Tensor:
+    """GNMT coverage penalty beta * sum_j log(min(sum_i a_ij, 1)) (Wu et al. 2016, sec. 7).
+
+    attn_sum (N, S): attention each source position received over the whole output;
+    src_pad_mask (N, S) True at padding (not counted), or None. Returns (N,), <= 0.
+    """
+    logs = attn_sum.float().clamp(min=COVERAGE_FLOOR, max=1.0).log()  # (N, S)
+    if src_pad_mask is not None:
+        logs = logs.masked_fill(src_pad_mask, 0.0)
+    return beta * logs.sum(-1)
