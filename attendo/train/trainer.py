@@ -23,7 +23,7 @@ from ..data.prepare import load_corpora, load_eval_corpora
 from ..data.vocab import Vocab
 from ..model.size import check_model_size
 from ..utils import DirLock, stop_point
-from . import setup, validation
+from . import setup
 from .data import init_source, load_training_data
 from .divergence import DivergenceGuard
 from .objective import CoverageSwitch, Objective, forward_backward
@@ -36,11 +36,12 @@ from .state import (
     save_resumed_config,
     truncate_metrics,
 )
+from .validation import Validation
 
 log = logging.getLogger("attendo")
 
 
-class Trainer:
+class Trainer(Validation):
     """One training run in ``cfg.train.out_dir``: ``run()`` trains to the end of its budget;
     ``step()`` makes one update and ``close()`` lets the directory go (for benchmarks)."""
 
@@ -257,12 +258,3 @@ class Trainer:
         if getattr(self, "_lock", None) is not None:
             self._lock.release()
             self._lock = None
-
-    # -- validation and checkpoints: attendo/train/validation.py -----------------------
-    def validate(self) -> dict[str, Any]:
-        """Dev loss/perplexity and greedy BLEU (on up to valid_max_sents sentences)."""
-        return validation.validate(self)
-
-    def validate_and_save(self) -> None:
-        """Validate (rank 0), write the checkpoints and share the counters with every rank."""
-        validation.validate_and_save(self)

@@ -7,61 +7,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import distributed, metrics
 from ..translator import Translator
 from .state import TrainerState, save_checkpoints, save_state
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
 log = logging.getLogger("attendo")
 
 SHARED = ("best", "bad_valids", "plateau_bad", "lr_scale", "history")  # rank 0's, adopted
-
-
-def validate(trainer: Trainer) -> dict[str, Any]:
-    """Dev loss/perplexity and greedy BLEU (on up to valid_max_sents sentences)."""
-    tc = trainer.cfg.train
-    rec: dict[str, Any] = {"type": "valid", "step": trainer.state.step}
-    if trainer.valid_ids is None:
-        return rec
-    t = time.time()
-    model = trainer.model
-    nll, n = metrics.corpus_nll(model, *trainer.valid_ids, batch_size=64, device=trainer.device,
-                                copy=trainer.valid_copy)
-    rec["loss"] = nll / max(n, 1)
-    rec["ppl"] = metrics.perplexity(nll, n)
-    # a perplexity no working model has stops training here, before decoding garbage
-    trainer.guard.check_validation(trainer.state.step, rec["ppl"], trainer.kept_step())
-    valid = trainer.valid
-    if tc.valid_bleu and valid is not None:
-        k = min(tc.valid_max_sents, len(valid))
-        translator = Translator(model, trainer.src, trainer.tgt, trainer.cfg)
-        hyps = [t.text for t in translator.translate(valid.src[:k], beam=1)]
-        rec["bleu"] = metrics.bleu(hyps, valid.tgt[:k]).score
-        rec["example"] = {"src": valid.src[0], "ref": valid.tgt[0], "hyp": hyps[0]}
-    model.train()
-    rec["valid_s"] = round(time.time() - t, 2)
-    return rec
-
-
-def validate_and_save(trainer: Trainer) -> None:
-    """Rank 0 validates and writes checkpoints; the others wait, then adopt its counters
-    (best, patience, plateau) so every rank stops and decays the lr together."""
-    # a model with non-finite or exploded weights is never validated, saved or made "best"
-    # (DivergenceGuard.check_weights); on every rank: they hold the same weights
-    trainer.guard.check_weights(trainer.model, trainer.state.step, trainer.kept_step())
-    dist = trainer.dist
-    if dist.is_main:
-        _validate_and_save(trainer)
-    trainer.last_valid_step = trainer.state.step
-    distributed.barrier(dist)
-    if dist.enabled:
-        shared = distributed.broadcast(dist, {k: getattr(trainer.state, k) for k in SHARED})
-        for k, v in shared.items():
-            setattr(trainer.state, k, v)
 
 
 def track_best(tc, st: TrainerState, rec: dict[str, Any]) -> tuple[bool, float | None]:
@@ -88,20 +42,67 @@ def track_best(tc, st: TrainerState, rec: dict[str, Any]) -> tuple[bool, float |
     return improved, metric
 
 
-def _validate_and_save(trainer: Trainer) -> None:
-    tc, st = trainer.cfg.train, trainer.state
-    rec = trainer.validate()
-    rec["elapsed_s"] = round(trainer.elapsed(), 2)
-    improved, metric = track_best(tc, st, rec)
-    rec["best"] = improved
-    st.history.append({k: v for k, v in rec.items() if k != "example"})
-    trainer.run_log.metric(rec)
-    if "ppl" in rec:
-        msg = f"valid step {st.step}: ppl {rec['ppl']:.2f}"
-        if "bleu" in rec:
-            msg += f"  bleu {rec['bleu']:.2f}  | {rec['example']['hyp']}"
-        log.info(msg + ("  (best)" if improved else ""))
-    meta = {"step": st.step, "elapsed_s": rec["elapsed_s"], "valid": st.history[-1]}
-    best = improved or (metric is None and tc.early_stopping_metric not in rec)
-    save_checkpoints(trainer.dir, trainer.model, meta, best, tc.keep_last)
-    save_state(trainer.dir, trainer.model, trainer.optimizer, st, trainer.elapsed())
+class Validation:
+    """The trainer's validation and checkpoint methods, mixed into
+    :class:`~attendo.train.trainer.Trainer` (they use its model, data, state, guard, run log
+    and process group)."""
+
+    def validate(self) -> dict[str, Any]:
+        """Dev loss/perplexity and greedy BLEU (on up to valid_max_sents sentences)."""
+        tc = self.cfg.train
+        rec: dict[str, Any] = {"type": "valid", "step": self.state.step}
+        if self.valid_ids is None:
+            return rec
+        t = time.time()
+        model = self.model
+        nll, n = metrics.corpus_nll(model, *self.valid_ids, batch_size=64, device=self.device,
+                                    copy=self.valid_copy)
+        rec["loss"] = nll / max(n, 1)
+        rec["ppl"] = metrics.perplexity(nll, n)
+        # a perplexity no working model has stops training here, before decoding garbage
+        self.guard.check_validation(self.state.step, rec["ppl"], self.kept_step())
+        valid = self.valid
+        if tc.valid_bleu and valid is not None:
+            k = min(tc.valid_max_sents, len(valid))
+            translator = Translator(model, self.src, self.tgt, self.cfg)
+            hyps = [t.text for t in translator.translate(valid.src[:k], beam=1)]
+            rec["bleu"] = metrics.bleu(hyps, valid.tgt[:k]).score
+            rec["example"] = {"src": valid.src[0], "ref": valid.tgt[0], "hyp": hyps[0]}
+        model.train()
+        rec["valid_s"] = round(time.time() - t, 2)
+        return rec
+
+    def validate_and_save(self) -> None:
+        """Rank 0 validates and writes checkpoints; the others wait, then adopt its counters
+        (best, patience, plateau) so every rank stops and decays the lr together."""
+        # a model with non-finite or exploded weights is never validated, saved or made "best"
+        # (DivergenceGuard.check_weights); on every rank: they hold the same weights
+        self.guard.check_weights(self.model, self.state.step, self.kept_step())
+        dist = self.dist
+        if dist.is_main:
+            self._validate_and_save()
+        self.last_valid_step = self.state.step
+        distributed.barrier(dist)
+        if dist.enabled:
+            shared = distributed.broadcast(dist, {k: getattr(self.state, k) for k in SHARED})
+            for k, v in shared.items():
+                setattr(self.state, k, v)
+
+    def _validate_and_save(self) -> None:
+        """Rank 0: validate, track the best, log, write the checkpoints and the state."""
+        tc, st = self.cfg.train, self.state
+        rec = self.validate()
+        rec["elapsed_s"] = round(self.elapsed(), 2)
+        improved, metric = track_best(tc, st, rec)
+        rec["best"] = improved
+        st.history.append({k: v for k, v in rec.items() if k != "example"})
+        self.run_log.metric(rec)
+        if "ppl" in rec:
+            msg = f"valid step {st.step}: ppl {rec['ppl']:.2f}"
+            if "bleu" in rec:
+                msg += f"  bleu {rec['bleu']:.2f}  | {rec['example']['hyp']}"
+            log.info(msg + ("  (best)" if improved else ""))
+        meta = {"step": st.step, "elapsed_s": rec["elapsed_s"], "valid": st.history[-1]}
+        best = improved or (metric is None and tc.early_stopping_metric not in rec)
+        save_checkpoints(self.dir, self.model, meta, best, tc.keep_last)
+        save_state(self.dir, self.model, self.optimizer, st, self.elapsed())
