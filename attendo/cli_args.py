@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from . import __version__
 from .align import METHODS, SOFT_SYMMETRIZE, SYMMETRIZE, WORD_RULES
 from .errors import AttendoError
 
@@ -48,7 +49,10 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         prog="attendo",
         description="Attention-based sequence-to-sequence models: train, decode, evaluate, see.",
     )
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log debug messages too (default: info and above)")
+    p.add_argument("--version", action="version", version=f"attendo {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train a small attention model on a generated task "

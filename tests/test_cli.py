@@ -466,3 +466,15 @@ def test_average_checkpoints(model_dir, tmp_path, capsys):
     src.write_text("a b c\n")
     assert main(["translate", "--model", str(model_dir), "--checkpoint", str(out), "-i", str(src)]) == 0
     assert main(["average", "--model", str(model_dir), "--last", "0"]) == 2
+
+
+def test_version_prints_the_package_version(capsys):
+    from importlib.metadata import version
+
+    import attendo
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"attendo {attendo.__version__}"
+    assert attendo.__version__ == version("attendo")  # the one in pyproject.toml
