@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,28 @@ def train_tiny(out: Path, tokenizer: str = "word", **model) -> Path:
     raw["train"].update(max_steps=30, valid_every=30, log_every=30)
     Trainer(config_from_dict(raw)).run()
     return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny copy-task model (train_tiny), trained once per test module."""
+    return train_tiny(tmp_path_factory.mktemp("trained") / "model")
+
+
+@pytest.fixture
+def model(trained, tmp_path) -> Path:
+    """A fresh copy of ``trained``'s model directory, to edit or break one file of."""
+    d = tmp_path / "model"
+    shutil.copytree(trained, d)
+    return d
+
+
+@pytest.fixture
+def text(tmp_path) -> Path:
+    """A two-line input file for the CLI."""
+    p = tmp_path / "in.txt"
+    p.write_text("a b c\nd e\n", encoding="utf-8")
+    return p
 
 
 def free_port() -> int:

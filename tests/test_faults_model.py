@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import train_tiny
 from safetensors import safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -33,26 +32,6 @@ from attendo.data.vocab import Vocab
 from attendo.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("faults") / "model")
-
-
-@pytest.fixture
-def model(trained, tmp_path) -> Path:
-    """A fresh copy of the trained model directory, to break one file of."""
-    d = tmp_path / "model"
-    shutil.copytree(trained, d)
-    return d
-
-
-@pytest.fixture
-def text(tmp_path) -> Path:
-    p = tmp_path / "in.txt"
-    p.write_text("a b c\nd e\n", encoding="utf-8")
-    return p
 
 
 def fails(capsys, *argv: object) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import toy_raw, train_tiny
+from conftest import toy_raw
 from test_faults_model import address_space_cap, fails
 
 import attendo.model.seq2seq as seq2seq
@@ -27,26 +27,6 @@ from attendo.cli import main
 from attendo.config import MAX_LAYERS, ConfigError, ModelConfig, load_config
 from attendo.data.prepare import load_codecs
 from attendo.model.size import available_memory, check_model_size, estimate_size
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("sizes") / "model")
-
-
-@pytest.fixture
-def model(trained, tmp_path) -> Path:
-    """A fresh copy of the trained model directory, to edit."""
-    d = tmp_path / "model"
-    shutil.copytree(trained, d)
-    return d
-
-
-@pytest.fixture
-def text(tmp_path) -> Path:
-    p = tmp_path / "in.txt"
-    p.write_text("a b c\nd e\n", encoding="utf-8")
-    return p
 
 
 def edit_config(model: Path, **changes) -> Path:
