@@ -10,7 +10,5 @@ from .translator import Translation, Translator, load  # noqa: E402
 
 _translator.word_links = _align.translation_links  # return_alignment, wired from above
 
-__all__ = [
-    "Config", "ConfigError", "TextError", "Translation", "Translator", "load", "load_config",
-    "__version__",
-]
+__all__ = ["Config", "ConfigError", "TextError", "Translation", "Translator", "load",
+           "load_config", "__version__"]

@@ -15,9 +15,15 @@ from . import diagnostics as dg
 from .align import forced_attention, tokenizer_kinds, translation_links
 from .data.corpus import read_lines
 from .errors import UsageError
-from .explorer import explorer_data, explorer_page
+from .explorer import explorer_page, model_summary, sentence_records
 from .translator import Translation
-from .viz import LinkSet, alignment_groups, draw_translation, gold_link_sets
+from .viz import (
+    LinkSet,
+    alignment_groups,
+    draw_translation,
+    gold_link_sets,
+    plot_image_attention,
+)
 
 log = logging.getLogger("attendo")
 
@@ -80,14 +86,10 @@ def forced_outputs(translator, texts: list[str], refs: list[str], layer: int | N
                    head: int | None) -> list[Translation]:
     """Translations holding the attention teacher-forced on the given targets ``refs``
     (``text`` the target, no score; no attention where a side is empty)."""
-    out = []
-    for ref, fa in zip(refs, forced_attention(translator, texts, refs, layer=layer, head=head)):
-        if fa is None:
-            out.append(Translation(ref, [], [], math.nan, math.nan, None))
-        else:
-            sp, tp, attn = fa
-            out.append(Translation(ref, sp, tp + ["</s>"], math.nan, math.nan, attn))
-    return out
+    forced = forced_attention(translator, texts, refs, layer=layer, head=head)
+    return [Translation(ref, [], [], math.nan, math.nan, None) if fa is None else
+            Translation(ref, fa[0], fa[1] + ["</s>"], math.nan, math.nan, fa[2])
+            for ref, fa in zip(refs, forced)]
 
 
 def link_sets(translator, texts: list[str], outs: list[Translation], gold: list | None,
@@ -152,16 +154,27 @@ def draw_pictures(translator, texts: list[str], a: Attended, out_dir: Path,
             title += " [given target" + "".join(
                 f", {k} {v}" for k, v in (("layer", layer), ("head", head))
                 if v is not None) + "]"
-        paths = draw_translation(
-            o, out_dir, f"attention-{i:03d}", title,
-            merge=merge, layer=layer if pick else None,
-            head=head if pick else None, self_attention=sa, dpi=dpi,
-            alignment=a.links[i], kinds=kinds,
-        )
+        paths = draw_translation(o, out_dir, f"attention-{i:03d}", title, merge=merge,
+                                 layer=layer if pick else None, head=head if pick else None,
+                                 self_attention=sa, dpi=dpi, alignment=a.links[i], kinds=kinds)
         yield i, paths, o.text
 
 
 def explorer_html(translator, texts: list[str], a: Attended, merge: bool, name: str) -> str:
     """The explorer page (one self-contained HTML file) of every sentence."""
-    data = explorer_data(translator, texts, a.outs, merge, name, a.selfs, alignments=a.links)
-    return explorer_page(data, title=f"attendo explorer: {name}")
+    records = sentence_records(translator, texts, a.outs, a.selfs, a.links, merge)
+    return explorer_page({"model": model_summary(translator, name), "sentences": records},
+                         title=f"attendo explorer: {name}")
+
+
+def draw_image_attention(translator, paths: list[str], out_dir: Path, beam: int | None = None,
+                         dpi: int = 100) -> Iterator[tuple[int, Path, str]]:
+    """An image model's attention: per image, its caption and the picture of
+    :func:`attendo.viz.plot_image_attention` (``out_dir/IMAGE-STEM.png``)."""
+    outs = translator.translate(paths, beam=beam, return_attention=True)
+    for i, (path, t) in enumerate(zip(paths, outs)):
+        pixels = translator.src.encode(path).pixels  # (C, H, W), as the model read it
+        grid = translator.model.encoder.grid_shape(pixels.shape[1], pixels.shape[2])
+        out = out_dir / f"{i + 1:03d}-{Path(path).stem}.png"
+        yield i, plot_image_attention(pixels, t.attention, grid, t.tgt_tokens, out,
+                                      title=f"{Path(path).name}: {t.text}", dpi=dpi), t.text

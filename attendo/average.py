@@ -40,7 +40,7 @@ def average_last(model_dir: str | Path, last: int = 5, output: str | Path | None
     # checked before anything is written; the average itself is checked once written
     mean = average_checkpoints(chosen)
     Translator.from_dir(model_dir, weights=chosen[-1])
-    meta = {"averaged": [p.name for p in chosen]}
-    atomic_write_bytes(out, st_save(mean, metadata={"attendo": json.dumps(meta)}))
+    meta = json.dumps({"averaged": [p.name for p in chosen]})
+    atomic_write_bytes(out, st_save(mean, metadata={"attendo": meta}))
     Translator.from_dir(model_dir, weights=out)  # the average must load into the configured model
     return out, chosen

@@ -10,9 +10,8 @@ A model directory holds everything needed to translate or to resume::
     checkpoints/step-N.safetensors   weights at step N (the newest keep_last are kept)
     metrics.jsonl               one JSON object per log line / validation
 
-Weight files themselves are :mod:`attendo.weights`'s, the file-safety checks
-:mod:`attendo.files`'s. Each file is one atomic write, so a run killed at any moment leaves the previous
-complete version of every file.
+Weight files are :mod:`attendo.weights`'s, file-safety checks :mod:`attendo.files`'s. Each
+file is one atomic write: a run killed at any moment leaves the previous version of every file.
 """
 
 from __future__ import annotations
@@ -55,18 +54,14 @@ MODEL_DIR_FILES = {
     "tgt.vocab.json": "vocabulary file", MODEL_FILE: "weights file", LAST_FILE: "training state",
     "metrics.jsonl": "metrics log", "train.log": "training log", CKPT_DIR: "checkpoint folder",
 }
-
-
-# what translating reads: config, tokenizers and vocabularies (and model.safetensors unless
-# other weights are named)
+# what translating reads (and model.safetensors unless other weights are named)
 DECODING_FILES = ("config.yaml", "src.tokenizer.json", "tgt.tokenizer.json", "src.vocab.json",
                   "tgt.vocab.json")
 
 
 def check_model_dir(model_dir: str | Path, names: tuple[str, ...] | None = None) -> None:
-    """Refuse a model directory whose files ``names`` (default: all of
-    :data:`MODEL_DIR_FILES` and the step checkpoints, what training reads and writes) do not
-    all resolve inside it; see :func:`check_inside`. Missing files are left to their readers."""
+    """Refuse a model directory whose files ``names`` (default: :data:`MODEL_DIR_FILES` and the
+    step checkpoints) do not all resolve inside it; missing files are left to their readers."""
     model_dir = Path(model_dir)
     for name in MODEL_DIR_FILES if names is None else names:
         if os.path.lexists(model_dir / name):
@@ -77,28 +72,20 @@ def check_model_dir(model_dir: str | Path, names: tuple[str, ...] | None = None)
 
 
 # tensors the model keeps but does not store (e.g. sinusoidal position tables) may take at most
-# this much, or as much as the weights file, whichever is more: an absurd model.max_positions
-# must be an error, not an allocation of terabytes
+# this much, or as much as the weights file: an absurd model.max_positions is an error
 MAX_UNSTORED_BYTES = 1 << 30
 
 
-def build_model_for_weights(
-    weights: str | Path,
-    cfg: Any,
-    src_vocab_size: int,
-    tgt_vocab_size: int,
-    config: str | Path = "config.yaml",
-    *,
-    training: bool = False,
-    device: torch.device | str | None = None,
-) -> nn.Module:
+def build_model_for_weights(weights: str | Path, cfg: Any, src_vocab_size: int,
+                            tgt_vocab_size: int, config: str | Path = "config.yaml", *,
+                            training: bool = False,
+                            device: torch.device | str | None = None) -> nn.Module:
     """``build_model(cfg, src_vocab_size, tgt_vocab_size)``, built only once the weights file is
-    known to fit it: the model's size is estimated from ``cfg`` and checked against the memory
-    it will be ``training`` or decoding in on ``device`` (a ConfigError naming ``config`` and the
-    keys), then it is built on the ``meta`` device (no memory) and its tensors compared with the
-    header of ``weights``, so that an absurd size in config.yaml, or weights of another model,
-    is an error instead of an allocation of many gigabytes. The weights are not loaded (see
-    :func:`load_weights`); ``config`` names the config file in messages."""
+    known to fit it: its size is checked against the memory it will be ``training`` or decoding
+    in on ``device`` (a ConfigError naming ``config`` and the keys), then it is built on the
+    ``meta`` device and compared with the header of ``weights``, so an absurd size in
+    config.yaml, or another model's weights, is an error instead of an allocation of many
+    gigabytes. The weights are not loaded (see :func:`load_weights`)."""
     from .config import ConfigError
     from .model.seq2seq import assemble_model
     from .model.size import build_on_meta, check_model_size
@@ -116,21 +103,16 @@ def build_model_for_weights(
     need = sum(b.numel() * b.element_size() for _, b in unstored)
     if need > max(MAX_UNSTORED_BYTES, header.size):
         name, big = max(unstored, key=lambda nb: nb[1].numel() * nb[1].element_size())
-        raise ModelFileError(
-            f"{config}: the model would need {need / 2**30:,.1f} GiB for tensors that are not "
-            f"stored in {weights} (largest: {name} {list(big.shape)}); check the sizes in it "
-            "(e.g. model.max_positions)"
-        )
+        raise ModelFileError(f"{config}: the model would need {need / 2**30:,.1f} GiB for "
+                             f"tensors that are not stored in {weights} (largest: {name} "
+                             f"{list(big.shape)}); check the sizes in it "
+                             "(e.g. model.max_positions)")
     del skeleton
     return assemble_model(cfg, src_vocab_size, tgt_vocab_size)  # build_model, checked above
 
 
-def save_training_state(
-    path: str | Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    trainer_state: dict[str, Any],
-) -> None:
+def save_training_state(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        trainer_state: dict[str, Any]) -> None:
     """Weights, optimizer moments, RNG and trainer counters in one atomically written file."""
     tensors = {f"model.{k}": cpu_copy(v) for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
@@ -139,62 +121,46 @@ def save_training_state(
             if isinstance(value, torch.Tensor):
                 tensors[f"optim.{pid}.{key}"] = cpu_copy(value)
     tensors.update(rng_tensors())
-    meta = {
-        "trainer": trainer_state,
-        "param_groups": opt["param_groups"],
-        "optim_scalars": {
-            str(pid): {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)}
-            for pid, s in opt["state"].items()
-        },
-    }
+    scalars = {str(pid): {k: v for k, v in s.items() if not isinstance(v, torch.Tensor)}
+               for pid, s in opt["state"].items()}
+    meta = {"trainer": trainer_state, "param_groups": opt["param_groups"], "optim_scalars": scalars}
     atomic_write_bytes(path, st_save(tensors, metadata={"attendo": json.dumps(meta)}))
 
 
-def load_training_state(
-    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer
-) -> dict[str, Any]:
-    """Restore what :func:`save_training_state` wrote; returns the trainer state dict.
-
-    Anything in the file that does not fit ``model`` and ``optimizer`` (or is not finite) is a
-    :class:`ModelFileError` naming the file."""
+def load_training_state(path: str | Path, model: nn.Module,
+                        optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore what :func:`save_training_state` wrote; returns the trainer state dict. Anything
+    that does not fit ``model`` and ``optimizer`` (or is not finite) is a ModelFileError."""
     path = Path(path)
     header, tensors = read_checked(path)
     meta = header.meta
     trainer, groups = meta.get("trainer"), meta.get("param_groups")
     scalars_by_pid = meta.get("optim_scalars", {})
-    if (
-        not isinstance(trainer, dict)
-        or not isinstance(groups, list)
-        or not all(isinstance(g, dict) for g in groups)
-        or not isinstance(scalars_by_pid, dict)
-        or not all(isinstance(s, dict) for s in scalars_by_pid.values())
-    ):
-        raise ModelFileError(
-            f"{path}: not a training state (its attendo metadata lacks a valid 'trainer', "
-            "'param_groups' or 'optim_scalars'); --resume needs the last.safetensors of a run"
-        )
+    if not (isinstance(trainer, dict) and isinstance(groups, list)
+            and all(isinstance(g, dict) for g in groups) and isinstance(scalars_by_pid, dict)
+            and all(isinstance(s, dict) for s in scalars_by_pid.values())):
+        raise ModelFileError(f"{path}: not a training state (its attendo metadata lacks a valid "
+                             "'trainer', 'param_groups' or 'optim_scalars'); --resume needs the "
+                             "last.safetensors of a run")
     load_checked(header, tensors, model, "config.yaml")
     params = [p for g in optimizer.param_groups for p in g["params"]]
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
-        if name.startswith("optim."):
-            parts = name.split(".", 2)
-            if len(parts) != 3 or not parts[1].isdigit() or not 0 <= int(parts[1]) < len(params):
-                raise ModelFileError(
-                    f"{path}: optimizer tensor {name!r} is not optim.N.NAME with N one of the "
-                    f"model's {len(params)} parameters"
-                )
-            pid, key = int(parts[1]), parts[2]
-            if value.dim() and value.shape != params[pid].shape:
-                raise ModelFileError(
-                    f"{path}: optimizer tensor {name!r} has shape {list(value.shape)}, but "
-                    f"parameter {pid} has {list(params[pid].shape)}"
-                )
-            if count_non_finite(value):
-                raise ModelFileError(
-                    f"{path}: optimizer tensor {name!r} has non-finite values (NaN or Inf)"
-                )
-            state.setdefault(pid, {})[key] = value
+        if not name.startswith("optim."):
+            continue
+        parts = name.split(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not 0 <= int(parts[1]) < len(params):
+            raise ModelFileError(f"{path}: optimizer tensor {name!r} is not optim.N.NAME with N "
+                                 f"one of the model's {len(params)} parameters")
+        pid, key = int(parts[1]), parts[2]
+        if value.dim() and value.shape != params[pid].shape:
+            raise ModelFileError(f"{path}: optimizer tensor {name!r} has shape "
+                                 f"{list(value.shape)}, but parameter {pid} has "
+                                 f"{list(params[pid].shape)}")
+        if count_non_finite(value):
+            raise ModelFileError(f"{path}: optimizer tensor {name!r} has non-finite values "
+                                 "(NaN or Inf)")
+        state.setdefault(pid, {})[key] = value
     for pid, scalars in scalars_by_pid.items():
         if not str(pid).isdigit():
             raise ModelFileError(f"{path}: optim_scalars has a key {pid!r}, not a parameter id")
@@ -202,10 +168,8 @@ def load_training_state(
     try:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-        raise ModelFileError(
-            f"{path}: the optimizer state does not fit the optimizer of this model "
-            f"({one_line(e)})"
-        ) from None
+        raise ModelFileError(f"{path}: the optimizer state does not fit the optimizer of this "
+                             f"model ({one_line(e)})") from None
     try:
         restore_rng(tensors)
     except (RuntimeError, TypeError, ValueError) as e:
@@ -218,8 +182,7 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     order, CPU dropout) and each initialised CUDA device's (CUDA dropout)."""
     out = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"rng.cuda.{i}"] = state
+        out.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     return out
 
 
@@ -228,16 +191,13 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
     this machine has (a checkpoint from a CPU run leaves the CUDA generators as seeded)."""
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for i in range(n):
-        state = tensors.get(f"rng.cuda.{i}")
-        if state is not None:
-            torch.cuda.set_rng_state(state, i)
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        if f"rng.cuda.{i}" in tensors:
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"], i)
 
 
 def step_checkpoints(model_dir: str | Path) -> list[Path]:
-    """Step checkpoints, oldest first; one that resolves outside ``model_dir`` is a
-    :class:`ModelFileError` (see :func:`check_inside`)."""
+    """Step checkpoints, oldest first; one that resolves outside ``model_dir`` is an error."""
     d = Path(model_dir) / CKPT_DIR
     if os.path.lexists(d):
         check_inside(d, model_dir, "checkpoint folder")

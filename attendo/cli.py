@@ -91,7 +91,9 @@ def cmd_translate(args) -> int:
     translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device,
                                      overrides=args.overrides)
     check_n_best(args.n_best, args.beam, translator.cfg.decode.beam_size)
-    texts = read_input(args.input)
+    if args.image and args.input:
+        raise CLIError("give images as --image FILE ... or as a list in --input, not both")
+    texts = list(args.image) if args.image else read_input(args.input)
     out = translator.translate(
         texts, beam=args.beam, n_best=args.n_best, batch_size=args.batch_size,
         length_penalty=args.length_penalty,
@@ -181,6 +183,20 @@ def cmd_align_prior(args) -> int:
     return 0
 
 
+def _attend_images(args, translator) -> int:
+    from .attend import draw_image_attention
+
+    if args.tgt or args.align_gold or args.html or args.show_alignment:
+        raise CLIError("--tgt, --align-gold, --html and --show-alignment are for text models")
+    paths = read_input(args.input) if args.input else list(args.sentences)
+    if not paths:
+        raise CLIError("give image files as arguments or --input LIST")
+    for _, png, text in draw_image_attention(translator, paths, Path(args.out or "attention"),
+                                             beam=args.beam, dpi=args.dpi):
+        print(f"{png}\t{text}")
+    return 0
+
+
 def cmd_attend(args) -> int:
     from .attend import (
         attend,
@@ -199,6 +215,8 @@ def cmd_attend(args) -> int:
     translator = Translator.from_dir(args.model, device=args.device)
     if not translator.model.has_attention:
         raise CLIError(f"{args.model}: this model has no attention (model.attention: none)")
+    if translator.cfg.data.src_type == "image":
+        return _attend_images(args, translator)
     texts = read_input(args.input) if args.input else _sentence_arguments(args.sentences)
     if not texts:
         raise CLIError("give sentences as arguments or --input FILE")
@@ -290,6 +308,8 @@ def cmd_export(args) -> int:
 def cmd_data(args) -> int:
     if args.name == "prepare":
         return cmd_data_prepare(args)
+    if args.name in ("digits", "textlines"):
+        return cmd_data_images(args)
     if not args.out or args.config:
         raise CLIError("usage: attendo data multi30k --out DIR [--from DIR] [--langs ...]")
     from .data.download import fetch_multi30k
@@ -298,6 +318,22 @@ def cmd_data(args) -> int:
                              langs=tuple(args.langs))
     for name, n in summary.items():
         print(f"{Path(args.out) / name}\t{n} lines")
+    return 0
+
+
+def cmd_data_images(args) -> int:
+    from .data import images
+
+    if not args.out or (args.name == "textlines") != bool(args.config):
+        raise CLIError("usage: attendo data digits --out DIR | attendo data textlines "
+                       "TEXT_FILE --out DIR  [--sizes TRAIN DEV TEST] [--seed N]")
+    sizes = dict(zip(("n_train", "n_dev", "n_test"), args.sizes)) if args.sizes else {}
+    if args.name == "digits":
+        m = images.make_digits(args.out, seed=args.seed, **sizes)
+    else:
+        m = images.make_textlines(args.out, args.config, seed=args.seed, **sizes)
+    for split, n in m["counts"].items():
+        print(f"{Path(args.out) / (split + '.tsv')}\t{n} images")
     return 0
 
 

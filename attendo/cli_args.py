@@ -82,15 +82,18 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
 
     tr = sub.add_parser("translate", help="translate stdin to stdout, or --input/--output")
     decode_args(tr)
-    tr.add_argument("--input", "-i", help="input file (default stdin)")
+    tr.add_argument("--input", "-i", help="input file (default stdin); for an image model, "
+                    "one image path per line")
+    tr.add_argument("--image", nargs="+", metavar="FILE", help="image model: these images")
     tr.add_argument("--output", "-o", help="output file (default stdout)")
     tr.add_argument("--n-best", type=int, default=1, help="print N best as 'i ||| text ||| score'")
     tr.set_defaults(func=handlers["translate"])
 
     e = sub.add_parser("evaluate", help="BLEU, chrF, perplexity and diagnostics on a test set")
     decode_args(e)
-    e.add_argument("--src", required=True)
-    e.add_argument("--ref", required=True)
+    e.add_argument("--src", required=True, help="source file; for an image model, a list of "
+                   "image<TAB>text lines (as in training)")
+    e.add_argument("--ref", help="reference file, line by line with --src (text models)")
     e.add_argument("--output", "-o", help="also write the hypotheses here")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--no-diagnostics", action="store_true",
@@ -241,17 +244,26 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     x.add_argument("--opset", type=int, default=17, help="onnx: opset version (default 17)")
     x.set_defaults(func=handlers["export"])
 
-    g = sub.add_parser("data", help="fetch a public data set, or prepare a config's training data")
-    g.add_argument("name", choices=["multi30k", "prepare"],
+    g = sub.add_parser("data", help="fetch a public data set, make an image data set, or "
+                       "prepare a config's training data")
+    g.add_argument("name", choices=["multi30k", "prepare", "digits", "textlines"],
                    help="multi30k: download; prepare CONFIG: tokenize the training corpora "
-                   "once into memory-mapped arrays (then train with data.prepared=DIR)")
-    g.add_argument("config", nargs="?", help="prepare: the training config (YAML)")
+                   "once into memory-mapped arrays (then train with data.prepared=DIR); "
+                   "digits: strings of handwritten digits (scikit-learn's UCI digits); "
+                   "textlines TEXT_FILE: the file's sentences rendered in matplotlib's fonts")
+    g.add_argument("config", nargs="?", help="prepare: the training config (YAML); textlines: "
+                   "a text file of sentences (one per line)")
     g.add_argument("overrides", nargs="*", help="prepare: dotted overrides")
     g.add_argument("--out", help="multi30k: folder for the plain-text files; prepare: folder "
                    "for the prepared data (default: the config's data.prepared)")
     g.add_argument("--workers", type=int, help="prepare: processes (default data.workers, "
                    "0 = all cores)")
     g.add_argument("--from", dest="from_dir", help="copy from a local folder instead of downloading")
-    g.add_argument("--langs", nargs="+", default=["de", "en"])
+    g.add_argument("--langs", nargs="+", default=["de", "en"],
+                   help="multi30k: languages to fetch (default: de en)")
+    g.add_argument("--seed", type=int, default=0, help="digits, textlines: random seed")
+    g.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"),
+                   help="digits, textlines: images per split (default 6000 500 500; "
+                   "textlines 4000 300 300)")
     g.set_defaults(func=handlers["data"])
     return p

@@ -23,33 +23,13 @@ from .translator import load
 from .viz import plot_attention
 
 DEMO_CONFIG = {
-    "data": {
-        "toy": "dates",
-        "tokenizer": "char",
-        "toy_train_size": 20000,
-        "toy_valid_size": 300,
-        "toy_test_size": 1000,
-    },
-    "model": {
-        "emb_dim": 64,
-        "enc_hidden": 128,
-        "dec_hidden": 128,
-        "attention": "additive",
-        "attention_style": "bahdanau",
-        "dropout": 0.1,
-    },
-    "train": {
-        "lr": 0.003,
-        "batch_size": 64,
-        "max_steps": 1500,
-        "max_minutes": 2.5,
-        "valid_every": 300,
-        "patience": 2,
-        "valid_max_sents": 300,
-        "early_stopping_metric": "bleu",
-        "threads": 2,
-        "log_every": 100,
-    },
+    "data": {"toy": "dates", "tokenizer": "char", "toy_train_size": 20000,
+             "toy_valid_size": 300, "toy_test_size": 1000},
+    "model": {"emb_dim": 64, "enc_hidden": 128, "dec_hidden": 128, "attention": "additive",
+              "attention_style": "bahdanau", "dropout": 0.1},
+    "train": {"lr": 0.003, "batch_size": 64, "max_steps": 1500, "max_minutes": 2.5,
+              "valid_every": 300, "patience": 2, "valid_max_sents": 300,
+              "early_stopping_metric": "bleu", "threads": 2, "log_every": 100},
     "decode": {"beam_size": 1},
 }
 
@@ -68,10 +48,8 @@ def _made_by_demo(out_dir: Path) -> bool:
 
 
 def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] | None = None) -> float:
-    """Train the demo model, print held-out exact match and examples, write a heatmap.
-
-    Returns the held-out exact-match accuracy.
-    """
+    """Train the demo model, print held-out exact match and examples, write a heatmap;
+    returns the held-out exact-match accuracy."""
     out_dir = Path(out_dir)
     cfg = config_from_dict(DEMO_CONFIG, [f"train.out_dir={out_dir}", *(overrides or [])])
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -87,12 +65,10 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] | None = No
     print(f"attendo demo: training an RNN + additive attention model on dates -> ISO ({out_dir})")
     result = Trainer(cfg).run()
     train_s = time.time() - t0
-
     translator = load(out_dir)
     _, _, test = load_corpora(cfg.data, seed=cfg.train.seed)
     assert test is not None
-    hyps = translator.translate(test.src, beam=1)
-    correct = sum(h.text == r for h, r in zip(hyps, test.tgt))
+    correct = sum(h.text == r for h, r in zip(translator.translate(test.src, beam=1), test.tgt))
     acc = correct / len(test)
     print(f"\ntrained in {train_s:.0f} s; held-out exact match: {correct}/{len(test)} = {acc:.1%}")
     if result["reason"].startswith("reached train.max_minutes"):
@@ -104,10 +80,8 @@ def run_demo(out_dir: str | Path = "runs/demo", overrides: list[str] | None = No
     outs = translator.translate(EXAMPLES, beam=1, return_attention=True)
     for src, o in zip(EXAMPLES, outs):
         print(f"  {src:32s} -> {o.text}")
-    png = plot_attention(
-        outs[0].attention, outs[0].src_tokens, outs[0].tgt_tokens, out_dir / "attention.png",
-        title=f"{EXAMPLES[0]} -> {outs[0].text}",
-    )
+    png = plot_attention(outs[0].attention, outs[0].src_tokens, outs[0].tgt_tokens,
+                         out_dir / "attention.png", title=f"{EXAMPLES[0]} -> {outs[0].text}")
     print(f"\nattention heatmap of the first example: {png}")
     print(f"try: attendo translate --model {out_dir} <<< 'may 5th, 1999'")
     return acc

@@ -55,10 +55,7 @@ def bucket_label(bucket: tuple[int, int | None]) -> str:
 def length_bucket(n_words: int) -> int:
     """Index into :data:`BUCKETS` of a source of ``n_words`` words (an empty source counts
     in the first bucket)."""
-    for i, (_, hi) in enumerate(BUCKETS):
-        if hi is None or n_words <= hi:
-            return i
-    raise AssertionError("the last bucket is open-ended")  # pragma: no cover
+    return next(i for i, (_, hi) in enumerate(BUCKETS) if hi is None or n_words <= hi)
 
 
 def length_groups(srcs: Sequence[str]) -> list[list[int]]:
@@ -95,8 +92,7 @@ def duplicate_ngrams(tokens: Sequence[str], n: int) -> tuple[int, int]:
 def repetition(token_lists: Iterable[Sequence[str]], max_n: int = 4) -> dict[str, float | None]:
     """Duplicate n-gram share in percent for n = 1..max_n, pooled over all sequences:
     100 * sum(duplicates) / sum(n-grams). ``None`` when there is no n-gram of that size."""
-    dups = [0] * (max_n + 1)
-    total = [0] * (max_n + 1)
+    dups, total = [0] * (max_n + 1), [0] * (max_n + 1)
     for toks in token_lists:
         for n in range(1, max_n + 1):
             d, t = duplicate_ngrams(toks, n)
@@ -127,9 +123,8 @@ def strip_punct(word: str) -> str:
 WORD_CLASSES = ("oov", "rare", "split")  # what rare_word_reproduction counts, besides "any"
 
 
-def vocab_word_classifier(
-    pieces: Callable[[str], list[str]], vocab: Vocab, max_count: int, subword: bool = False
-) -> Callable[[str], str]:
+def vocab_word_classifier(pieces: Callable[[str], list[str]], vocab: Vocab, max_count: int,
+                          subword: bool = False) -> Callable[[str], str]:
     """Classify a source word as ``"oov"``, ``"rare"``, ``"split"`` or ``"common"`` from
     what the model directory holds: the source tokenizer (``pieces``) and the vocabulary
     with its training counts (over the text it was built on: both sides when joint).
@@ -163,13 +158,9 @@ def vocab_word_classifier(
     return classify
 
 
-def rare_word_reproduction(
-    srcs: Sequence[str],
-    refs: Sequence[str],
-    hyps: Sequence[str],
-    classify: Callable[[str], str],
-    lowercase: bool = False,
-) -> dict[str, dict]:
+def rare_word_reproduction(srcs: Sequence[str], refs: Sequence[str], hyps: Sequence[str],
+                           classify: Callable[[str], str], lowercase: bool = False
+                           ) -> dict[str, dict]:
     """Of the source words of each class (:data:`WORD_CLASSES`) that appear in the
     reference, how many the output reproduces (a recall); of those the output carries over,
     how many the reference has too (a precision); and "any", all classes together.
@@ -190,8 +181,7 @@ def rare_word_reproduction(
     norm = (lambda w: strip_punct(w).lower()) if lowercase else strip_punct
     found = {c: [0, 0, 0] for c in WORD_CLASSES}  # in the reference, in both, in the output
     for s, r, h in zip(srcs, refs, hyps):
-        ref_keys = {norm(w) for w in r.split()}
-        hyp_keys = {norm(w) for w in h.split()}
+        ref_keys, hyp_keys = {norm(w) for w in r.split()}, {norm(w) for w in h.split()}
         seen: set[str] = set()
         for w in s.split():
             key = norm(w)
@@ -216,14 +206,8 @@ def rare_word_reproduction(
 
 def unk_rate(token_lists: Iterable[Sequence[str]], unk: str = "<unk>") -> float | None:
     """Percent of output tokens (``</s>`` not counted) that are ``unk``."""
-    n = u = 0
-    for toks in token_lists:
-        for t in toks:
-            if t == "</s>":
-                continue
-            n += 1
-            u += t == unk
-    return round(100.0 * u / n, 3) if n else None
+    toks = [t for ts in token_lists for t in ts if t != "</s>"]
+    return round(100.0 * toks.count(unk) / len(toks), 3) if toks else None
 
 
 # -- attention ------------------------------------------------------------------------------
@@ -249,10 +233,38 @@ def attention_entropy(matrices: Iterable[np.ndarray]) -> dict[str, float | None]
         if a.shape[-1] > 1:
             norm_total += float(h.sum()) / math.log(a.shape[-1])
             norm_rows += h.size
-    return {
-        "entropy": round(total / rows, 4) if rows else None,
-        "entropy_norm": round(norm_total / norm_rows, 4) if norm_rows else None,
-    }
+    return {"entropy": round(total / rows, 4) if rows else None,
+            "entropy_norm": round(norm_total / norm_rows, 4) if norm_rows else None}
+
+
+def attention_localization(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                           ) -> dict:
+    """Where an image model looked, against each symbol's box (the image analogue of AER).
+    ``samples``: per image, its teacher-forced attention (T, R) over R regions (row t: the
+    step that outputs symbol t), the regions' centres (R, 2) as (x, y) pixels, and the
+    symbols' boxes (T, 4) [x0, y0, x1, y1) in the same pixels. Per symbol: whether the
+    attention peak's region centre lies in the symbol's box ("peak_in_box"), and the share of
+    the attention mass on regions whose centre lies in it ("mass_in_box"); overall and by
+    position in the string (1-based, the last bucket "N+": positions N and beyond)."""
+    by_pos: dict[int, list[tuple[bool, float]]] = {}
+    for attn, centres, boxes in samples:
+        x, y = centres[:, 0][None, :], centres[:, 1][None, :]  # (1, R)
+        inside = ((x >= boxes[:, :1]) & (x < boxes[:, 2:3])
+                  & (y >= boxes[:, 1:2]) & (y < boxes[:, 3:4]))  # (T, R)
+        peak = inside[np.arange(len(boxes)), attn.argmax(-1)]  # (T,)
+        mass = (attn * inside).sum(-1)  # (T,)
+        for t in range(len(boxes)):
+            by_pos.setdefault(min(t + 1, 16), []).append((bool(peak[t]), float(mass[t])))
+    every = [v for vs in by_pos.values() for v in vs]
+
+    def summary(vs):
+        return {"symbols": len(vs), "peak_in_box": round(float(np.mean([p for p, _ in vs])), 4),
+                "mass_in_box": round(float(np.mean([m for _, m in vs])), 4)}
+
+    if not every:
+        return {"symbols": 0, "peak_in_box": None, "mass_in_box": None, "by_position": []}
+    return {**summary(every), "by_position": [
+        {"position": f"{p}+" if p == 16 else str(p), **summary(by_pos[p])} for p in sorted(by_pos)]}
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -262,41 +274,55 @@ def _num(x, fmt: str = "{:.2f}", none: str = "-") -> str:
 
 def format_diagnostics(d: dict) -> str:
     """The diagnostics of one evaluation as a plain-text table."""
-    lines = ["BLEU by source length (words):"]
-    lines.append("  " + "  ".join(f"{b['bucket']:>8}" for b in d["bleu_by_length"]))
-    lines.append("  " + "  ".join(f"{_num(b['bleu']):>8}" for b in d["bleu_by_length"])
-                 + "   BLEU")
-    lines.append("  " + "  ".join(f"{b['sentences']:>8}" for b in d["bleu_by_length"])
-                 + "   sentences")
-    rep = d["repetition"]
-    lines.append("duplicate n-grams (% of n-grams within each output):")
-    lines.append("  " + "".join(f"{'n=' + n:>8}" for n in rep["output"]))
+    by_len, rep, lines = d.get("bleu_by_length"), d["repetition"], []
+    if by_len is not None:  # (an image model has no source words)
+        lines = ["BLEU by source length (words):",
+                 "  " + "  ".join(f"{b['bucket']:>8}" for b in by_len),
+                 "  " + "  ".join(f"{_num(b['bleu']):>8}" for b in by_len) + "   BLEU",
+                 "  " + "  ".join(f"{b['sentences']:>8}" for b in by_len) + "   sentences"]
+    lines += ["duplicate n-grams (% of n-grams within each output):",
+              "  " + "".join(f"{'n=' + n:>8}" for n in rep["output"])]
     for side in ("output", "reference"):
         lines.append("  " + "".join(f"{_num(v):>8}" for v in rep[side].values()) + f"   {side}")
-    rw = d["rare_words"]
+    if "rare_words" in d:
+        lines += _rare_word_lines(d["rare_words"])
+    lines.append(f"<unk> in output: {_num(d['unk_rate'], '{:.3f}%')} of tokens")
+    return "\n".join(lines + _attention_lines(d))
+
+
+def _rare_word_lines(rw: dict) -> list[str]:
+    lines = []
     rare_def = (f"rare: training count <= {rw['max_count']}" if rw.get("counts_known", True)
                 else "rare: none, the vocabulary has no training counts")
     lines.append("rare and unknown source words found in the reference, reproduced "
                  f"(oov: not in the vocabulary; {rare_def}; split: into subword pieces):")
     for cls in (*WORD_CLASSES, "any"):
         r = rw[cls]
-        line = f"  {cls:<12}{r['reproduced']:>6} / {r['in_ref']:<6} {_num(r['share'], '{:.1f}%'):>6}"
+        line = (f"  {cls:<12}{r['reproduced']:>6} / {r['in_ref']:<6} "
+                f"{_num(r['share'], '{:.1f}%'):>6}")
         if r.get("in_output") is not None:  # older reports have no precision
             line += (f"   carried over {r['in_output']}, of them in the reference "
                      f"{_num(r['precision'], '{:.1f}%')}")
         lines.append(line)
-    lines.append(f"<unk> in output: {_num(d['unk_rate'], '{:.3f}%')} of tokens")
+    return lines
+
+
+def _attention_lines(d: dict) -> list[str]:
+    lines = []
     att = d["attention"]
     if att is None:
         lines.append("attention: none (the model has no attention)")
     else:
         lines.append(f"attention entropy: {_num(att['entropy'], '{:.3f}')} nats "
                      f"({_num(att['entropy_norm'], '{:.3f}')} of uniform)")
+        loc = att.get("localization")
+        if loc and loc["symbols"]:
+            lines.append(f"attention in the symbol's box: peak {100 * loc['peak_in_box']:.1f}%, "
+                         f"mass {100 * loc['mass_in_box']:.1f}% ({loc['symbols']} symbols)")
         if att.get("aer") is not None or "aer_sentences" in att:
-            lines.append(
-                f"AER: {_num(att.get('aer'), '{:.4f}')} ({att['align_method']}, "
-                f"{att['aer_sentences']} sentences; links {att['links']}, sure {att['sure']})"
-            )
+            lines.append(f"AER: {_num(att.get('aer'), '{:.4f}')} ({att['align_method']}, "
+                         f"{att['aer_sentences']} sentences; links {att['links']}, "
+                         f"sure {att['sure']})")
     if d.get("p_gen") is not None:
         lines.append(f"mean p_gen: {d['p_gen']:.3f} (1 = always generate, 0 = always copy)")
-    return "\n".join(lines)
+    return lines

@@ -38,11 +38,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def env_rank() -> int:
-    """This process's global rank as torchrun set it (0 when not under torchrun)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def device_for(name: str) -> str:
     """The device type for ``train.device`` (auto | cpu | cuda) in this launch.
 
@@ -54,15 +49,15 @@ def device_for(name: str) -> str:
     if name == "auto":
         return "cuda" if gpus >= max(local, 1) else "cpu"
     if name == "cuda" and local > gpus:
-        raise UsageError(
-            f"train.device is cuda but this machine has {gpus} CUDA device(s) for {local} "
-            "processes; start at most one process per GPU, or use train.device=cpu"
-        )
+        raise UsageError(f"train.device is cuda but this machine has {gpus} CUDA device(s) for "
+                         f"{local} processes; start at most one process per GPU, or use "
+                         "train.device=cpu")
     return name
 
 
 def is_rank_zero() -> bool:
-    return env_rank() == 0
+    """Whether this process has global rank 0 as torchrun set it (also when not under it)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def init(device_type: str) -> DistInfo:
@@ -72,10 +67,10 @@ def init(device_type: str) -> DistInfo:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=30))
     return info
 
 
@@ -101,12 +96,11 @@ def fingerprint(obj: Any) -> str:
 
 
 def check_agreement(info: DistInfo, what: str, obj: Any) -> None:
-    """Fail clearly if ranks disagree on ``obj`` (config, data): every rank raises the same error."""
+    """Fail clearly if ranks disagree on ``obj`` (config, data): all raise the same error."""
     if not info.enabled:
         return
-    mine = fingerprint(obj)
     everyone: list[str | None] = [None] * info.world_size
-    dist.all_gather_object(everyone, mine)
+    dist.all_gather_object(everyone, fingerprint(obj))
     if len(set(everyone)) > 1:
         detail = ", ".join(f"rank {r}: {fp}" for r, fp in enumerate(everyone))
         raise RuntimeError(f"ranks disagree on the {what} ({detail}); start all ranks alike")

@@ -1,25 +1,21 @@
 """User errors: the one exception type the command line reports as a line, not a traceback.
 
 Every error a user can cause with a bad file, flag, setting or input (``ConfigError``,
-``CorpusError``, ``TextError``, ``ModelFileError``, ``StudyError``, ``TrainingDiverged``, ...)
-is an :class:`AttendoError`, besides the built-in type it has always been (mostly
-``ValueError``). ``attendo.cli.main`` prints it as ``attendo CMD: error: MESSAGE`` with exit
-code 2; any other exception is a bug and keeps its traceback.
-
-This is the lowest layer: it imports nothing from attendo, so every module can use it.
+``CorpusError``, ``ModelFileError``, ``TrainingDiverged``, ...) is an :class:`AttendoError`,
+besides its built-in type (mostly ``ValueError``). ``attendo.cli.main`` prints it as
+``attendo CMD: error: MESSAGE``, exit code 2; any other exception is a bug and keeps its
+traceback. The lowest layer: it imports nothing from attendo.
 """
 
 from __future__ import annotations
 
 
 class AttendoError(Exception):
-    """A user error: the message says what is wrong and what to do; the CLI prints it in one
-    line, exit 2."""
+    """A user error: the message says what is wrong and what to do."""
 
 
 class UsageError(AttendoError, ValueError):
-    """A bad argument or option value (a flag, a keyword argument of a library function, a
-    combination of them); a ``ValueError`` as well, as such errors always were."""
+    """A bad argument or option value (a flag, a library function's keyword, a combination)."""
 
 
 def is_out_of_memory(e: RuntimeError) -> bool:

@@ -4,14 +4,18 @@ diagnose it (BLEU by source length, repetition, rare words, attention; see
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image as PILImage
 
 from . import align, metrics
 from . import diagnostics as dg
+from .data.batch import collate
 from .data.corpus import read_parallel
 from .data.prepare import Corpus, encode_copy, encode_pairs
 from .errors import UsageError
@@ -29,7 +33,7 @@ BAD_PAIR_HINT = (
 def evaluate(
     translator: Translator,
     src_path: str | Path,
-    ref_path: str | Path,
+    ref_path: str | Path | None,
     beam: int | None = None,
     batch_size: int | None = None,
     length_penalty: float | None = None,
@@ -43,15 +47,32 @@ def evaluate(
 
     The files are read by :func:`~attendo.data.corpus.read_parallel` (no pair is skipped: an
     empty or bad line, an empty file or different line counts are a CorpusError naming the
-    file and line)."""
-    src, ref, _ = read_parallel(src_path, ref_path, max_chars=10**6, hint=BAD_PAIR_HINT)
+    file and line). An image model reads ``src_path`` as a list of ``image<TAB>text`` lines
+    (``ref_path`` None), as in training."""
+    if translator.cfg.data.src_type == "image":
+        if ref_path is not None:
+            raise UsageError("an image model is evaluated on one list of image<TAB>text "
+                             "lines (--src LIST), without --ref")
+        from .data.images import read_image_tsv
+
+        src, ref, _ = read_image_tsv(src_path)
+        boxes = Path(src_path).with_suffix(".boxes.jsonl")
+    elif ref_path is None:
+        raise UsageError("give the references (--ref FILE), one line per source line")
+    else:
+        src, ref, _ = read_parallel(src_path, ref_path, max_chars=10**6, hint=BAD_PAIR_HINT)
     gold = dg.read_gold_alignments(align_gold) if align_gold else None
     report, outs = evaluate_texts(
         translator, src, ref, beam=beam, batch_size=batch_size, length_penalty=length_penalty,
         diagnostics=diagnostics, gold=gold, gold_path=align_gold, align_method=align_method,
         align_threshold=align_threshold, rare_max_count=rare_max_count,
     )
-    return {"src": str(src_path), "ref": str(ref_path), **report}, [o.text for o in outs]
+    if (translator.cfg.data.src_type == "image" and diagnostics and boxes.is_file()
+            and translator.model.has_attention):
+        report["diagnostics"]["attention"]["localization"] = image_localization(
+            translator, src, ref, boxes)
+    ref_name = None if ref_path is None else str(ref_path)
+    return {"src": str(src_path), "ref": ref_name, **report}, [o.text for o in outs]
 
 
 def evaluate_texts(
@@ -99,6 +120,7 @@ def evaluate_texts(
         "bleu_detail": str(b),
         "chrf": round(c.score, 2),
         "chrf_signature": c_sig,
+        "exact_match": round(sum(h == r for h, r in zip(hyps, ref)) / len(ref), 4),
         "ppl": round(metrics.perplexity(nll, n), 3),
         "decode_s": round(decode_s, 2),
         "sents_per_s": round(len(src) / max(decode_s, 1e-9), 1),
@@ -123,14 +145,12 @@ def diagnose(
 ) -> dict[str, Any]:
     """The diagnostics of DESIGN.md section 3 for translations ``out`` of ``src``."""
     hyps = [o.text for o in out]
-    subword = translator.src.tokenizer.kind in ("bpe", "unigram")
-    classify = dg.vocab_word_classifier(translator.src.pieces, translator.src.vocab,
-                                        rare_max_count, subword)
-    rare = dg.rare_word_reproduction(src, ref, hyps, classify, lowercase=translator.src.lowercase)
-    rare["max_count"] = rare_max_count
-    rare["counts_known"] = translator.src.vocab.counts is not None
+    # source words (by sentence length, and rare ones): not for an image model
+    words = translator.cfg.data.src_type == "text"
+    by_length, rare = _source_word_diagnostics(translator, src, ref, hyps, rare_max_count) \
+        if words else (None, None)
     d: dict[str, Any] = {
-        "bleu_by_length": dg.bleu_by_length(src, hyps, ref),
+        "bleu_by_length": by_length,
         "repetition": {
             "output": dg.repetition(dg.words_13a(h) for h in hyps),
             "reference": dg.repetition(dg.words_13a(r) for r in ref),
@@ -139,6 +159,8 @@ def diagnose(
         "unk_rate": dg.unk_rate(o.tgt_tokens for o in out),
         "attention": None,
     }
+    if not words:
+        del d["bleu_by_length"], d["rare_words"]
     if translator.model.has_attention:
         att: dict[str, Any] = dg.attention_entropy(o.attention for o in out)
         if gold is not None:
@@ -148,6 +170,17 @@ def diagnose(
     if p_gen:
         d["p_gen"] = round(float(np.concatenate(p_gen).mean()), 4)
     return d
+
+
+def _source_word_diagnostics(translator: Translator, src: list[str], ref: list[str],
+                             hyps: list[str], rare_max_count: int) -> tuple[dict, dict]:
+    subword = translator.src.tokenizer.kind in ("bpe", "unigram")
+    classify = dg.vocab_word_classifier(translator.src.pieces, translator.src.vocab,
+                                        rare_max_count, subword)
+    rare = dg.rare_word_reproduction(src, ref, hyps, classify, lowercase=translator.src.lowercase)
+    rare["max_count"] = rare_max_count
+    rare["counts_known"] = translator.src.vocab.counts is not None
+    return dg.bleu_by_length(src, hyps, ref), rare
 
 
 def alignment_error(
@@ -180,8 +213,40 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['sentences']} sentences, beam {r['beam']}, {r['sents_per_s']} sents/s",
         f"BLEU  {r['bleu']:6.2f}   {r['bleu_signature']}",
         f"chrF  {r['chrf']:6.2f}   {r['chrf_signature']}",
+        f"exact {100 * r.get('exact_match', 0):6.2f}%  of outputs equal their reference",
         f"ppl   {r['ppl']:8.3f} (teacher-forced on the references)",
     ]
     if r.get("diagnostics"):
         lines += ["", dg.format_diagnostics(r["diagnostics"])]
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def image_localization(translator: Translator, images: list[str], refs: list[str],
+                       boxes_path: Path, batch_size: int = 32) -> dict[str, Any]:
+    """:func:`attendo.diagnostics.attention_localization` of the attention teacher-forced on
+    the references, against the symbols' boxes in ``boxes_path`` (one JSON line per image,
+    ``{"boxes": [[x0, y0, x1, y1], ...]}`` in the image file's pixels, one box per output
+    piece). Images whose reference has another number of pieces than boxes are skipped."""
+    lines = boxes_path.read_text(encoding="utf-8").splitlines()
+    if len(lines) != len(images):
+        raise UsageError(f"{boxes_path}: {len(lines)} lines for {len(images)} images")
+    model, samples, skipped = translator.model, [], 0
+    for k in range(0, len(images), batch_size):
+        rows = list(range(k, min(k + batch_size, len(images))))
+        items = [translator.src.encode(images[i]) for i in rows]
+        ids = [translator.tgt.encode(refs[i]) for i in rows]
+        b = collate(items, ids, rows).to(translator.device)
+        _, info = model(b.src, b.src_lens, b.tgt_in)
+        for j, i in enumerate(rows):
+            boxes = np.asarray(json.loads(lines[i])["boxes"], dtype=float).reshape(-1, 4)
+            if len(ids[j]) != len(boxes):
+                skipped += 1
+                continue
+            _, H, W = items[j].pixels.shape
+            with PILImage.open(images[i]) as im:  # boxes are in the file's pixels
+                boxes *= H / im.size[1]
+            centres = model.encoder.region_centres(H, W).numpy()
+            attn = info["attn"][j, : len(boxes), : len(centres)].float().cpu().numpy()
+            samples.append((attn, centres, boxes))
+    return {**dg.attention_localization(samples), "skipped": skipped}

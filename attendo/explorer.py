@@ -5,7 +5,7 @@ attention) over the heatmap, with a toggle.
 
 The same page and script serve two uses:
 
-- ``attendo attend --html out.html``: :func:`write_explorer` embeds the records of a file of
+- ``attendo attend --html out.html``: :func:`explorer_page` embeds the records of a file of
   sentences as JSON (``mode: "file"``).
 - ``attendo serve``: :func:`explorer_page` with ``live=True`` adds a form; the script posts
   to ``translate`` (same origin) and draws the records the server sends back.
@@ -23,13 +23,11 @@ import json
 import math
 from collections.abc import Sequence
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .align import tokenizer_kinds
-from .utils import atomic_write_text
 from .viz import LinkSet, alignment_cells, merge_matrix, merge_subwords
 
 DIGITS = 3
@@ -51,8 +49,7 @@ def _hyp_record(t, n_src: int, src_groups, merge: bool, heads: bool) -> dict:
     rec: dict[str, Any] = {"text": t.text, "score": _num(t.score), "tgt_tokens": tgt}
     tgt_groups = None
     if merge:
-        tgt_words, tgt_groups = merge_subwords(tgt)
-        rec["tgt_tokens"] = tgt_words
+        rec["tgt_tokens"], tgt_groups = merge_subwords(tgt)
     T = len(tgt)
     if t.attention is not None and T and n_src:
         rec["attention"] = _round(merge_matrix(t.attention[:T, :n_src], tgt_groups, src_groups))
@@ -65,8 +62,7 @@ def _hyp_record(t, n_src: int, src_groups, merge: bool, heads: bool) -> dict:
                 rec["heads"] = _round(merge_matrix(w, tgt_groups, src_groups))
         elif v.ndim == 1 and len(v) >= T:  # per output token, e.g. p_gen
             v = v[:T]
-            rec_v = np.array([v[g].mean() for g in tgt_groups]) if merge else v
-            strips[name] = _round(rec_v)
+            strips[name] = _round(np.array([v[g].mean() for g in tgt_groups]) if merge else v)
         elif v.ndim == 2 and v.shape[0] >= T and v.shape[1] >= n_src and T and n_src:
             matrices[name] = _round(merge_matrix(v[:T, :n_src], tgt_groups, src_groups))
     if strips:
@@ -90,28 +86,26 @@ def link_records(alignment: Sequence[LinkSet], src_tokens: list[str], tgt_tokens
 
 
 def sentence_record(source: str, t, self_attention: np.ndarray | None = None,
-                    merge: bool = False, all_heads: bool = False,
-                    alignment: Sequence[LinkSet] | None = None,
+                    merge: bool = False, alignment: Sequence[LinkSet] | None = None,
                     kinds: tuple[str, str] | None = None) -> dict:
     """The explorer's record of one translated sentence (JSON-ready).
 
     t: a Translation (its n-best in ``t.nbest``); self_attention: encoder self-attention
     (L, H, S, S) or None. merge: label words instead of pieces (weights merged as in
     :func:`attendo.viz.merge_attention`). Per-head cross-attention is kept for the best
-    hypothesis only, unless all_heads, to keep files of many sentences small.
+    hypothesis only, to keep files of many sentences small.
     alignment: word links of the best hypothesis (source word, word of ``t.text``), kept as
     its ``links`` when it has attention to draw them on; kinds: the (source, target)
     tokenizer kinds that group pieces into words (None: the tokens are the words).
     """
     src = list(t.src_tokens)
-    src_groups = None
     rec: dict[str, Any] = {"source": source, "src_tokens": src, "text": t.text,
                            "score": _num(t.score)}
+    src_groups = None
     if merge:
         rec["src_tokens"], src_groups = merge_subwords(src)
     hyps = t.nbest or [t]
-    rec["hyps"] = [_hyp_record(h, len(src), src_groups, merge, all_heads or k == 0)
-                   for k, h in enumerate(hyps)]
+    rec["hyps"] = [_hyp_record(h, len(src), src_groups, merge, k == 0) for k, h in enumerate(hyps)]
     if alignment and "attention" in rec["hyps"][0]:
         links = link_records(alignment, src, list(hyps[0].tgt_tokens), kinds, merge)
         if links:
@@ -161,29 +155,13 @@ def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def explorer_data(translator, texts: list[str], outs: list, merge: bool = False,
-                  name: str = "", selfs: list | None = None,
-                  alignments: Sequence[Sequence[LinkSet] | None] | None = None) -> dict:
-    """The page's data for translated texts (outs from ``translate(..., return_attention=True)``):
-    the model summary and one record per sentence, with encoder self-attention if it has any
-    (selfs: ``translator.encoder_self_attention`` of outs, when the caller has it already)
-    and the word links of ``alignments`` (one list of link sets or None per sentence)."""
-    if selfs is None:
-        selfs = translator.encoder_self_attention([o.src_tokens for o in outs])
-    alignments = alignments if alignments is not None else [None] * len(outs)
+def sentence_records(translator, texts: list[str], outs: list, selfs: list,
+                     alignments: Sequence[Sequence[LinkSet] | None] | None = None,
+                     merge: bool = False) -> list[dict]:
+    """:func:`sentence_record` of each translated text (outs from ``translate(...,
+    return_attention=True)``, selfs their encoder self-attention or None each, alignments
+    one list of link sets or None per sentence)."""
     kinds = tokenizer_kinds(translator)
-    records = [sentence_record(s, o, a, merge, alignment=al, kinds=kinds)
-               for s, o, a, al in zip(texts, outs, selfs, alignments)]
-    return {"model": model_summary(translator, name), "sentences": records}
-
-
-def write_explorer(path: str | Path, translator, texts: list[str], beam: int | None = None,
-                   n_best: int | None = None, merge: bool = False, name: str = "") -> Path:
-    """Translate texts and write the explorer of all of them to path (atomically)."""
-    beam = translator.cfg.decode.beam_size if beam is None else beam
-    n_best = min(beam, 5) if n_best is None else n_best
-    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=True)
-    data = explorer_data(translator, texts, outs, merge, name)
-    atomic_write_text(path, explorer_page(data, title=f"attendo explorer: {name}" if name
-                                          else "attendo explorer"))
-    return Path(path)
+    alignments = alignments if alignments is not None else [None] * len(outs)
+    return [sentence_record(s, o, a, merge, alignment=al, kinds=kinds)
+            for s, o, a, al in zip(texts, outs, selfs, alignments)]

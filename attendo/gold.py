@@ -50,8 +50,7 @@ def parse_alignment_line(line: str, where: str, fmt: str = "pharaoh") -> GoldAli
                 or min(int(p) for p in parts) < base):
             raise AlignmentFileError(
                 f"{where}: bad link {tok!r}; expected 'i-j' (sure) or 'i{maybe}j' (possible), "
-                f"i and j {base}-based word indices of source and reference ({fmt} format)"
-            )
+                f"i and j {base}-based word indices of source and reference ({fmt} format)")
         link = (int(parts[0]) - base, int(parts[1]) - base)
         gold.possible.add(link)
         if sep == "-":
@@ -77,8 +76,7 @@ def format_alignment_line(sure: Iterable[tuple[int, int]],
 def read_gold_alignments(path: str | Path, fmt: str = "pharaoh") -> list[GoldAlignment]:
     """Read an alignment file in ``fmt`` (:data:`GOLD_FORMATS`), one line of links per
     sentence (an empty line: no links); links come back 0-based."""
-    path = Path(path)
-    out = []
+    path, out = Path(path), []
     try:
         with open_text(path) as f:
             for i, line in enumerate(f, 1):
@@ -96,17 +94,15 @@ def check_gold(gold: Sequence[GoldAlignment], path: str | Path, src_lens: Sequen
                tgt_lens: Sequence[int]) -> None:
     """Every sentence has a line, and every link points inside its sentence pair."""
     if len(gold) != len(src_lens):
-        raise AlignmentFileError(
-            f"{path}: {len(gold)} lines, but the test set has {len(src_lens)} sentences "
-            "(expected one line of links per sentence)"
-        )
+        raise AlignmentFileError(f"{path}: {len(gold)} lines, but the test set has "
+                                 f"{len(src_lens)} sentences (expected one line of links per "
+                                 "sentence)")
     for g, ns, nt in zip(gold, src_lens, tgt_lens):
         for i, j in sorted(g.possible):
             if i >= ns or j >= nt:
                 raise AlignmentFileError(
                     f"{path}:{g.line}: link {i}-{j} is outside the sentence pair (source has "
-                    f"{ns} words, reference {nt}; expected 0-based i < {ns}, j < {nt})"
-                )
+                    f"{ns} words, reference {nt}; expected 0-based i < {ns}, j < {nt})")
 
 
 def word_groups(pieces: Sequence[str], kind: str) -> list[list[int]]:

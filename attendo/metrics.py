@@ -17,21 +17,18 @@ def bleu(hyps: list[str], refs: list[str], tokenize: str = "13a", lowercase: boo
     return bleu_with_signature(hyps, refs, tokenize, lowercase)[0]
 
 
-def bleu_with_signature(
-    hyps: list[str], refs: list[str], tokenize: str = "13a", lowercase: bool = False
-):
+def bleu_with_signature(hyps: list[str], refs: list[str], tokenize: str = "13a",
+                        lowercase: bool = False):
     """(BLEU score object, sacreBLEU signature string) for one reference per sentence."""
     metric = sacrebleu.metrics.BLEU(tokenize=tokenize, lowercase=lowercase)
-    score = metric.corpus_score(hyps, [refs])
-    return score, str(metric.get_signature())
+    return metric.corpus_score(hyps, [refs]), str(metric.get_signature())
 
 
 def bleu_stats(hyps: list[str], refs: list[str], tokenize: str = "13a") -> np.ndarray:
     """sacreBLEU's per-sentence BLEU statistics (n, 2 + 2 * 4): hypothesis and reference
-    lengths, then matched and total n-grams for n = 1..4, the sums that corpus BLEU is computed
-    from (the same ones sacreBLEU's own paired tests resample), through its public
-    ``sentence_score`` (effective order changes the score, not the counts; it only silences
-    sacreBLEU's advice for sentence-level scores)."""
+    lengths, then matched and total n-grams for n = 1..4, the sums corpus BLEU is computed from
+    (what sacreBLEU's own paired tests resample). Effective order changes the score, not the
+    counts: it only silences sacreBLEU's advice for sentence-level scores."""
     metric = sacrebleu.metrics.BLEU(tokenize=tokenize, effective_order=True)
     rows = []
     for h, r in zip(hyps, refs, strict=True):
@@ -75,24 +72,17 @@ def paired_bootstrap(stats_a: np.ndarray, stats_b: np.ndarray, n_samples: int = 
 
 def chrf_with_signature(hyps: list[str], refs: list[str]):
     metric = sacrebleu.metrics.CHRF()
-    score = metric.corpus_score(hyps, [refs])
-    return score, str(metric.get_signature())
+    return metric.corpus_score(hyps, [refs]), str(metric.get_signature())
 
 
 @torch.no_grad()
-def corpus_nll(
-    model, src_ids: list[list[int]], tgt_ids: list[list[int]], batch_size: int = 64,
-    device: torch.device | str = "cpu", copy: list | None = None,
-) -> tuple[float, int]:
-    """Summed teacher-forced NLL (nats) over all target tokens (incl. EOS), and their count.
-
-    A copy model needs ``copy``: each pair's :class:`~attendo.data.batching.CopyIds`
-    (``attendo.data.prepare.encode_copy`` of the same pairs)."""
+def corpus_nll(model, src_ids: list[list[int]], tgt_ids: list[list[int]], batch_size: int = 64,
+               device: torch.device | str = "cpu", copy: list | None = None) -> tuple[float, int]:
+    """Summed teacher-forced NLL (nats) over all target tokens (incl. EOS), and their count; a
+    copy model needs ``copy``, each pair's :class:`~attendo.data.batching.CopyIds`."""
     if model.copies and copy is None:
-        raise ValueError(
-            "corpus_nll: this model copies from the source (model.copy); pass "
-            "copy=encode_copy(corpus, src_codec, tgt_codec, kept) for the same pairs"
-        )
+        raise ValueError("corpus_nll: this model copies from the source (model.copy); pass "
+                         "copy=encode_copy(corpus, src_codec, tgt_codec, kept) for the same pairs")
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -100,8 +90,8 @@ def corpus_nll(
                          batch_size=batch_size, batch_type="sentences", shuffle=False)
     for plan in plans:
         ext = None if copy is None else [copy[i] for i in plan]
-        b = collate([src_ids[i] for i in plan], [tgt_ids[i] for i in plan], plan, copy=ext)
-        b = b.to(device)
+        b = collate([src_ids[i] for i in plan], [tgt_ids[i] for i in plan], plan,
+                    copy=ext).to(device)
         _, nll, n = model.loss(b.src, b.src_lens, b.tgt_in, b.loss_target, Vocab.PAD,
                                src_ext=b.src_ext)
         total += float(nll)

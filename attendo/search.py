@@ -1,12 +1,8 @@
-"""Greedy and beam search over the decoder step interface.
-
-Search only calls ``decoder.step(y_prev, state, need_info) -> (log_probs, state, info)``,
-``state.index_select(idx)`` and (beam search, to expand each sentence into its beam)
-``state.repeat_rows(k)``; it never asks which decoder it holds. ``need_info=False`` (no
-attention asked for and no coverage penalty) lets a decoder skip computing what only
-``info`` needs, e.g. the Transformer's per-head weights. Finished sentences are
-pruned from the batch with ``index_select`` so long tails do not cost the whole batch.
-Penalties are small pure functions.
+"""Greedy and beam search over the decoder step interface: they only call
+``decoder.step(y_prev, state, need_info) -> (log_probs, state, info)``,
+``state.index_select(idx)`` and (beam expansion) ``state.repeat_rows(k)``. ``need_info=False``
+(no attention asked for, no coverage penalty) lets a decoder skip what only ``info`` needs.
+Finished sentences are pruned from the batch, so long tails do not cost the whole batch.
 
 Two decode-time options work with any attention model, trained with coverage or not:
 
@@ -25,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .model.coverage import COVERAGE_FLOOR, coverage_penalty  # noqa: F401 (importable from here)
+from .model.coverage import coverage_penalty
 
 
 @dataclass
@@ -43,21 +39,18 @@ def length_penalty(length: int | Tensor, alpha: float):
 
 
 def block_repeats(lp: Tensor, hist: Tensor, n: int, eos: int) -> Tensor:
-    """Forbid the tokens that would repeat an n-gram of each row's history.
-
-    lp (N, V) next-token log-probabilities; hist (N, t) tokens so far. A token w is blocked in
-    row r when hist[r] ends with n-1 tokens that were followed by w before. Returns lp with
-    -inf there (EOS never blocked).
-    """
+    """Forbid the tokens that would repeat an n-gram of each row's history: lp (N, V) next-token
+    log-probabilities, hist (N, t) tokens so far. A token w is blocked in row r when hist[r]
+    ends with n-1 tokens that were followed by w before; returns lp with -inf there (EOS never
+    blocked)."""
     t = hist.size(1)
     if n < 1 or t < n:
         return lp
     windows = hist.unfold(1, n, 1)  # (N, t-n+1, n)
     last = hist[:, t - n + 1 :]  # (N, n-1)
     match = (windows[:, :, : n - 1] == last.unsqueeze(1)).all(-1)  # (N, t-n+1)
-    blocked = torch.zeros_like(lp).scatter_reduce_(
-        1, windows[:, :, n - 1], match.to(lp.dtype), reduce="amax"
-    )  # (N, V) 1 where blocked
+    blocked = torch.zeros_like(lp).scatter_reduce_(1, windows[:, :, n - 1], match.to(lp.dtype),
+                                                   reduce="amax")  # (N, V) 1 where blocked
     blocked[:, eos] = 0
     return lp.masked_fill(blocked > 0, float("-inf"))
 
@@ -65,31 +58,17 @@ def block_repeats(lp: Tensor, hist: Tensor, n: int, eos: int) -> Tensor:
 def impossible_if_invalid(lp: Tensor) -> Tensor:
     """``lp`` (N, V) with every NaN or +inf entry set to -inf (an impossible token), in place.
 
-    A working model's log-probabilities are finite or -inf. A model whose weights are garbage
-    but finite (a diverged training, a corrupted file) overflows inside its layers and returns
-    NaN or +inf, which ``max`` and ``topk`` rank above every real score: beam search then kept
-    only such hypotheses and finished none. As impossible tokens they leave both searches well
-    defined: a garbage model gives garbage text with a score of -inf, never a crash. Valid
-    values pass unchanged."""
+    A model with garbage but finite weights (a diverged training, a corrupted file) overflows
+    and returns NaN or +inf, which ``max`` and ``topk`` rank above every real score (beam
+    search then finished nothing). As impossible tokens both searches stay well defined: such
+    a model gives garbage text scored -inf, never a crash. Valid values pass unchanged."""
     return lp.nan_to_num_(nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
 
 
-def _src_pad_mask(state) -> Tensor | None:
-    return getattr(state, "src_pad_mask", None)
-
-
 @torch.no_grad()
-def greedy_search(
-    decoder,
-    state,
-    batch_size: int,
-    bos: int,
-    eos: int,
-    max_lens: Tensor | int,
-    return_info: bool = True,
-    block_ngram_repeat: int = 0,
-    coverage_penalty: float = 0.0,
-) -> list[Hypothesis]:
+def greedy_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: Tensor | int,
+                  return_info: bool = True, block_ngram_repeat: int = 0,
+                  coverage_penalty: float = 0.0) -> list[Hypothesis]:
     """Pick the most probable token at each step. max_lens: (B,) or int, output length caps.
 
     block_ngram_repeat and coverage_penalty: see the module docstring (the penalty does not
@@ -123,29 +102,35 @@ def greedy_search(
                 keep.append(r)
                 continue
             full = {name: v[r] for name, v in hist_info.items()}
-            lpr = float(logp[r])
-            score = lpr + _penalty(attn_sum, state, r, coverage_penalty)
-            out[s] = Hypothesis(hist[r].tolist(), score, lpr, attn=full.pop("attn", None), info=full)
+            # alpha 0: no length penalty (lp = 1), the score is log P + the coverage penalty
+            out[s] = _finished(hist[r].tolist(), float(logp[r]), 0.0,
+                               _penalty(attn_sum, state, r, coverage_penalty), full)
         if not keep:
             break
         if len(keep) < len(alive):
             idx = torch.tensor(keep, device=device)
-            state, y, hist, logp = (
-                state.index_select(idx), y[idx], hist[idx], logp[idx],
-            )
+            state, y, hist, logp = state.index_select(idx), y[idx], hist[idx], logp[idx]
             hist_info = {name: v[idx] for name, v in hist_info.items()}
-            if attn_sum is not None:
-                attn_sum = attn_sum[idx]
+            attn_sum = None if attn_sum is None else attn_sum[idx]
             alive = [alive[r] for r in keep]
     return out  # type: ignore[return-value]
+
+
+def _finished(tokens: list[int], log_prob: float, alpha: float, cov: float,
+              full: dict[str, Tensor]) -> Hypothesis:
+    """A finished hypothesis scored log P / lp(|Y|) + the coverage penalty ``cov``; ``full``
+    holds its per-step info, attention included."""
+    score = log_prob / length_penalty(len(tokens), alpha) + cov
+    return Hypothesis(tokens, score, log_prob, attn=full.pop("attn", None), info=full)
 
 
 def _penalty(attn_sum: Tensor | None, state, r: int, beta: float) -> float:
     """Coverage penalty of live row r (0 when off or without attention)."""
     if not beta or attn_sum is None:
         return 0.0
-    mask = _src_pad_mask(state)
-    return float(coverage_penalty(attn_sum[r : r + 1], None if mask is None else mask[r : r + 1], beta))
+    mask = getattr(state, "src_pad_mask", None)
+    mask = None if mask is None else mask[r : r + 1]
+    return float(coverage_penalty(attn_sum[r : r + 1], mask, beta))
 
 
 def _device(state) -> torch.device:
@@ -161,64 +146,42 @@ def _caps(max_lens: Tensor | int, batch_size: int) -> list[int]:
 
 def _append_info(hist: dict[str, Tensor], info: dict[str, Tensor]) -> dict[str, Tensor]:
     """Append one step of {name: (n, ...)} to the history {name: (n, t, ...)}."""
-    return {
-        name: v.unsqueeze(1) if name not in hist else torch.cat([hist[name], v.unsqueeze(1)], 1)
-        for name, v in info.items()
-    }
+    return {name: v.unsqueeze(1) if name not in hist else torch.cat([hist[name], v.unsqueeze(1)], 1)
+            for name, v in info.items()}
 
 
 STOP_RULES = ("first_k", "exact")  # decode.stop_rule
 
 
 @torch.no_grad()
-def beam_search(
-    decoder,
-    state,
-    batch_size: int,
-    bos: int,
-    eos: int,
-    max_lens: Tensor | int,
-    beam_size: int = 5,
-    n_best: int = 1,
-    alpha: float = 0.0,
-    return_info: bool = True,
-    block_ngram_repeat: int = 0,
-    coverage_penalty: float = 0.0,
-    early_stop: bool = True,
-    stop_rule: str = "first_k",
-) -> list[list[Hypothesis]]:
-    """Batched beam search keeping ``beam_size`` live hypotheses per sentence.
+def beam_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: Tensor | int,
+                beam_size: int = 5, n_best: int = 1, alpha: float = 0.0, return_info: bool = True,
+                block_ngram_repeat: int = 0, coverage_penalty: float = 0.0,
+                early_stop: bool = True, stop_rule: str = "first_k") -> list[list[Hypothesis]]:
+    """Batched beam search keeping ``beam_size`` live hypotheses per sentence; returns the
+    ``n_best`` best finished ones per sentence, best first.
 
-    At each step the 2k best continuations are ranked; those ending in EOS among the top k
-    are finished (scored with the length penalty, plus the coverage penalty when set), the
-    best k others stay live. A sentence is done when it has ``beam_size`` finished
-    hypotheses, or reaches its length cap (then its live hypotheses are finished as they
-    are), or when no live hypothesis can still beat its ``n_best``-th finished one. That last
-    test is exact, so it never changes the result: a live score (a sum of log-probabilities)
-    only falls as the hypothesis grows, the length penalty divides it by at most
-    lp(length cap), and the coverage penalty is <= 0; so the best a live hypothesis can still
-    reach is its score / lp(cap). Without a length penalty this stops a sentence as soon as
-    its best candidate ends (OpenNMT-py's rule) instead of waiting for ``beam_size`` endings.
-    ``early_stop=False`` turns that last test off (for comparison; the results are the same,
-    only slower). ``stop_rule="exact"`` drops the first rule (``beam_size`` finished
-    hypotheses): a sentence then runs until no live hypothesis can still beat its
-    ``n_best``-th finished one (or its cap), so the result is never worse by model score;
-    without penalties that is CTranslate2's rule (stop once the top candidate of a step ends).
-    The default ``"first_k"`` is that of OpenNMT-py, fairseq and Joey NMT; ``"exact"`` with
-    ``early_stop=False`` runs every sentence to its length cap (a slow reference). Returns
-    ``n_best`` hypotheses per sentence, best first. block_ngram_repeat
-    and coverage_penalty: see the module docstring. ``alpha`` must be finite and >= 0 (a
-    negative one makes lp shrink with length, and the bound above would no longer hold).
+    Each step ranks the 2k best continuations; those ending in EOS among the top k are
+    finished (scored with the length penalty, plus the coverage penalty when set), the best k
+    others stay live. A sentence is done at its length cap (its live hypotheses finished as
+    they are), with ``stop_rule="first_k"`` (the default, as in OpenNMT-py, fairseq and Joey
+    NMT) once ``beam_size`` hypotheses have finished, and, unless ``early_stop=False`` (same
+    results, only slower), once no live hypothesis can beat its ``n_best``-th finished one.
+    That bound is exact: a live score (a sum of log-probabilities) only falls as it grows, the
+    length penalty divides it by at most lp(length cap) and the coverage penalty is <= 0, so
+    the best it can still reach is its score / lp(cap). ``stop_rule="exact"`` stops only by
+    the bound (or the cap), so the result is never worse by model score (without penalties,
+    CTranslate2's rule); with ``early_stop=False`` too, every sentence runs to its cap (a slow
+    reference). ``alpha`` must be finite and >= 0, else lp shrinks with length and the bound
+    fails. block_ngram_repeat and coverage_penalty: see the module docstring.
     """
     if not (math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(
-            f"length penalty (alpha) must be a finite number >= 0, got {alpha}: beam search's "
-            "exact early stop assumes lp(length) = ((5 + length) / 6) ** alpha never shrinks"
-        )
+        raise ValueError(f"length penalty (alpha) must be a finite number >= 0, got {alpha}: "
+                         "beam search's exact early stop assumes lp(length) = "
+                         "((5 + length) / 6) ** alpha never shrinks")
     if stop_rule not in STOP_RULES:
         raise ValueError(f"beam stop rule {stop_rule!r} is not one of {list(STOP_RULES)}")
-    k = beam_size
-    at_k = stop_rule == "first_k"
+    k, at_k = beam_size, stop_rule == "first_k"
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)
     need_info = return_info or bool(coverage_penalty)
@@ -241,61 +204,43 @@ def beam_search(
         step_sum = None
         if coverage_penalty and "attn" in info:
             step_sum = info["attn"] if attn_sum is None else attn_sum + info["attn"]  # (N, S)
-        V = lp.size(-1)
-        n = len(sent)
+        n, V = len(sent), lp.size(-1)
         cand = lp.view(n, k, V).add_(scores.unsqueeze(-1)).view(n, k * V)  # lp is step's own
         top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=-1)  # (n, 2k)
         top_beam, top_tok = top_idx // V, top_idx % V
         is_eos = top_tok == eos
         # finish EOS candidates ranked within the first k (and not from a dead beam)
         fin = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
-        rows = (torch.arange(n, device=device) * k).unsqueeze(1)  # (n, 1)
-        src_rows = rows + top_beam  # (n, 2k) flat row each candidate continues
+        # (n, 2k) flat row each candidate continues
+        src_rows = (torch.arange(n, device=device) * k).unsqueeze(1) + top_beam
         step_info = info if return_info else {}
-        if fin.any():
-            for g, j in fin.nonzero().tolist():
-                r = int(src_rows[g, j])
-                toks = hist[r].tolist() + [eos]
-                h = Hypothesis(
-                    toks,
-                    float(top_scores[g, j]) / length_penalty(len(toks), alpha)
-                    + _penalty(step_sum, state, r, coverage_penalty),
-                    float(top_scores[g, j]),
-                )
-                full = {
-                    name: torch.cat([hist_info[name][r], v[r].unsqueeze(0)], 0)
-                    if name in hist_info else v[r].unsqueeze(0)
-                    for name, v in step_info.items()
-                }
-                h.attn = full.pop("attn", None)
-                h.info = full
-                finished[sent[g]].append(h)
+        for g, j in fin.nonzero().tolist():
+            r = int(src_rows[g, j])
+            full = {name: torch.cat([hist_info[name][r], v[r].unsqueeze(0)], 0)
+                    if name in hist_info else v[r].unsqueeze(0) for name, v in step_info.items()}
+            finished[sent[g]].append(_finished(
+                hist[r].tolist() + [eos], float(top_scores[g, j]), alpha,
+                _penalty(step_sum, state, r, coverage_penalty), full))
         # the best k non-EOS candidates stay alive
-        live_scores = top_scores.masked_fill(is_eos, float("-inf"))
-        new_scores, pick = live_scores.topk(k, dim=-1)  # (n, k)
+        scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=-1)  # (n, k)
         new_rows = src_rows.gather(1, pick).view(-1)  # (n*k,)
-        new_tok = top_tok.gather(1, pick).view(-1)
-        hist = torch.cat([hist.index_select(0, new_rows), new_tok.unsqueeze(1)], 1)
+        y = top_tok.gather(1, pick).view(-1)
+        hist = torch.cat([hist.index_select(0, new_rows), y.unsqueeze(1)], 1)
         hist_info = _append_info(
             {name: v.index_select(0, new_rows) for name, v in hist_info.items()},
-            {name: v.index_select(0, new_rows) for name, v in step_info.items()},
-        )
+            {name: v.index_select(0, new_rows) for name, v in step_info.items()})
         state = state.index_select(new_rows, same_source=True)  # rows stay in their sentence
-        scores, y = new_scores, new_tok
         if step_sum is not None:
             attn_sum = step_sum.index_select(0, new_rows)
 
-        # which sentences are done: enough finished, no live hypothesis can still win, or at
-        # their length cap
+        # done: enough finished, no live hypothesis can still win, or at the length cap
         done = []
         best_live = scores.max(-1).values.tolist()  # (n,) raw log-probabilities
         for g, s in enumerate(sent):
-            if (at_k and len(finished[s]) >= k) or (
-                early_stop
-                and len(finished[s]) >= n_best
-                and best_live[g] / length_penalty(max_lens[s], alpha)
-                <= sorted((h.score for h in finished[s]), reverse=True)[n_best - 1]
-            ):
+            beaten = early_stop and len(finished[s]) >= n_best and (
+                best_live[g] / length_penalty(max_lens[s], alpha)
+                <= sorted((h.score for h in finished[s]), reverse=True)[n_best - 1])
+            if (at_k and len(finished[s]) >= k) or beaten:
                 done.append(g)
             elif t + 1 >= max_lens[s]:
                 for b in range(k):
@@ -304,29 +249,21 @@ def beam_search(
                     # then beam 0 (as good as any) is the garbage model's answer, scored -inf
                     if not torch.isfinite(scores[g, b]) and (b or finished[s]):
                         continue
-                    toks = hist[r].tolist()
-                    h = Hypothesis(
-                        toks,
-                        float(scores[g, b]) / length_penalty(len(toks), alpha)
-                        + _penalty(attn_sum, state, r, coverage_penalty),
-                        float(scores[g, b]),
-                    )
                     full = {name: v[r] for name, v in hist_info.items()}
-                    h.attn = full.pop("attn", None)
-                    h.info = full
-                    finished[s].append(h)
+                    finished[s].append(_finished(hist[r].tolist(), float(scores[g, b]), alpha,
+                                                 _penalty(attn_sum, state, r, coverage_penalty),
+                                                 full))
                 done.append(g)
         if len(done) == n:
             break
         if done:
-            done_set = set(done)
-            keep_groups = [g for g in range(n) if g not in done_set]
+            keep_groups = [g for g in range(n) if g not in done]
             gidx = torch.tensor(keep_groups, device=device)
             ridx = (gidx.unsqueeze(1) * k + torch.arange(k, device=device)).view(-1)
-            state, y, hist = state.index_select(ridx), y.index_select(0, ridx), hist.index_select(0, ridx)
+            state, y = state.index_select(ridx), y.index_select(0, ridx)
+            hist = hist.index_select(0, ridx)
             hist_info = {name: v.index_select(0, ridx) for name, v in hist_info.items()}
-            if attn_sum is not None:
-                attn_sum = attn_sum.index_select(0, ridx)
+            attn_sum = None if attn_sum is None else attn_sum.index_select(0, ridx)
             scores = scores.index_select(0, gidx)
             sent = [sent[g] for g in keep_groups]
     return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]

@@ -28,7 +28,7 @@ from .checkpoint import (
 from .config import Config, ConfigError, DecodeConfig, load_config
 from .data.batching import collate, make_batches
 from .data.corpus import clean_texts
-from .data.prepare import Codec, copy_ids, load_codecs
+from .data.prepare import Codec, ImageCodec, copy_ids, load_sources
 from .data.vocab import Vocab
 from .errors import UsageError
 from .model.seq2seq import Seq2Seq
@@ -94,7 +94,7 @@ def max_output_lengths(src_lens: torch.Tensor, cfg: DecodeConfig) -> torch.Tenso
 
 class Translator:
     def __init__(
-        self, model: Seq2Seq, src: Codec, tgt: Codec, cfg: Config,
+        self, model: Seq2Seq, src: Codec | ImageCodec, tgt: Codec, cfg: Config,
         device: str | torch.device | None = None,
     ):
         """Translate with ``model`` where it is: a Translator never moves a model (it may be
@@ -151,20 +151,21 @@ class Translator:
         # the files it reads are its own: a link to elsewhere is refused
         check_model_dir(model_dir, DECODING_FILES + (() if weights else (MODEL_FILE,)))
         cfg = load_config(model_dir / "config.yaml", overrides)
-        src, tgt = load_codecs(model_dir, cfg.data.lowercase)
+        src, tgt = load_sources(model_dir, cfg.data)
         weights = Path(weights) if weights else model_dir / MODEL_FILE
         # sizes in config.yaml are checked against memory and the weights' header before any
         # allocation
         model = build_model_for_weights(
-            weights, cfg.model, len(src.vocab), len(tgt.vocab), model_dir / "config.yaml",
+            weights, cfg.model, src.size, len(tgt.vocab), model_dir / "config.yaml",
             device=device,
         )
         load_weights(weights, model, str(model_dir / "config.yaml"))
         return cls(model.to(device), src, tgt, cfg)  # the translator owns this model
 
     def _hyp_to_translation(
-        self, h: Hypothesis, src_pieces: list[str], oovs: list[str] | None = None
+        self, h: Hypothesis, src_pieces: list[str], n_src: int, oovs: list[str] | None = None
     ) -> Translation:
+        """``n_src``: the source's memory positions (its pieces, or an image's regions)."""
         ids = h.tokens
         ended = bool(ids) and ids[-1] == Vocab.EOS
         body = ids[:-1] if ended else ids
@@ -174,11 +175,11 @@ class Translator:
         else:
             pieces, text = self._decode_copy(body, oovs)
         tokens = pieces + (["</s>"] if ended else [])
-        attn = None if h.attn is None else h.attn[: len(tokens), : len(src_pieces)].float().cpu().numpy()
+        attn = None if h.attn is None else h.attn[: len(tokens), :n_src].float().cpu().numpy()
         # per-head attention (T, L, H, S) and coverage (T, S) are trimmed to the real source
         # length like attention
         info = {
-            k: (v[: len(tokens), ..., : len(src_pieces)] if k in ("attn_heads", "coverage")
+            k: (v[: len(tokens), ..., :n_src] if k in ("attn_heads", "coverage")
                 else v[: len(tokens)])
             .float().cpu().numpy()
             for k, v in h.info.items()
@@ -253,15 +254,7 @@ class Translator:
         ngram = cfg.block_ngram_repeat if block_ngram_repeat is None else block_ngram_repeat
         if beam < 1 or n_best < 1 or n_best > beam:
             raise UsageError(f"need 1 <= n_best ({n_best}) <= beam ({beam})")
-        pieces = [self.src.pieces(t) for t in texts]
-        for i, p in enumerate(pieces):
-            if len(p) > cfg.max_input_tokens:
-                log.warning(
-                    "input %d has %d tokens; truncated to decode.max_input_tokens=%d",
-                    i + 1, len(p), cfg.max_input_tokens,
-                )
-                pieces[i] = p[: cfg.max_input_tokens]
-        ids = [self.src.vocab.encode(p) for p in pieces]
+        pieces, ids = self._sources(texts)
         results: list[Translation | None] = [None] * len(texts)
         todo = [i for i, x in enumerate(ids) if x]
         for i, x in enumerate(ids):
@@ -283,6 +276,7 @@ class Translator:
                         coverage_penalty=beta)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
                 state = model.start(batch.src, batch.src_lens, batch.src_ext, batch.n_ext)
+                n_src = (~state.src_pad_mask).sum(1).tolist()  # memory positions per row
                 if beam == 1:
                     hyps = [[h] for h in greedy_search(
                         model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps, **opts)]
@@ -292,7 +286,7 @@ class Translator:
                         beam_size=beam, n_best=n_best, alpha=alpha, stop_rule=cfg.stop_rule, **opts)
             for b, (r, hs) in enumerate(zip(rows, hyps)):
                 oovs = None if batch.src_oovs is None else batch.src_oovs[b]
-                ts = [self._hyp_to_translation(h, pieces[r], oovs) for h in hs]
+                ts = [self._hyp_to_translation(h, pieces[r], n_src[b], oovs) for h in hs]
                 ts[0].nbest = ts
                 results[r] = ts[0]
                 garbage += not math.isfinite(ts[0].score)
@@ -301,6 +295,21 @@ class Translator:
                         "log-probabilities are NaN or overflow (diverged or corrupted weights?), "
                         "so its output is meaningless", garbage, len(todo))
         return results  # type: ignore[return-value]
+
+    def _sources(self, texts: list[str]) -> tuple[list[list[str]], list]:
+        """Per input, the source pieces a Translation shows and what the encoder reads: the
+        pieces' ids, the pieces cut at decode.max_input_tokens (with a warning); for an image
+        model (``texts`` are image paths) no pieces and the images."""
+        if isinstance(self.src, ImageCodec):
+            return [[] for _ in texts], [self.src.encode(t) for t in texts]
+        limit = self.cfg.decode.max_input_tokens
+        pieces = [self.src.pieces(t) for t in texts]
+        for i, p in enumerate(pieces):
+            if len(p) > limit:
+                log.warning("input %d has %d tokens; truncated to decode.max_input_tokens=%d",
+                            i + 1, len(p), limit)
+                pieces[i] = p[:limit]
+        return pieces, [self.src.vocab.encode(p) for p in pieces]
 
     @torch.no_grad()
     def encoder_self_attention(self, src_tokens: list[list[str]]) -> list[np.ndarray | None]:

@@ -4,6 +4,7 @@ lock that keeps two trainings out of one directory, and the test-only stop point
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -18,7 +19,6 @@ from .errors import AttendoError
 GZIP_MAGIC = b"\x1f\x8b"
 
 # -- test-only stop points --------------------------------------------------------------------
-
 STOP_AT_ENV = "ATTENDO_STOP_AT"
 
 
@@ -40,36 +40,23 @@ _stop_counts: dict[str, int] = {}  # file name -> atomic writes of it seen in th
 
 
 def stop_point(kind: str, name: str | int) -> None:
-    """Stop this process (SIGSTOP) at a named point when ``ATTENDO_STOP_AT`` asks for it; a
-    test-only fault point, so a test can SIGKILL a training at a moment it chose instead of
-    after a wall-clock delay (``tests/test_kill_resume.py``). Points:
-
-    - ``update:N``: right after training update N (the global step) is complete: its metrics
-      line is written and, when N is a multiple of train.valid_every, its checkpoint too;
-    - ``write:NAME[:K]``: inside the K-th (default first) atomic write in this process of a
-      file named NAME (``last.safetensors``, ``step-40.safetensors``, ...), after its
-      temporary file is written and fsynced, before the rename that would replace NAME.
-
-    The test waits for the stopped state (``os.waitpid(pid, os.WUNTRACED)``) and kills. With
-    the variable unset (always, outside tests) this returns at its first test."""
-    if _STOP_AT is None:
+    """Stop this process (SIGSTOP) where ``ATTENDO_STOP_AT`` asks, so that a test can SIGKILL
+    a training at a moment it chose (``tests/test_kill_resume.py``): ``update:N`` right after
+    update N is complete (its metrics line, and checkpoint when due, written);
+    ``write:NAME[:K]`` in the K-th (default first) atomic write of a file named NAME, after its
+    temporary file is fsynced, before the rename. Unset (outside tests) it costs one test."""
+    if _STOP_AT is None or (kind, str(name)) != _STOP_AT[:2]:
         return
-    want_kind, want_name, nth = _STOP_AT
     name = str(name)
-    if kind != want_kind or name != want_name:
-        return
     _stop_counts[name] = _stop_counts.get(name, 0) + 1
-    if _stop_counts[name] == nth:
+    if _stop_counts[name] == _STOP_AT[2]:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the new one.
-
-    The bytes go to a temporary file in the same directory (``os.replace`` is only atomic
-    within one file system), are fsynced, then renamed over ``path``. Missing parent
-    directories are created.
-    """
+    """Write ``data`` to ``path`` so that readers see either the old file or the new one: a
+    temporary file in the same directory (``os.replace`` is only atomic within one file
+    system), fsynced, renamed over ``path``. Missing parent directories are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -87,56 +74,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    # make the rename durable; best effort, since some platforms cannot open directories
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; best effort, since some platforms cannot open directories."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def is_gzip(path: str | Path) -> bool:
-    """True if the file starts with the gzip magic bytes (the name's suffix is not trusted)."""
-    with open(path, "rb") as f:
-        return f.read(2) == GZIP_MAGIC
-
-
 def open_binary(path: str | Path) -> BinaryIO:
-    """Open ``path`` for reading bytes, decompressing on the fly if it is gzip data.
-
-    Detection is by content (gzip magic), so a compressed file without a ``.gz`` suffix and a
-    plain file with one both read correctly.
-    """
-    if is_gzip(path):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
+    """Open ``path`` for reading bytes, decompressing on the fly if it is gzip data (told by
+    its magic bytes, not by a ``.gz`` suffix)."""
+    with open(path, "rb") as f:
+        gz = f.read(2) == GZIP_MAGIC
+    return gzip.open(path, "rb") if gz else open(path, "rb")  # type: ignore[return-value]
 
 
 def open_text(path: str | Path, errors: str = "strict") -> TextIO:
-    """Open a UTF-8 text file, plain or gzip, for reading.
-
-    ``newline="\\n"`` keeps Python from treating lone ``\\r`` as a line break, so line numbers
-    agree with ``wc -l`` and with :func:`attendo.data.corpus.read_parallel`.
-    """
+    """Open a UTF-8 text file, plain or gzip, for reading. ``newline="\\n"`` keeps a lone
+    ``\\r`` from breaking lines, so line numbers agree with ``wc -l`` and the corpus readers."""
     return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors=errors, newline="\n")
 
 
 # -- one training per directory -------------------------------------------------------------
-
 LOCK_FILE = ".attendo.lock"
 
 
@@ -146,13 +111,12 @@ class DirectoryBusy(RuntimeError, AttendoError):
 
 class DirLock:
     """An advisory lock on ``DIR/.attendo.lock`` (``fcntl.flock``) held while a training
-    writes into DIR, so that a second training (a repeated ``--resume``, ``--overwrite`` of a
-    running directory, a second study on the same out_dir) fails at once with
-    :class:`DirectoryBusy` instead of overwriting the first one's checkpoints. The operating
-    system drops the lock when its process ends, however it ends, so a killed training leaves
-    no stale lock. Re-entrant within a process (the CLI holds it across ``clear_run`` and the
-    trainer takes it again); the file stays, holding the owner's pid and host for the
-    message. Platforms without ``fcntl`` (Windows) get no lock."""
+    writes into DIR, so that a second training (a repeated ``--resume``, a second study on the
+    same out_dir) fails at once with :class:`DirectoryBusy` instead of overwriting the first
+    one's checkpoints. The system drops the lock when its process ends, however it ends (no
+    stale locks). Re-entrant within a process (the CLI holds it across ``clear_run`` and the
+    trainer takes it again); the file keeps the owner's pid and host for the message. No lock
+    where there is no ``fcntl`` (Windows)."""
 
     _held: dict[str, list] = {}  # resolved directory -> [open file, holders in this process]
 
@@ -169,9 +133,8 @@ class DirLock:
             return self
         self.dir.mkdir(parents=True, exist_ok=True)
         key = str(self.dir.resolve())
-        held = DirLock._held.get(key)
-        if held is not None:
-            held[1] += 1
+        if key in DirLock._held:
+            DirLock._held[key][1] += 1
             self._key = key
             return self
         f = open(self.dir / LOCK_FILE, "a+", encoding="utf-8")
@@ -181,10 +144,9 @@ class DirLock:
             f.seek(0)
             owner = f.read().strip() or "another process"
             f.close()
-            raise DirectoryBusy(
-                f"{self.dir}: another training is writing into this directory ({owner}, "
-                f"holding {self.dir / LOCK_FILE}); wait for it to finish or stop it, or use "
-                "another train.out_dir") from None
+            raise DirectoryBusy(f"{self.dir}: another training is writing into this directory "
+                                f"({owner}, holding {self.dir / LOCK_FILE}); wait for it to "
+                                "finish or stop it, or use another train.out_dir") from None
         f.seek(0)
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
@@ -198,12 +160,11 @@ class DirLock:
             return
         key, self._key = self._key, None
         held = DirLock._held.get(key)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] == 0:
-            del DirLock._held[key]
-            held[0].close()  # closing the file releases the flock
+        if held is not None:
+            held[1] -= 1
+            if held[1] == 0:
+                del DirLock._held[key]
+                held[0].close()  # closing the file releases the flock
 
     def __enter__(self) -> DirLock:
         return self.acquire()
@@ -212,7 +173,5 @@ class DirLock:
         self.release()
 
     def __del__(self) -> None:  # a Trainer dropped without run() lets go of its directory
-        try:
+        with contextlib.suppress(Exception):
             self.release()
-        except Exception:
-            pass

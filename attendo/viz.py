@@ -446,3 +446,37 @@ def draw_translation(t, out_dir: str | Path, stem: str, title: str = "", merge: 
         paths.append(_plot_heads(self_attention, src, src, stem_path, "self", layer, head, title,
                                  merge, dpi, "query", "key"))
     return paths
+
+
+def plot_image_attention(pixels: np.ndarray, attn: np.ndarray, grid: tuple[int, int],
+                         tgt_tokens: Sequence[str], path: str | Path, title: str = "",
+                         dpi: int = 100, per_row: int = 6) -> Path:
+    """Show, Attend and Tell's picture: one panel per output token, the image (C, H, W) with
+    the token's attention over its regions laid on top (brighter = more weight). ``attn``
+    (len(tgt_tokens), rows * cols) is in the encoder's order, column by column (see
+    :mod:`attendo.model.image`); ``grid`` = (rows, cols) of the region grid."""
+    rows, cols = grid
+    attn = np.asarray(attn, dtype=float)
+    if attn.shape != (len(tgt_tokens), rows * cols):
+        raise ValueError(f"attention shape {attn.shape} does not match {len(tgt_tokens)} "
+                         f"tokens x {rows}x{cols} regions")
+    img = pixels.transpose(1, 2, 0)  # (H, W, C)
+    img = img[..., 0] if img.shape[-1] == 1 else img
+    H, W = img.shape[:2]
+    n = len(tgt_tokens)
+    nr, nc = -(-n // per_row), min(n, per_row)
+    panel_w = min(4.0, max(1.2, 1.6 * W / max(H, 1) / 2))
+    fig, axes = plt.subplots(nr, nc, figsize=(nc * panel_w + 0.4, nr * (panel_w * H / W + 0.5)
+                                               + 0.4), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        a = attn[k].reshape(cols, rows).T  # (rows, cols): region (r, c)
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, extent=(0, W, H, 0))
+        ax.imshow(a, cmap="inferno", alpha=0.6, interpolation="bilinear", extent=(0, W, H, 0),
+                  vmin=0, vmax=a.max() or 1)
+        ax.set_title(tgt_tokens[k], fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path, dpi)

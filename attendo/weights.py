@@ -16,7 +16,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .files import ModelFileError, one_line, open_regular
+from .files import ModelFileError, one_line, open_regular, unreadable
 from .utils import atomic_write_bytes
 
 MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on its JSON header
@@ -55,32 +55,26 @@ def _parse_header(path: Path, f: BinaryIO, size: int) -> WeightsHeader:
     8-byte little-endian header length, the JSON, and every tensor's dtype, shape and byte
     range against the file's size."""
     if size < 8:
-        raise ModelFileError(
-            f"{path}: not a safetensors file ({size} bytes, too short for a header"
-            + ("; truncated?)" if size else "; the file is empty)")
-        )
+        raise ModelFileError(f"{path}: not a safetensors file ({size} bytes, too short for a "
+                             f"header{'; truncated?)' if size else '; the file is empty)'}")
     head = f.read(8)
     n = int.from_bytes(head, "little")
     if n > size - 8 or n > MAX_HEADER_BYTES:
         # a zip (torch.save) or pickle (protocol 2-5) start reads as an impossible length
         if head[:4] == b"PK\x03\x04" or (head[0] == 0x80 and 2 <= head[1] <= 5):
-            raise ModelFileError(
-                f"{path}: a PyTorch pickle (torch.save) file, not safetensors; attendo reads "
-                "only safetensors weights (pickles can run code when loaded)"
-            )
-        raise ModelFileError(
-            f"{path}: not a safetensors file, or truncated: its header length says {n:,} bytes "
-            f"but the file has {size:,}"
-        )
+            raise ModelFileError(f"{path}: a PyTorch pickle (torch.save) file, not safetensors; "
+                                 "attendo reads only safetensors weights (pickles can run code "
+                                 "when loaded)")
+        raise ModelFileError(f"{path}: not a safetensors file, or truncated: its header length "
+                             f"says {n:,} bytes but the file has {size:,}")
     raw = f.read(n)
     if len(raw) != n:
         raise ModelFileError(f"{path}: the file ended inside its header (truncated?)")
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ModelFileError(
-            f"{path}: not a safetensors file: its header is not valid JSON ({one_line(e)})"
-        ) from None
+        raise ModelFileError(f"{path}: not a safetensors file: its header is not valid JSON "
+                             f"({one_line(e)})") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{path}: not a safetensors file: its header is not a JSON object")
     meta = _attendo_meta(path, header.pop("__metadata__", None))
@@ -97,14 +91,11 @@ def _attendo_meta(path: Path, metadata: Any) -> dict[str, Any]:
     try:
         meta = json.loads(metadata.get("attendo", "{}"))
     except (json.JSONDecodeError, RecursionError) as e:
-        raise ModelFileError(
-            f"{path}: the attendo metadata in the header is not valid JSON ({one_line(e)})"
-        ) from None
+        raise ModelFileError(f"{path}: the attendo metadata in the header is not valid JSON "
+                             f"({one_line(e)})") from None
     if not isinstance(meta, dict):
-        raise ModelFileError(
-            f"{path}: the attendo metadata in the header must be a JSON object, "
-            f"got {type(meta).__name__}"
-        )
+        raise ModelFileError(f"{path}: the attendo metadata in the header must be a JSON "
+                             f"object, got {type(meta).__name__}")
     return meta
 
 
@@ -116,24 +107,16 @@ def _tensor_info(path: Path, name: str, info: Any, data_len: int) -> TensorInfo:
         raise ModelFileError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise ModelFileError(f"{path}: tensor {name!r} has an invalid shape {shape!r}")
-    if (
-        not isinstance(offsets, list)
-        or len(offsets) != 2
-        or not all(type(o) is int for o in offsets)
-        or not 0 <= offsets[0] <= offsets[1]
-    ):
+    if not (isinstance(offsets, list) and len(offsets) == 2
+            and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
         raise ModelFileError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r}")
     if offsets[1] > data_len:
-        raise ModelFileError(
-            f"{path}: tensor {name!r} ends at byte {offsets[1]:,} of the data, but the file "
-            f"holds only {data_len:,} bytes of data (truncated?)"
-        )
-    if offsets[1] - offsets[0] != math.prod(shape) * _ITEMSIZE[dtype]:
-        raise ModelFileError(
-            f"{path}: tensor {name!r} ({dtype} {shape}) needs "
-            f"{math.prod(shape) * _ITEMSIZE[dtype]:,} bytes, but its data_offsets span "
-            f"{offsets[1] - offsets[0]:,}"
-        )
+        raise ModelFileError(f"{path}: tensor {name!r} ends at byte {offsets[1]:,} of the data, "
+                             f"but the file holds only {data_len:,} bytes of data (truncated?)")
+    need = math.prod(shape) * _ITEMSIZE[dtype]
+    if offsets[1] - offsets[0] != need:
+        raise ModelFileError(f"{path}: tensor {name!r} ({dtype} {shape}) needs {need:,} bytes, "
+                             f"but its data_offsets span {offsets[1] - offsets[0]:,}")
     return TensorInfo(dtype, tuple(shape))
 
 
@@ -144,11 +127,7 @@ def read_header(path: str | Path) -> WeightsHeader:
         try:
             return _parse_header(path, f, size)
         except OSError as e:
-            raise _unreadable(path, e) from None
-
-
-def _unreadable(path: Path, e: OSError) -> ModelFileError:
-    return ModelFileError(f"{path}: cannot read the weights file ({e.strerror or e})")
+            raise unreadable(path, "weights file", e) from None
 
 
 def read_checked(path: Path) -> tuple[WeightsHeader, dict[str, torch.Tensor]]:
@@ -159,7 +138,7 @@ def read_checked(path: Path) -> tuple[WeightsHeader, dict[str, torch.Tensor]]:
             f.seek(0)
             data = f.read()
         except OSError as e:
-            raise _unreadable(path, e) from None
+            raise unreadable(path, "weights file", e) from None
     if len(data) != size:
         raise ModelFileError(f"{path}: the file changed while it was read")
     try:
@@ -179,47 +158,35 @@ def weight_name(key: str) -> str | None:
 def check_weights(header: WeightsHeader, model: nn.Module, source: str = "config.yaml",
                   allow_missing: bool = False) -> list[str]:
     """Check that the weights ``header`` describes fit ``model`` (which may be on the ``meta``
-    device): the same tensor names and shapes, floating-point data where the model has it.
-    With ``allow_missing`` the model may have tensors the file lacks (fine-tuning a model with
-    a mechanism added); returns their names.
-
-    Raises :class:`ModelFileError` naming the file and the first tensor that does not fit;
-    ``source`` says where the model came from, for the message."""
+    device): the same tensor names and shapes, floating-point data where the model has it;
+    else a :class:`ModelFileError` naming the file, the first tensor that does not fit and
+    ``source``, where the model came from. With ``allow_missing`` the model may have tensors
+    the file lacks (fine-tuning with a mechanism added); returns their names."""
     path = header.path
-    stored: dict[str, TensorInfo] = {}
-    for key, info in header.tensors.items():
-        name = weight_name(key)
-        if name is not None:
-            stored[name] = info
+    stored = {weight_name(k): info for k, info in header.tensors.items()
+              if weight_name(k) is not None}
     expected = model.state_dict()
     missing = [k for k in expected if k not in stored]
     unexpected = [k for k in stored if k not in expected]
     if (missing and not allow_missing) or unexpected:
-        raise ModelFileError(
-            f"{path}: weights do not match the model built from {source} "
-            f"(missing {len(missing)}: {missing[:5]}, unexpected {len(unexpected)}: "
-            f"{unexpected[:5]})"
-        )
+        raise ModelFileError(f"{path}: weights do not match the model built from {source} "
+                             f"(missing {len(missing)}: {missing[:5]}, unexpected "
+                             f"{len(unexpected)}: {unexpected[:5]})")
     for name, want in expected.items():
         info = stored.get(name)
         if info is None:
             continue
         if info.shape != tuple(want.shape):
-            raise ModelFileError(
-                f"{path}: tensor {name!r} has shape {list(info.shape)}, but the model built "
-                f"from {source} needs {list(want.shape)} (do these weights belong to it?)"
-            )
+            raise ModelFileError(f"{path}: tensor {name!r} has shape {list(info.shape)}, but the "
+                                 f"model built from {source} needs {list(want.shape)} (do these "
+                                 "weights belong to it?)")
         if want.is_floating_point():
             if info.dtype not in FLOAT_DTYPES:
-                raise ModelFileError(
-                    f"{path}: tensor {name!r} is {info.dtype}, but the model needs floating-point "
-                    f"weights ({', '.join(FLOAT_DTYPES)})"
-                )
+                raise ModelFileError(f"{path}: tensor {name!r} is {info.dtype}, but the model "
+                                     f"needs floating-point weights ({', '.join(FLOAT_DTYPES)})")
         elif info.dtype != _ST_DTYPE.get(want.dtype):
-            raise ModelFileError(
-                f"{path}: tensor {name!r} is {info.dtype}, but the model needs "
-                f"{_ST_DTYPE.get(want.dtype, want.dtype)}"
-            )
+            raise ModelFileError(f"{path}: tensor {name!r} is {info.dtype}, but the model needs "
+                                 f"{_ST_DTYPE.get(want.dtype, want.dtype)}")
     return missing
 
 
@@ -227,10 +194,8 @@ def count_non_finite(t: torch.Tensor) -> int:
     return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
 
 
-def load_checked(
-    header: WeightsHeader, tensors: dict[str, torch.Tensor], model: nn.Module, source: str,
-    allow_missing: bool = False,
-) -> list[str]:
+def load_checked(header: WeightsHeader, tensors: dict[str, torch.Tensor], model: nn.Module,
+                 source: str, allow_missing: bool = False) -> list[str]:
     """Load the checked weights into ``model``: finite values only, cast to its dtypes; returns
     the model's tensors the file lacks (only with ``allow_missing``)."""
     path = header.path
@@ -243,10 +208,9 @@ def load_checked(
             continue
         bad = count_non_finite(value)
         if bad:
-            raise ModelFileError(
-                f"{path}: tensor {name!r} has {bad:,} non-finite values (NaN or Inf) among "
-                f"{value.numel():,}; refusing to load a diverged or corrupted model"
-            )
+            raise ModelFileError(f"{path}: tensor {name!r} has {bad:,} non-finite values (NaN or "
+                                 f"Inf) among {value.numel():,}; refusing to load a diverged or "
+                                 "corrupted model")
         state[name] = value.to(expected[name].dtype)
     try:
         model.load_state_dict(state, strict=not missing)
@@ -266,10 +230,8 @@ def save_weights(path: str | Path, model: nn.Module, meta: dict[str, Any] | None
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read tensors and attendo's JSON metadata from one safetensors file.
-
-    The header is checked (with bounds) before the tensors are read; a missing file is a
-    FileNotFoundError, anything else wrong a :class:`ModelFileError` naming the file."""
+    """Tensors and attendo's JSON metadata of one safetensors file (checked: a missing file is
+    a FileNotFoundError, anything else wrong a :class:`ModelFileError` naming the file)."""
     header, tensors = read_checked(Path(path))
     return tensors, header.meta
 
@@ -277,47 +239,37 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 def load_weights(path: str | Path, model: nn.Module, source: str = "config.yaml") -> dict[str, Any]:
     """Load the weights in ``path`` (``model.safetensors``, a step checkpoint, or the
     ``model.*`` tensors of ``last.safetensors``) into ``model``; returns attendo's metadata.
-
-    Names, shapes and dtypes must fit the model (floating tensors may be stored as F16, BF16,
-    F32 or F64 and are cast to the model's dtype) and every value must be finite; otherwise a
-    :class:`ModelFileError` names the file and the tensor. ``source`` is where the model came
-    from, for messages."""
+    Names, shapes and dtypes must fit (floating tensors are cast to the model's dtype) and
+    every value be finite, else a :class:`ModelFileError` names the file and the tensor."""
     header, tensors = read_checked(Path(path))
     load_checked(header, tensors, model, source)
     return header.meta
 
 
 def init_weights(path: str | Path, model: nn.Module, source: str = "config.yaml") -> list[str]:
-    """Fine-tuning: load the weights in ``path`` into ``model`` like :func:`load_weights`, except
-    that the model may have tensors the file lacks (a mechanism added, such as coverage); those
-    keep their initialisation and their names are returned. Every stored tensor must still fit
-    by name and shape."""
+    """Fine-tuning: :func:`load_weights`, except that the model may have tensors the file lacks
+    (a mechanism added, such as coverage), which keep their initialisation; returns their
+    names."""
     header, tensors = read_checked(Path(path))
     return load_checked(header, tensors, model, source, allow_missing=True)
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of several weight files (Vaswani et al. 2017, sec. 6.1).
-
-    Every file must hold the same tensors with the same shapes, floating-point and finite; a
+    """Element-wise mean of several weight files (Vaswani et al. 2017, sec. 6.1). Every file
+    must hold the same tensors with the same shapes, floating-point and finite; a
     :class:`ModelFileError` names the first file (and tensor) that does not."""
     total: dict[str, torch.Tensor] = {}
     first: tuple[Path, dict[str, tuple[int, ...]]] | None = None
-    for p in paths:
-        p = Path(p)
+    for p in map(Path, paths):
         _, tensors = read_checked(p)
-        weights: dict[str, torch.Tensor] = {}
-        for k, v in tensors.items():
-            name = weight_name(k)
-            if name is None:
-                continue
+        named = [(weight_name(k), v) for k, v in tensors.items() if weight_name(k) is not None]
+        for name, v in named:
             if not v.is_floating_point():
-                raise ModelFileError(
-                    f"{p}: tensor {name!r} is {v.dtype}; only floating-point weights are averaged"
-                )
+                raise ModelFileError(f"{p}: tensor {name!r} is {v.dtype}; only floating-point "
+                                     "weights are averaged")
             if count_non_finite(v):
                 raise ModelFileError(f"{p}: tensor {name!r} has non-finite values (NaN or Inf)")
-            weights[name] = v
+        weights = dict(named)
         shapes = {k: tuple(v.shape) for k, v in weights.items()}
         if first is None:
             first = (p, shapes)
@@ -325,11 +277,10 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
             other, want = first
             diff = sorted(set(shapes) ^ set(want)) or [k for k in shapes if shapes[k] != want[k]]
             here, there = shapes.get(diff[0]), want.get(diff[0])
-            raise ModelFileError(
-                f"{p}: does not hold the same tensors as {other} (first difference: "
-                f"{diff[0]!r}, shape {'absent' if here is None else list(here)} here, "
-                f"{'absent' if there is None else list(there)} there)"
-            )
+            raise ModelFileError(f"{p}: does not hold the same tensors as {other} (first "
+                                 f"difference: {diff[0]!r}, shape "
+                                 f"{'absent' if here is None else list(here)} here, "
+                                 f"{'absent' if there is None else list(there)} there)")
         for k, v in weights.items():
             total[k] = total.get(k, 0) + v.double()
     return {k: (v / len(paths)).float() for k, v in total.items()}

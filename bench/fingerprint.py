@@ -51,7 +51,8 @@ def _toy_sources(n: int) -> list[str]:
     return date_task(n, seed=12345)[0]
 
 
-def fingerprint(name: str, work: Path, steps: int, sents: int) -> dict:
+def fingerprint(name: str, work: Path, steps: int, sents: int, extra: tuple[str, ...] = ()
+                ) -> dict:
     import torch
     from safetensors.torch import load_file
 
@@ -59,7 +60,7 @@ def fingerprint(name: str, work: Path, steps: int, sents: int) -> dict:
     _attendo("train", str(CONFIGS[name]), f"train.out_dir={out}", f"train.max_steps={steps}",
              "train.max_minutes=0", "train.max_epochs=0", "train.threads=1",
              "train.progress=false", f"train.valid_every={steps}", "train.valid_max_sents=50",
-             "train.patience=0", cwd=work)
+             "train.patience=0", *extra, cwd=work)
     if name == "toy_dates":
         src = _toy_sources(sents)
     else:
@@ -104,6 +105,9 @@ def main() -> int:
     p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data" / "multi30k"),
                    help="local Multi30k copy to lay out when DATA has none")
     p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="more training overrides for every config, e.g. train.precision=fp32 "
+                   "on a CPU without bf16 instructions, where bf16 is emulated and slow")
     args = p.parse_args()
     if args.compare:
         return compare(*args.compare)
@@ -117,7 +121,8 @@ def main() -> int:
         import torch
 
         result = {"torch": torch.__version__, "steps": args.steps, "sents": args.sents,
-                  "runs": {n: fingerprint(n, work, args.steps, args.sents) for n in args.configs}}
+                  "runs": {n: fingerprint(n, work, args.steps, args.sents, tuple(args.set))
+                           for n in args.configs}}
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")

@@ -21,12 +21,12 @@ from attendo.model.transformer import TransformerDecoder, TransformerEncoder
 
 
 def test_registries_hold_every_encoder_and_decoder_the_config_names():
-    assert set(ENCODERS) == {"rnn", "cnn", "transformer"}
+    assert set(ENCODERS) == {"rnn", "cnn", "transformer", "image"}
     assert set(DECODERS) == {"rnn", "transformer"}
     for encoder in ENCODERS:
         for decoder in DECODERS:
             kw = dict(encoder=encoder, decoder=decoder, d_model=16, heads=2, ff_dim=16,
-                      enc_layers=1, dec_layers=1)
+                      enc_layers=1, dec_layers=1, image_pool=1)
             model = make_model(**kw)
             assert isinstance(model.encoder, Encoder) and isinstance(model.decoder, Decoder)
 

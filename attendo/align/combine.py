@@ -30,10 +30,8 @@ def symmetrize(fwd: Links, rev: Links, how: str = "grow-diag") -> Links:
         return fwd | rev
     if how not in SYMMETRIZE:
         raise UsageError(f"symmetrisation {how!r}: expected one of {', '.join(SYMMETRIZE)}")
-    union = fwd | rev
-    a = fwd & rev
-    src_done = {i for i, _ in a}
-    tgt_done = {j for _, j in a}
+    union, a = fwd | rev, fwd & rev
+    src_done, tgt_done = {i for i, _ in a}, {j for _, j in a}
 
     def add(i: int, j: int) -> None:
         a.add((i, j))
@@ -76,21 +74,10 @@ def transpose(links: Links | None) -> Links | None:
     return None if links is None else {(j, i) for i, j in links}
 
 
-# -- scoring --------------------------------------------------------------------------------
-
-
 def score(links: Sequence[Links | None], gold: Sequence[dg.GoldAlignment]) -> dict[str, Any]:
     """AER, precision and recall over the sentences with links (None: skipped)."""
-    totals = [0, 0, 0, 0]
-    used = 0
-    for a, g in zip(links, gold):
-        if a is None:
-            continue
-        for k, v in enumerate(dg.aer_counts(a, g)):
-            totals[k] += v
-        used += 1
-    e = dg.aer(*totals)
+    counts = [dg.aer_counts(a, g) for a, g in zip(links, gold) if a is not None]
+    totals = [sum(c[k] for c in counts) for k in range(4)]  # |A|, |S|, |A & S|, |A & P|
     p, r = dg.precision_recall(*totals)
-    return {"aer": e, "precision": p, "recall": r, "sentences": used,
-            "skipped": len(links) - used, "links": totals[0], "sure": totals[1]}
-
+    return {"aer": dg.aer(*totals), "precision": p, "recall": r, "sentences": len(counts),
+            "skipped": len(links) - len(counts), "links": totals[0], "sure": totals[1]}

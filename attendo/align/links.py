@@ -20,8 +20,6 @@ SYMMETRIZE = ("intersect", "union", "grow-diag", "grow-diag-final")  # of two li
 SOFT_SYMMETRIZE = ("average",)  # of two directions' word weights: see average()
 Links = set[tuple[int, int]]
 
-# -- attention ------------------------------------------------------------------------------
-
 
 def is_transformer(model) -> bool:
     """Whether the model's attention comes per layer and head (a Transformer decoder)."""
@@ -35,7 +33,8 @@ def pick_heads(heads: np.ndarray, layer: int | None, head: int | None,
     L, H = heads.shape[1], heads.shape[2]
     layer = default_layer if layer is None else layer
     if not -L <= layer < L:
-        raise UsageError(f"--layer {layer}: the model has {L} decoder layers (0..{L - 1}, -1 = last)")
+        raise UsageError(f"--layer {layer}: the model has {L} decoder layers (0..{L - 1}, "
+                         "-1 = last)")
     a = heads[:, layer]
     if head is None:
         return a.mean(1)
@@ -56,13 +55,14 @@ def forced_attention(
     sides are checked and cleaned as translator input is (a control character is a
     ``TextError`` naming ``src[i]`` or ``tgt[i]``)."""
     model = translator.model
+    if translator.cfg.data.src_type != "text":
+        raise UsageError("word alignment links source words: this is an image model")
     src, tgt = clean_texts(src, "src"), clean_texts(tgt, "tgt")
     if len(src) != len(tgt):
         raise UsageError(f"got {len(src)} source sentences but {len(tgt)} targets")
     if (layer is not None or head is not None) and not is_transformer(model):
         raise UsageError("--layer and --head are for Transformer decoders only")
-    sp = [translator.src.pieces(s) for s in src]
-    tp = [translator.tgt.pieces(r) for r in tgt]
+    sp, tp = [translator.src.pieces(s) for s in src], [translator.tgt.pieces(r) for r in tgt]
     src_ids = [translator.src.vocab.encode(p) for p in sp]
     tgt_ids = [translator.tgt.vocab.encode(p) for p in tp]
     todo = [i for i in range(len(src)) if src_ids[i] and tgt_ids[i]]
@@ -87,15 +87,11 @@ def forced_attention(
                 _, state, info = model.decoder.step(b.tgt_in[:, t], state, need_info=True)
                 steps.append(info["attn_heads"].float().cpu().numpy())  # (B, L, H, S)
             heads = np.stack(steps, 1)  # (B, T + 1, L, H, S)
-            attn = np.stack([pick_heads(h, layer, head, model.decoder.attn_layer)
-                             for h in heads])
+            attn = np.stack([pick_heads(h, layer, head, model.decoder.attn_layer) for h in heads])
         for k, i in enumerate(rows):
             out[i] = (sp[i], tp[i], attn[k, : len(tgt_ids[i]) + 1, : len(src_ids[i])])
     model.train(was_training)
     return out
-
-
-# -- links ----------------------------------------------------------------------------------
 
 
 def _rows(a: np.ndarray, n_tgt: int, method: str) -> np.ndarray:
@@ -126,10 +122,8 @@ def piece_links(attn: np.ndarray, n_tgt: int, method: str = "argmax",
     """(source piece, target piece) links of ``n_tgt`` target pieces from attention rows
     (>= n_tgt rows, row t predicting piece t; see the module docstring for the methods)."""
     a = np.asarray(attn, dtype=np.float64)
-    rows = _rows(a, n_tgt, method)
-    if n_tgt == 0 or a.size == 0:
-        return set()
-    return pick_links(rows, method, threshold)
+    rows = _rows(a, n_tgt, method)  # checks the method, even with nothing to link
+    return pick_links(rows, method, threshold) if n_tgt and a.size else set()
 
 
 def word_weights(rows: np.ndarray, src_groups: Sequence[Sequence[int]],
@@ -247,17 +241,15 @@ def _translation_attention(translator, t, src_text: str, layer: int | None,
                            head: int | None) -> tuple | None:
     """The leading arguments of :func:`word_links` for a Translation, or None without
     attention."""
-    if t.attention is None:
-        return None
     attn = t.attention
+    if attn is None:
+        return None
     if layer is not None or head is not None:
         if "attn_heads" not in t.info:
             raise UsageError("--layer and --head are for Transformer decoders only")
         # default_layer -1 is not used when layer is given; with head only, the model's layer
-        attn = pick_heads(t.info["attn_heads"], layer, head,
-                          translator.model.decoder.attn_layer)
+        attn = pick_heads(t.info["attn_heads"], layer, head, translator.model.decoder.attn_layer)
     pieces = [p for p in t.tgt_tokens if p != "</s>"]
     src_text = clean_text(src_text)  # the words of the text the translator saw
     return (attn, t.src_tokens, pieces, tokenizer_kinds(translator), len(src_text.split()),
             len(t.text.split()))
-

@@ -65,7 +65,6 @@ def guided_targets(path: str | Path, src_texts: Sequence[str], tgt_texts: Sequen
     return out, unmapped
 
 
-
 # -- eflomal (attendo align-prior) ---------------------------------------------------------
 
 ALIGN_EXTRA_HINT = "pip install 'attendo[align]'"
@@ -84,18 +83,17 @@ def eflomal_links(src: Sequence[str], tgt: Sequence[str], lowercase: bool = Fals
                          f"dependency: {ALIGN_EXTRA_HINT}") from None
     norm = (lambda x: x.lower()) if lowercase else (lambda x: x)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
-        files = {}
+        d = Path(tmp)
         for name, lines in (("src", src), ("tgt", tgt)):
-            files[name] = Path(tmp) / f"{name}.txt"
-            files[name].write_text("".join(" ".join(norm(x).split()) + "\n" for x in lines),
-                                   encoding="utf-8")
-        fwd_path, rev_path = Path(tmp) / "fwd", Path(tmp) / "rev"
-        with open(files["src"], encoding="utf-8") as sf, open(files["tgt"], encoding="utf-8") as tf:
-            eflomal.Aligner().align(sf, tf, links_filename_fwd=str(fwd_path),
-                                    links_filename_rev=str(rev_path))
+            (d / f"{name}.txt").write_text("".join(" ".join(norm(x).split()) + "\n" for x in lines),
+                                           encoding="utf-8")
+        with (open(d / "src.txt", encoding="utf-8") as sf,
+              open(d / "tgt.txt", encoding="utf-8") as tf):
+            eflomal.Aligner().align(sf, tf, links_filename_fwd=str(d / "fwd"),
+                                    links_filename_rev=str(d / "rev"))
         # eflomal writes both directions as (source word, target word)
-        fwd = [g.sure for g in dg.read_gold_alignments(fwd_path)]
-        rev = [g.sure for g in dg.read_gold_alignments(rev_path)]
+        fwd = [g.sure for g in dg.read_gold_alignments(d / "fwd")]
+        rev = [g.sure for g in dg.read_gold_alignments(d / "rev")]
     if len(fwd) != len(src) or len(rev) != len(src):
         raise RuntimeError(f"eflomal returned {len(fwd)} forward and {len(rev)} reverse lines "
                            f"for {len(src)} sentence pairs")

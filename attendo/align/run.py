@@ -13,12 +13,7 @@ from .. import diagnostics as dg
 from ..data.corpus import read_lines, read_parallel
 from ..errors import UsageError
 from .combine import average, score, symmetrize, transpose
-from .links import (
-    align_pairs,
-    pair_word_rows,
-    translation_links,
-    translation_word_rows,
-)
+from .links import align_pairs, pair_word_rows, translation_links, translation_word_rows
 from .priors import eflomal_links
 
 log = logging.getLogger("attendo")
@@ -99,8 +94,7 @@ def align_files(fwd, src_path: str, tgt_path: str | None = None, rev=None, *,
         links = [None if f is None or b is None else average(f, b, method, threshold)
                  for f, b in zip(weights, back_w)]
     elif rev is not None:
-        back = [transpose(x) for x in align_pairs(rev, tgt, src, batch_size=batch_size,
-                                                  **opts)]
+        back = [transpose(x) for x in align_pairs(rev, tgt, src, batch_size=batch_size, **opts)]
         links = [None if f is None or b is None else symmetrize(f, b, how or "grow-diag")
                  for f, b in zip(links, back)]
     skipped = sum(x is None for x in links)

@@ -64,6 +64,7 @@ class Config:
             )
         if self.train.guided_alignment.file:
             self._validate_guided_alignment()
+        self._validate_images()
         if m.tie_src_tgt and not self.data.joint_vocab:
             raise ConfigError(
                 "model.tie_src_tgt: needs data.joint_vocab: true (one vocabulary for both sides)"
@@ -76,6 +77,23 @@ class Config:
                     f"{longest} tokens (decode.max_input_tokens / decode.max_len / data.max_len + 1)"
                 )
         return self
+
+    def _validate_images(self) -> None:
+        d, image = self.data, self.model.encoder == "image"
+        if image != (d.src_type == "image"):
+            raise ConfigError("data.src_type: 'image' goes with model.encoder: image, and a text "
+                              f"source with a text encoder; got data.src_type: {d.src_type} and "
+                              f"model.encoder: {self.model.encoder}")
+        if not image:
+            return
+        for key, bad in (("data.toy", d.toy), ("data.prepared", d.prepared),
+                         ("data.train_tgt", d.train_tgt), ("data.train_weights", d.train_weights),
+                         ("train.guided_alignment.file", self.train.guided_alignment.file)):
+            if bad:
+                raise ConfigError(f"{key}: not for image sources (data.train_src is one list "
+                                  "of image<TAB>text lines)")
+        if isinstance(d.train_src, list):
+            raise ConfigError("data.train_src: one image list file for image sources")
 
     def _validate_guided_alignment(self) -> None:
         ga, m = self.train.guided_alignment, self.model

@@ -48,9 +48,20 @@ class DataConfig:
     prepared: str = ""
     spm_sample: int = 200_000  # sentences sampled to train a sentencepiece model
     workers: int = 0  # processes that tokenize in `attendo data prepare` (0 = all cores)
+    # image: the sources are images (model.encoder: image); train_src, valid_src and test_src
+    # are lists of `image<TAB>text` lines (or JSONL {"image": ..., "text": ...}), image paths
+    # relative to the list file; the tokenizer settings are the target side's
+    src_type: Literal["text", "image"] = "text"
+    image_height: int = 32  # images are scaled to this height, keeping their aspect ratio
+    image_channels: int = 1  # 1: grayscale, 3: RGB
+    image_max_width: int = 2048  # wider images are squeezed to this width
 
     def validate(self) -> None:
         check_finite("data", self)
+        if self.image_channels not in (1, 3):
+            raise ConfigError(f"data.image_channels: 1 (grayscale) or 3 (RGB), got {self.image_channels}")
+        positive("data.image_height", self.image_height)
+        positive("data.image_max_width", self.image_max_width)
         if not self.toy and not self.train_src:
             raise ConfigError("data.train_src: set a training file (or data.toy to a generated task)")
         n_src = len(self.train_src) if isinstance(self.train_src, list) else 1
@@ -86,7 +97,8 @@ class ModelConfig:
 
     # rnn (below), cnn (ConvS2S: emb_dim embeddings, enc_hidden channels, enc_layers convolutions)
     # or transformer (d_model, heads, ff_dim; enc_layers / dec_layers deep). Any mix works.
-    encoder: Literal["rnn", "cnn", "transformer"] = "rnn"
+    # image (data.src_type: image): enc_layers 3x3 convolutions to enc_hidden channels
+    encoder: Literal["rnn", "cnn", "transformer", "image"] = "rnn"
     decoder: Literal["rnn", "transformer"] = "rnn"
     rnn_type: Literal["gru", "lstm"] = "gru"
     emb_dim: int = 128
@@ -124,6 +136,11 @@ class ModelConfig:
     attention_window: int = 0
     # local window centre: monotonic (p_i = i) or predictive (learned p_i, Gaussian weighting)
     local: Literal["monotonic", "predictive"] = "monotonic"
+    # image encoder: 2x2 max poolings after the first convolutions (a region is 2^image_pool
+    # pixels square), and what runs over the region grid: nothing, a BiLSTM along each row
+    # (im2markup), or a BiGRU over the columns (with attention: none, the bottleneck baseline)
+    image_pool: int = 2
+    image_rnn: Literal["none", "rows", "columns"] = "none"
 
     def validate(self) -> None:
         check_finite("model", self)
@@ -222,6 +239,16 @@ class ModelConfig:
             if not 0.0 <= self.attn_dropout < 1.0:
                 raise ConfigError(f"model.attn_dropout: must be in [0, 1), got {self.attn_dropout}")
         positive("model.max_positions", self.max_positions)
+        if self.encoder == "image":
+            if not 0 <= self.image_pool <= self.enc_layers:
+                raise ConfigError(f"model.image_pool: must be in 0..enc_layers "
+                                  f"({self.enc_layers}), got {self.image_pool}")
+            if self.enc_hidden % 4:
+                raise ConfigError("model.enc_hidden: the image encoder's width must divide by 4 "
+                                  f"(row and column positions, two directions), got {self.enc_hidden}")
+            for key in ("copy", "tie_src_tgt"):
+                if getattr(self, key):
+                    raise ConfigError(f"model.{key}: needs a text source; an image has no words")
         if self.encoder == "cnn" and (self.cnn_kernel < 1 or self.cnn_kernel % 2 == 0):
             raise ConfigError(f"model.cnn_kernel: must be odd and >= 1, got {self.cnn_kernel}")
         if self.decoder == "transformer":

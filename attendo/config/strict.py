@@ -1,13 +1,12 @@
-"""Strict typed YAML: nested dataclasses built from parsed YAML against their type hints.
-
-An unknown or misspelt key (with the closest allowed one suggested), a value of the wrong type
-or a nan/inf number raises :class:`ConfigError` naming the dotted key; dotted overrides
-(``train.lr=5e-4``) are applied to the raw mapping before it is built, so they get the same
-checks. Used for attendo's config (:mod:`attendo.config`) and for study files.
+"""Strict typed YAML: nested dataclasses built from parsed YAML against their type hints, for
+attendo's config and study files. An unknown key (the closest allowed one suggested), a value
+of the wrong type or a nan/inf number is a :class:`ConfigError` naming the dotted key; dotted
+overrides (``train.lr=5e-4``) change the raw mapping before it is built, so get the same checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -64,7 +63,7 @@ def check_type(key: str, value: Any, hint: Any) -> Any:
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
         return value
-    if origin in (list,):
+    if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         (inner,) = typing.get_args(hint)
@@ -76,32 +75,18 @@ def check_type(key: str, value: Any, hint: Any) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {describe(hint)}, got {value!r}")
-    if hint is type(None):
-        if value is not None:
-            raise ConfigError(f"{key}: expected null")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+        with contextlib.suppress(ValueError):
+            return float(value)
+    number = not isinstance(value, bool)
+    ok = {type(None): value is None, bool: isinstance(value, bool), str: isinstance(value, str),
+          int: number and isinstance(value, int), float: number and isinstance(value, int | float)}
+    if hint not in ok:
+        raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+    if not ok[hint]:
+        raise ConfigError(f"{key}: expected {describe(hint)}"
+                          + ("" if hint is type(None) else f", got {value!r}"))
+    return float(value) if hint is float else value
 
 
 def unknown_key(key: Any, allowed: list[str], prefix: str = "") -> ConfigError:
@@ -112,8 +97,7 @@ def unknown_key(key: Any, allowed: list[str], prefix: str = "") -> ConfigError:
 
 
 def build_dataclass(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -123,11 +107,9 @@ def build_dataclass(cls: type, raw: Any, prefix: str) -> Any:
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise unknown_key(key, names, f"{prefix}." if prefix else "")
-        hint_t = hints[key]
-        if dataclasses.is_dataclass(hint_t):
-            kwargs[key] = build_dataclass(hint_t, value, dotted)
-        else:
-            kwargs[key] = check_type(dotted, value, hint_t)
+        hint = hints[key]
+        kwargs[key] = (build_dataclass(hint, value, dotted) if dataclasses.is_dataclass(hint)
+                       else check_type(dotted, value, hint))
     return cls(**kwargs)
 
 
@@ -159,8 +141,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         try:
             node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as e:
-            problem = " ".join(str(e).split())
-            raise OverrideError(item, f"the value is not valid YAML ({problem})") from None
+            raise OverrideError(item, "the value is not valid YAML "
+                                f"({' '.join(str(e).split())})") from None
     return raw
 
 
@@ -176,9 +158,7 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-            f"expected a YAML {what}"
-        ) from None
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start}); expected a YAML {what}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None

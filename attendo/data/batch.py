@@ -37,13 +37,25 @@ class CopyIds:
     oovs: list[str]
 
 
+@dataclass(slots=True)
+class Image:
+    """One source image as an image encoder reads it: uint8 pixels (C, H, W), every image of a
+    model the same height H. Its length, for batching by length, is its width W."""
+
+    pixels: np.ndarray
+
+    def __len__(self) -> int:
+        return self.pixels.shape[-1]
+
+
 @dataclass
 class Batch:
     """A padded batch of examples.
 
     Attributes:
-        src: ``(B, S)`` source ids, padded; no BOS/EOS added.
-        src_lens: ``(B,)`` source lengths.
+        src: what the encoder reads: ``(B, S)`` source ids, padded, no BOS/EOS added; or, for
+            an image model, ``(B, C, H, W)`` uint8 pixels padded with white on the right.
+        src_lens: ``(B,)`` source lengths (tokens, or image widths in pixels).
         tgt_in: ``(B, T)`` decoder input ``BOS y``, padded; None at inference.
         tgt_out: ``(B, T)`` decoder target ``y EOS``, padded; None at inference.
         indices: position of each example in the dataset, to put outputs back in order.
@@ -87,8 +99,8 @@ class Batch:
 
     @property
     def src_pad_mask(self) -> Tensor:
-        """``(B, S)`` bool, True at padding positions of ``src``."""
-        positions = torch.arange(self.src.size(1), device=self.src.device)  # (S,)
+        """``(B, S)`` bool, True at padding positions of ``src`` (pixel columns of images)."""
+        positions = torch.arange(self.src.size(-1), device=self.src.device)  # (S,)
         return positions[None, :] >= self.src_lens[:, None]  # (B, S)
 
     @property
@@ -149,6 +161,15 @@ def _pad(seqs: list[list[int]], lens: Tensor, width: int, pad: int) -> Tensor:
     return out
 
 
+def _pad_images(images: list[Image], width: int) -> Tensor:
+    """``(B, C, H, width)`` uint8: the images left-aligned on white (255, read as 0)."""
+    C, H, _ = images[0].pixels.shape
+    out = torch.full((len(images), C, H, width), 255, dtype=torch.uint8)
+    for b, im in enumerate(images):
+        out[b, :, :, : len(im)] = torch.tensor(im.pixels)
+    return out
+
+
 def collate(
     src_ids: list[list[int]],
     tgt_ids: list[list[int]] | None,
@@ -182,7 +203,7 @@ def collate(
     src_lens = torch.tensor([len(s) for s in src_ids], dtype=torch.long)
     # At least one column, so that shapes stay valid even if every source is empty.
     S = max(1, int(src_lens.max()))
-    src = _pad(src_ids, src_lens, S, pad)
+    src = _pad_images(src_ids, S) if isinstance(src_ids[0], Image) else _pad(src_ids, src_lens, S, pad)
     ext: dict = {}
     if copy is not None:
         ext["src_ext"] = _pad([c.src_ext for c in copy], src_lens, S, pad)

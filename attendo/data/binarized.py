@@ -11,33 +11,28 @@ bounded sample, encodes every pair in worker processes (all cores) and writes a 
     src.offsets.npy, tgt.offsets.npy int64, n + 1 entries: pair i is tokens[off[i]:off[i + 1]]
     src.*, tgt.*                     the tokenizers and vocabularies (copied into each model)
 
-Training (``data.prepared: DIR``) memory-maps the arrays: start-up reads only the offsets
-(8 bytes a pair), a batch reads only its own pairs, and processes on one machine (torchrun
-ranks, DataLoader workers) share the same pages of the file cache instead of each holding the
-corpus. Python lists of ids cost ~36 bytes a token; here a token is 2 or 4 bytes, on disk.
+Training (``data.prepared: DIR``) memory-maps the arrays: start-up reads only the offsets, a
+batch only its own pairs, and the processes of a machine share the file cache's pages (a token
+costs 2 or 4 bytes on disk instead of ~36 in a Python list). Random access keeps what the
+in-memory path promises: length-sorted batch plans over the whole corpus, exact resume at
+"epoch e, batch k", every rank taking every world_size-th batch of one plan.
 
-Why memory-mapped arrays rather than streaming the text: random access keeps everything the
-in-memory path promises. The batch plan of an epoch still sorts by length over the whole
-corpus (in chunks of :data:`~attendo.data.batching.CHUNK_BATCHES` batches), exact resume is
-still "epoch e, batch k" (no re-reading of what came before), ranks still take every
-world_size-th batch of one plan, and tokenization is paid once instead of every run.
-
-Pairs that fail validation are skipped (``data.skip_bad_lines``, counted in the manifest) or
-stop the preparation naming ``file:line``. Length filters (``data.max_len``, ``max_ratio``)
-and corpus weights (``data.train_weights``) are applied when training, so changing them needs
-no new preparation; changing files or tokenization settings makes the folder stale, which
-training detects and reports.
+Bad pairs are skipped (``data.skip_bad_lines``, counted in the manifest) or stop the
+preparation naming ``file:line``. Length filters and ``data.train_weights`` apply when
+training; changed files or tokenization settings make the folder stale, which training reports.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import json
 import logging
 import os
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +43,12 @@ from ..config import DataConfig
 from ..utils import atomic_write_text
 from .chunked import ChunkRunner, chunk_tasks, encode_chunk, init_encoder, scan_chunk
 from .corpus import MAX_REPORTED_PROBLEMS, CorpusError, parse_pair
-from .memmap import (  # noqa: F401  (the reading side, re-exported)
-    AUTO_PREPARE_BYTES,
+from .memmap import (  # noqa: F401  (PreparedCorpus, StalePreparation, prepared_dir: re-exported)
     FORMAT_VERSION,
     MANIFEST,
     PREP_KEYS,
     PreparedCorpus,
     StalePreparation,
-    TokenView,
     check_fresh,
     file_stamp,
     prepared_dir,
@@ -66,6 +59,7 @@ from .tokenizers import SentencePieceTokenizer
 from .vocab import Vocab
 
 log = logging.getLogger("attendo")
+_bar = partial(tqdm, unit=" pairs", unit_scale=True, dynamic_ncols=True)
 
 
 def _sample_spm(cfg: DataConfig, files: list[CorpusFiles], settings: dict, progress: bool):
@@ -76,15 +70,15 @@ def _sample_spm(cfg: DataConfig, files: list[CorpusFiles], settings: dict, progr
     reports or counts them), so this pass costs little more than reading the files."""
     k = cfg.spm_sample
     heaps: list[list] = [[], []]  # per pool (one when joint): max-heaps of (-priority, item)
-    bar = tqdm(desc="sample", unit=" pairs", unit_scale=True, disable=not progress,
-               dynamic_ncols=True)
+    bar = _bar(desc="sample", disable=not progress)
 
     def tau(pool: int) -> float:
         h = heaps[pool]
         return -h[0][0] if len(h) >= k else 1.0
 
     try:
-        for _, (chunk_id, src, tgt, lineno, raw_s, raw_t) in chunk_tasks(files, [{} for _ in files]):
+        for _, task in chunk_tasks(files, [{} for _ in files]):
+            chunk_id, src, tgt, lineno, raw_s, raw_t = task
             pri = np.random.default_rng([settings["seed"], chunk_id]).random((2, len(raw_s)))
             limit = np.array([[tau(0)], [tau(0 if cfg.joint_vocab else 1)]])
             for pos in np.flatnonzero((pri < limit).any(axis=0)).tolist():
@@ -100,10 +94,8 @@ def _sample_spm(cfg: DataConfig, files: list[CorpusFiles], settings: dict, progr
                     if p >= tau(pool):
                         continue
                     item = (-p, side, chunk_id, pos, text.lower() if cfg.lowercase else text)
-                    if len(heaps[pool]) < k:
-                        heapq.heappush(heaps[pool], item)
-                    else:
-                        heapq.heapreplace(heaps[pool], item)
+                    push = heapq.heappush if len(heaps[pool]) < k else heapq.heapreplace
+                    push(heaps[pool], item)
             bar.update(len(raw_s))
     finally:
         bar.close()
@@ -119,8 +111,7 @@ def _count_pieces(cfg: DataConfig, files: list[CorpusFiles], settings: dict, wor
     counters = [Counter(), Counter()]
     first_error: CorpusError | None = None
     runner = ChunkRunner(workers)
-    bar = tqdm(desc="count", unit=" pairs", unit_scale=True, disable=not progress,
-               dynamic_ncols=True)
+    bar = _bar(desc="count", disable=not progress)
 
     def take(res: dict) -> None:
         bar.update(res["kept"] + res["skipped"])
@@ -150,31 +141,18 @@ def _count_pieces(cfg: DataConfig, files: list[CorpusFiles], settings: dict, wor
     return counters
 
 
-def _codecs_after_scan(cfg: DataConfig, found, seed: int) -> tuple[Codec, Codec]:
-    """Tokenizers (trained on the sample) and, for word/char, the vocabularies."""
+def _codecs_after_scan(cfg: DataConfig, found: list, seed: int) -> tuple[Codec, Codec]:
+    """Tokenizers (trained on the samples) and, for word/char, the vocabularies (of the
+    counted pieces; sentencepiece's are built after encoding, from the piece ids)."""
+    pools = found[:1] if cfg.joint_vocab else found  # per side, or one for both when joint
     if cfg.tokenizer in ("bpe", "unigram"):
-        samples = found
-        # vocabularies are built after encoding, from the counted pieces (pass 2)
-        if cfg.joint_vocab:
-            tok = make_tokenizer(cfg, samples[0], seed)
-            return Codec(tok, Vocab(list(Vocab.SPECIALS)), cfg.lowercase), Codec(
-                tok, Vocab(list(Vocab.SPECIALS)), cfg.lowercase)
-        toks = [make_tokenizer(cfg, s, seed) for s in samples]
-        return tuple(Codec(t, Vocab(list(Vocab.SPECIALS)), cfg.lowercase) for t in toks)
-    counters = found
-    if cfg.joint_vocab:
-        vocab = Vocab.build([counters[0]], max_size=cfg.vocab_size, min_freq=cfg.min_freq)
-        tok = make_tokenizer(cfg, [], seed)
-        return Codec(tok, vocab, cfg.lowercase), Codec(tok, vocab, cfg.lowercase)
-    return tuple(
-        Codec(make_tokenizer(cfg, [], seed),
-              Vocab.build([c], max_size=cfg.vocab_size, min_freq=cfg.min_freq), cfg.lowercase)
-        for c in counters
-    )
-
-
-def _id_dtype(size: int) -> str:
-    return "uint16" if size <= 1 << 16 else "int32"
+        toks = [make_tokenizer(cfg, sample, seed) for sample in pools]
+        vocabs = [Vocab(list(Vocab.SPECIALS)) for _ in pools]
+    else:
+        toks = [make_tokenizer(cfg, [], seed)] * len(pools)
+        vocabs = [Vocab.build([c], max_size=cfg.vocab_size, min_freq=cfg.min_freq) for c in pools]
+    codecs = [Codec(t, v, cfg.lowercase) for t, v in zip(toks, vocabs)]
+    return codecs[0], codecs[-1]
 
 
 def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | None = None,
@@ -187,8 +165,7 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is written again
     files = train_files(cfg)
-    workers = workers if workers is not None else cfg.workers
-    workers = workers or os.cpu_count() or 1
+    workers = (workers if workers is not None else cfg.workers) or os.cpu_count() or 1
     settings = {k: getattr(cfg, k) for k in PREP_KEYS} | {"seed": seed}
     if cfg.tokenizer in ("bpe", "unigram"):
         found = _sample_spm(cfg, files, settings, progress)
@@ -199,16 +176,14 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
     del found
     t_tok = time.time() - t0 - t_scan
     spm_ids = isinstance(src.tokenizer, SentencePieceTokenizer)
-    if spm_ids:
-        size = max(src.tokenizer.sp.get_piece_size(), tgt.tokenizer.sp.get_piece_size())
-        dtype = _id_dtype(size + len(Vocab.SPECIALS))
-    else:
-        dtype = _id_dtype(max(len(src.vocab), len(tgt.vocab)))
+    # sentencepiece: piece ids until the vocabularies are built, at most as many + the specials
+    size = max(c.tokenizer.sp.get_piece_size() + len(Vocab.SPECIALS) if spm_ids else len(c.vocab)
+               for c in (src, tgt))
+    dtype = "uint16" if size <= 1 << 16 else "int32"
     lens: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
     piece_counts: dict[str, np.ndarray | None] = {"src": None, "tgt": None}
     runner = ChunkRunner(workers, init_encoder, (src, tgt, spm_ids))
-    bar = tqdm(desc="encode", unit=" pairs", unit_scale=True, disable=not progress,
-               dynamic_ncols=True)
+    bar = _bar(desc="encode", disable=not progress)
     sinks = {side: open(out / f"{side}.tokens.bin", "wb") for side in ("src", "tgt")}
     stats = [{"lines": 0, "pairs": 0, "skipped": 0} for _ in files]
     problems: list[str] = []
@@ -244,12 +219,11 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
     for st, c, f in zip(stats, line_counts, files):
         st["lines"] = c.get("lines", 0)
         if st["pairs"] == 0:
-            raise CorpusError(
-                f.src, None,
-                f"no usable train pairs: all {st['skipped']} lines were skipped as bad "
-                f"(data.skip_bad_lines); the first: {problems[0] if problems else '?'}",
-            )
+            raise CorpusError(f.src, None, f"no usable train pairs: all {st['skipped']} lines "
+                              "were skipped as bad (data.skip_bad_lines); the first: "
+                              f"{problems[0] if problems else '?'}")
     n_pairs = sum(s["pairs"] for s in stats)
+    tokens = {}
     for side in ("src", "tgt"):
         n = np.concatenate(lens[side]) if lens[side] else np.zeros(0, np.int32)
         if len(n) != n_pairs:
@@ -257,26 +231,18 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
         offsets = np.zeros(len(n) + 1, np.int64)
         np.cumsum(n, out=offsets[1:])
         np.save(out / f"{side}.offsets.npy", offsets)
+        tokens[side] = int(offsets[-1])
     if spm_ids:
         src, tgt = _spm_vocabularies(cfg, src, tgt, piece_counts, out, dtype)
     save_codecs(out, src, tgt)
     t_total = time.time() - t0
-    start = 0
-    corpora = []
-    for f, st in zip(files, stats):
-        corpora.append({"entry": f.entry, "src": file_stamp(f.src), "tgt": file_stamp(f.tgt),
-                        "start": start, **st})
-        start += st["pairs"]
+    starts = itertools.accumulate((st["pairs"] for st in stats), initial=0)
+    corpora = [{"entry": f.entry, "src": file_stamp(f.src), "tgt": file_stamp(f.tgt),
+                "start": start, **st} for f, st, start in zip(files, stats, starts)]
     manifest = {
-        "format": FORMAT_VERSION,
-        "settings": {k: settings[k] for k in PREP_KEYS},
-        "seed": seed,
-        "dtype": dtype,
-        "pairs": n_pairs,
-        "skipped": sum(s["skipped"] for s in stats),
-        "problems": problems,
-        "tokens": {side: int(np.load(out / f"{side}.offsets.npy", mmap_mode="r")[-1])
-                   for side in ("src", "tgt")},
+        "format": FORMAT_VERSION, "settings": {k: settings[k] for k in PREP_KEYS}, "seed": seed,
+        "dtype": dtype, "pairs": n_pairs, "skipped": sum(s["skipped"] for s in stats),
+        "problems": problems, "tokens": tokens,
         "vocab": {"src": len(src.vocab), "tgt": len(tgt.vocab),
                   "src_sha256": _vocab_hash(src.vocab), "tgt_sha256": _vocab_hash(tgt.vocab)},
         "corpora": corpora,
@@ -306,12 +272,11 @@ def _spm_vocabularies(cfg: DataConfig, src: Codec, tgt: Codec, piece_counts: dic
         return Vocab.build([c])
 
     if cfg.joint_vocab:
-        vocab = vocab_of(src.tokenizer, piece_counts["src"] + piece_counts["tgt"])
-        src, tgt = Codec(src.tokenizer, vocab, cfg.lowercase), Codec(tgt.tokenizer, vocab,
-                                                                       cfg.lowercase)
+        vocabs = [vocab_of(src.tokenizer, piece_counts["src"] + piece_counts["tgt"])] * 2
     else:
-        src = Codec(src.tokenizer, vocab_of(src.tokenizer, piece_counts["src"]), cfg.lowercase)
-        tgt = Codec(tgt.tokenizer, vocab_of(tgt.tokenizer, piece_counts["tgt"]), cfg.lowercase)
+        vocabs = [vocab_of(src.tokenizer, piece_counts["src"]),
+                  vocab_of(tgt.tokenizer, piece_counts["tgt"])]
+    src, tgt = (Codec(c.tokenizer, v, cfg.lowercase) for c, v in zip((src, tgt), vocabs))
     for side, codec in (("src", src), ("tgt", tgt)):
         sp = codec.tokenizer.sp
         lut = np.array([codec.vocab.encode([sp.id_to_piece(i)])[0]
@@ -332,13 +297,10 @@ def _spm_vocabularies(cfg: DataConfig, src: Codec, tgt: Codec, piece_counts: dic
 def ensure_prepared(cfg, folder: Path, *, seed: int, resume: bool) -> None:
     """Prepare ``folder`` when it is missing (or, for a run's own ``out_dir/prepared``, stale
     and the run is new); a stale folder the user prepared is an error, never overwritten."""
-    own = not cfg.data.prepared
     try:
-        check_fresh(read_manifest(folder), cfg.data, folder)
-        return
+        return check_fresh(read_manifest(folder), cfg.data, folder)
     except StalePreparation:
-        missing = not (folder / MANIFEST).exists()
-        if not missing and (resume or not own):
+        if (folder / MANIFEST).exists() and (resume or cfg.data.prepared):
             raise
     log.info("preparing the training data into %s (prepare it once for many runs with "
              "`attendo data prepare`)", folder)

@@ -20,9 +20,8 @@ CHUNK_LINES = 20_000  # lines a worker validates or encodes at a time
 
 
 def _chunks(files: CorpusFiles, counts: dict[str, int]):
-    """Yield ``(first_lineno, raw_src_lines, raw_tgt_lines or None)`` of CHUNK_LINES lines,
-    then check (like :func:`~attendo.data.corpus.read_parallel`) that both files had lines
-    and as many; ``counts`` gets the line counts."""
+    """``(first_lineno, raw_src_lines, raw_tgt_lines or None)`` of CHUNK_LINES lines, then the
+    checks of :func:`~attendo.data.corpus.check_line_counts`; ``counts`` gets the count."""
     src_it = raw_lines(Path(files.src))
     tgt_it = raw_lines(Path(files.tgt)) if files.tgt else None
     n_src = n_tgt = 0
@@ -44,15 +43,13 @@ def _chunks(files: CorpusFiles, counts: dict[str, int]):
     check_line_counts(files.src, files.tgt, n_src, n_tgt)
 
 
-def _clean(task: tuple, settings: dict) -> tuple[list[str], list[str], list[int], int, list[str]]:
-    """Validate one chunk: (src texts, tgt texts, their positions in the chunk, skipped,
-    problems); a bad line raises its CorpusError unless skip_bad_lines."""
+def _clean(task: tuple, settings: dict) -> tuple[list[str], list[str], int, list[str]]:
+    """Validate one chunk: (src texts, tgt texts, skipped, problems); a bad line raises its
+    CorpusError unless skip_bad_lines."""
     _, src, tgt, lineno, raw_s, raw_t = task
     src_p, tgt_p = Path(src), (Path(tgt) if tgt else None)
-    ss: list[str] = []
-    ts: list[str] = []
-    pos: list[int] = []
-    skipped, problems = 0, []
+    ss, ts, problems = [], [], []
+    skipped = 0
     for k, rs in enumerate(raw_s):
         try:
             s, t = parse_pair(rs, raw_t[k] if raw_t is not None else None, src_p, tgt_p,
@@ -68,13 +65,12 @@ def _clean(task: tuple, settings: dict) -> tuple[list[str], list[str], list[int]
             s, t = s.lower(), t.lower()
         ss.append(s)
         ts.append(t)
-        pos.append(k)
-    return ss, ts, pos, skipped, problems
+    return ss, ts, skipped, problems
 
 
 def scan_chunk(task: tuple, settings: dict) -> dict:
     """Pass 1 (word/char) on one chunk: validate, count the pieces."""
-    ss, ts, _, skipped, _ = _clean(task, settings)
+    ss, ts, skipped, _ = _clean(task, settings)
     tok = train_tokenizer(settings["tokenizer"], [], 1)
     counts = [Counter(), Counter()]
     for side, texts in enumerate((ss, ts)):
@@ -100,29 +96,24 @@ def _encode_side(codec: Codec, texts: list[str], spm_ids: bool, dtype) -> tuple:
         ids = [codec.vocab.encode(codec.tokenizer.encode(t)) for t in texts]
     lens = np.fromiter((len(x) for x in ids), np.int32, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype, count=int(lens.sum()))
-    counts = None
-    if spm_ids:
-        counts = np.bincount(flat, minlength=codec.tokenizer.sp.get_piece_size())
+    counts = np.bincount(flat, minlength=codec.tokenizer.sp.get_piece_size()) if spm_ids else None
     return lens, flat, counts
 
 
 def encode_chunk(task: tuple, settings: dict, dtype: str) -> dict:
     """Pass 2 on one chunk: validate again, encode both sides (sentencepiece: to piece ids,
     counted, mapped to vocabulary ids once the vocabulary is known)."""
-    ss, ts, _, skipped, problems = _clean(task, settings)
-    spm_ids = _WORKER["spm_ids"]
-    src = _encode_side(_WORKER["src"], ss, spm_ids, np.dtype(dtype))
-    tgt = _encode_side(_WORKER["tgt"], ts, spm_ids, np.dtype(dtype))
+    ss, ts, skipped, problems = _clean(task, settings)
+    src, tgt = (_encode_side(_WORKER[side], texts, _WORKER["spm_ids"], np.dtype(dtype))
+                for side, texts in (("src", ss), ("tgt", ts)))
     return {"kept": len(ss), "skipped": skipped, "problems": problems, "src": src, "tgt": tgt}
 
 
 class ChunkRunner:
-    """Runs chunk tasks in a pool of worker processes (or inline for one worker), keeping at
-    most a few chunks in flight so that memory stays bounded; results come back in order.
-
-    The pool is a :class:`~concurrent.futures.ProcessPoolExecutor`: on an error (a bad line
-    in a chunk) :meth:`close` cancels what has not started and waits for the rest, where
-    ``multiprocessing.Pool.terminate`` could block, its task thread stuck writing a chunk to
+    """Runs chunk tasks in a pool of worker processes (inline for one worker), a few chunks in
+    flight so that memory stays bounded; results come back in order. A ProcessPoolExecutor:
+    on an error (a bad line) :meth:`close` cancels what has not started and waits for the rest,
+    where ``multiprocessing.Pool.terminate`` could block, its task thread stuck writing to
     workers it had just killed; a worker that dies is an error, not a hang."""
 
     def __init__(self, workers: int, initializer=None, initargs=()):
@@ -147,8 +138,7 @@ class ChunkRunner:
         return done
 
     def drain(self) -> list:
-        done = [f.result() for f in self.pending]
-        self.pending = []
+        done, self.pending = [f.result() for f in self.pending], []
         return done
 
     def close(self) -> None:

@@ -16,12 +16,11 @@ What a line may hold:
   A lone ``\r``, NUL, ESC, form feed or NEL inside a line usually means a binary or mangled
   file, and would otherwise end up inside tokens (``'Hund\x00l\u00e4uft'``); a bidi override
   makes text display in another order than the model reads it.
-
-The same rule holds for every text a model is given (the Python API, the server, ``attendo
-align`` and ``attend``): :func:`clean_text` is that rule for one string, and the readers here
-apply it to each line.
 - A file with no line at all is an error for :func:`read_parallel` (not for :func:`read_lines`,
   where no input simply means no output).
+
+The same rule holds for every text a model is given (the Python API, the server, ``attendo
+align`` and ``attend``): :func:`clean_text` is that rule for one string.
 """
 
 from __future__ import annotations
@@ -45,9 +44,8 @@ _SKIP_HINT = "use data.skip_bad_lines: true to skip such pairs"
 
 BOM = "\ufeff"
 _BOM_BYTES = BOM.encode("utf-8")
-# Unicode category Cc without tab ("\n" cannot occur inside a line read from a file, but can
-# in a string given to the API), the bidirectional embeddings, overrides and isolates, and lone
-# surrogates (a Python str that is not valid Unicode)
+# Cc without tab (a line from a file holds no "\n", a string given to the API may), the bidi
+# embeddings, overrides and isolates, and lone surrogates (a str that is not valid Unicode)
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _CONTROL_NAMES = {
     0x00: "NUL", 0x07: "BEL", 0x08: "backspace", 0x0A: "line feed", 0x0B: "vertical tab",
@@ -65,25 +63,21 @@ class CorpusError(ValueError, AttendoError):
     """A problem with a corpus file, located by path and (when known) 1-based line number."""
 
     def __init__(self, path: str | Path, line: int | None, problem: str) -> None:
-        self.path = str(path)
-        self.line = line
-        self.problem = problem
+        self.path, self.line, self.problem = str(path), line, problem
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        if self.line is None:
-            return f"{self.path}: {self.problem}"
-        return f"{self.path}:{self.line}: {self.problem}"
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: {self.problem}"
 
     def __reduce__(self):  # keeps the exception picklable across worker processes
         return (type(self), (self.path, self.line, self.problem))
 
 
 class TextError(ValueError, AttendoError):
-    """A text no model is given (see the module docstring): it holds a control character or
-    a lone surrogate. ``index`` is the 0-based position of that character in the text as
-    given, ``char`` the character; the message counts characters from 1, as editors count
-    columns. ``where`` names the input (e.g. ``"texts[3]"``) when the text was one of many."""
+    """A text no model is given: it holds a control character or a lone surrogate, ``char``,
+    at 0-based ``index`` (the message counts from 1, as editors count columns); ``where``
+    names the input (e.g. ``"texts[3]"``) when the text was one of many."""
 
     def __init__(self, index: int, char: str, where: str = "") -> None:
         self.index, self.char, self.where = index, char, where
@@ -107,13 +101,11 @@ class TextError(ValueError, AttendoError):
         return (type(self), (self.index, self.char, self.where))
 
     def located(self, where: str) -> TextError:
-        """The same error, naming which input it is in."""
         return TextError(self.index, self.char, where)
 
 
 def check_text(text: str) -> None:
-    """Raise a :class:`TextError` at the first control character (tab is allowed) or lone
-    surrogate of ``text``."""
+    """Raise a :class:`TextError` at the first control character or lone surrogate."""
     if not isinstance(text, str):
         raise TypeError(f"expected text as a str, got {type(text).__name__}")
     bad = _CONTROL.search(text)
@@ -122,10 +114,9 @@ def check_text(text: str) -> None:
 
 
 def clean_text(text: str) -> str:
-    """The one rule for a text given to a model, by any route (files, stdin, the Python API,
-    the server): ``text`` without surrounding whitespace and byte-order marks, so that
-    whitespace-only text becomes ``""`` (which translates to ``""``); a control character
-    or a lone surrogate is a :class:`TextError` naming its position."""
+    """The one rule for a text given to a model, by any route: ``text`` without surrounding
+    whitespace and byte-order marks (whitespace-only text becomes ``""``, which translates to
+    ``""``); a control character or a lone surrogate is a :class:`TextError`."""
     check_text(text)
     return _strip(text)
 
@@ -133,8 +124,8 @@ def clean_text(text: str) -> str:
 def clean_texts(texts: list[str], what: str = "texts") -> list[str]:
     """:func:`clean_text` of each text; an error names the input as ``what[i]`` (0-based)."""
     if isinstance(texts, str):
-        raise TypeError(f"{what}: expected a list of strings, got one str; wrap it in a list "
-                        "([text])")
+        raise TypeError(f"{what}: expected a list of strings, got one str; wrap it in a "
+                        "list ([text])")
     out = []
     for i, text in enumerate(texts):
         try:
@@ -148,28 +139,22 @@ def clean_texts(texts: list[str], what: str = "texts") -> list[str]:
 
 @dataclass
 class ReadReport:
-    """What :func:`read_parallel` kept and skipped.
-
-    ``problems`` holds the first :data:`MAX_REPORTED_PROBLEMS` problems as ``path:line: problem``.
-    """
+    """What :func:`read_parallel` kept and skipped; ``problems``: the first
+    :data:`MAX_REPORTED_PROBLEMS` as ``path:line: problem``."""
 
     n_pairs: int
     n_skipped: int
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        """One line for logs, e.g. ``"29000 pairs read, 3 skipped"``."""
         return f"{self.n_pairs} pairs read, {self.n_skipped} skipped"
 
 
 def raw_lines(path: Path, stream: BinaryIO | None = None) -> Iterator[bytes]:
-    """Yield the lines of ``path`` (or of ``stream``, which ``path`` then only names) as bytes
-    without their line terminator, and without a UTF-8 byte-order mark at the start.
-
-    Splitting bytes on ``\\n`` (not ``str.splitlines``) matters: Unicode line separators such as
-    U+2028 inside a sentence must not break the alignment between the two sides of a corpus.
-    A file holding nothing but a byte-order mark has no lines.
-    """
+    """The lines of ``path`` (or of ``stream``, which ``path`` then only names) as bytes
+    without their terminator, nor a byte-order mark at the start (a file of only that has no
+    lines). Bytes split on ``\\n``, not ``str.splitlines``: a separator such as U+2028 inside a
+    sentence must not break the alignment of the two sides of a corpus."""
     if stream is not None:
         f = contextlib.nullcontext(stream)  # the caller's stream (stdin) is not ours to close
     else:
@@ -190,31 +175,23 @@ def raw_lines(path: Path, stream: BinaryIO | None = None) -> Iterator[bytes]:
                     raw = raw[len(_BOM_BYTES) :]
                     if not raw:
                         return
-                if raw.endswith(b"\n"):
-                    raw = raw[:-1]
-                if raw.endswith(b"\r"):
-                    raw = raw[:-1]
-                yield raw
+                yield raw.removesuffix(b"\n").removesuffix(b"\r")
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise CorpusError(
-                path, lineno + 1, f"corrupt or truncated gzip data ({e or type(e).__name__})"
-            ) from None
+            raise CorpusError(path, lineno + 1, "corrupt or truncated gzip data "
+                              f"({e or type(e).__name__})") from None
 
 
 def _decode(raw: bytes, path: Path, lineno: int, hint: str = "") -> str:
-    """Decode one line as UTF-8 and check it for control characters (see the module
-    docstring), or raise a :class:`CorpusError` locating the bad byte or character."""
+    """One line decoded as UTF-8 and checked (see the module docstring), else a
+    :class:`CorpusError` locating the bad byte or character."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         utf16 = lineno == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff")
-        raise CorpusError(
-            path,
-            lineno,
+        raise CorpusError(path, lineno, (
             f"invalid UTF-8 at byte offset {e.start} of the line (byte 0x{raw[e.start]:02x}); "
             + ("this looks like UTF-16 (convert with e.g. iconv -f utf-16 -t utf-8)" if utf16 else
-               "expected UTF-8 text (convert with e.g. iconv -f latin1 -t utf-8)"),
-        ) from None
+               "expected UTF-8 text (convert with e.g. iconv -f latin1 -t utf-8)"))) from None
     try:
         check_text(text)
     except TextError as e:
@@ -230,77 +207,45 @@ def _strip(text: str) -> str:
     return text
 
 
-def _check_text(
-    text: str, side: str, path: Path, lineno: int, max_chars: int | None, hint: str = _SKIP_HINT
-) -> None:
+def _check_text(text: str, side: str, path: Path, lineno: int, max_chars: int | None,
+                hint: str) -> None:
     """Raise a :class:`CorpusError` if a stripped line is empty or too long."""
     if not text:
-        raise CorpusError(
-            path,
-            lineno,
-            f"empty {side} line (expected non-empty text on both sides; {hint})",
-        )
+        raise CorpusError(path, lineno,
+                          f"empty {side} line (expected non-empty text on both sides; {hint})")
     if max_chars is not None and len(text) > max_chars:
-        raise CorpusError(
-            path,
-            lineno,
-            f"{side} line has {len(text)} characters, more than the limit of {max_chars} "
-            f"(expected one sentence per line; a missing line break? {hint})",
-        )
+        raise CorpusError(path, lineno, f"{side} line has {len(text)} characters, more than the "
+                          f"limit of {max_chars} (expected one sentence per line; a missing line "
+                          f"break? {hint})")
 
 
-def parse_pair(
-    raw_src: bytes,
-    raw_tgt: bytes | None,
-    src: Path,
-    tgt: Path | None,
-    lineno: int,
-    max_chars: int | None,
-    hint: str = _SKIP_HINT,
-) -> tuple[str, str]:
+def parse_pair(raw_src: bytes, raw_tgt: bytes | None, src: Path, tgt: Path | None, lineno: int,
+               max_chars: int | None, hint: str = _SKIP_HINT) -> tuple[str, str]:
     """Turn one raw line (TSV when ``tgt`` is None) or a pair of raw lines into clean text."""
     if tgt is None:
         cols = _decode(raw_src, src, lineno, hint).split("\t")
         if len(cols) != 2:
-            raise CorpusError(
-                src,
-                lineno,
-                f"found {len(cols)} tab-separated columns, expected exactly 2 "
-                f"(source<TAB>target; {hint})",
-            )
-        s, t = _strip(cols[0]), _strip(cols[1])
-        _check_text(s, "source", src, lineno, max_chars, hint)
-        _check_text(t, "target", src, lineno, max_chars, hint)
-        return s, t
-    assert raw_tgt is not None
-    s = _strip(_decode(raw_src, src, lineno, hint))
-    t = _strip(_decode(raw_tgt, tgt, lineno, hint))
+            raise CorpusError(src, lineno, f"found {len(cols)} tab-separated columns, expected "
+                              f"exactly 2 (source<TAB>target; {hint})")
+        s, t = cols
+    else:
+        s, t = _decode(raw_src, src, lineno, hint), _decode(raw_tgt, tgt, lineno, hint)
+    s, t = _strip(s), _strip(t)
     _check_text(s, "source", src, lineno, max_chars, hint)
-    _check_text(t, "target", tgt, lineno, max_chars, hint)
+    _check_text(t, "target", tgt or src, lineno, max_chars, hint)
     return s, t
 
 
-def read_parallel(
-    src: str | Path,
-    tgt: str | Path | None = None,
-    *,
-    skip_bad: bool = False,
-    max_chars: int = 5000,
-    hint: str = _SKIP_HINT,
-) -> tuple[list[str], list[str], ReadReport]:
-    """Read a parallel corpus: two line-aligned files, or one two-column TSV file.
+def read_parallel(src: str | Path, tgt: str | Path | None = None, *, skip_bad: bool = False,
+                  max_chars: int = 5000,
+                  hint: str = _SKIP_HINT) -> tuple[list[str], list[str], ReadReport]:
+    """Read a parallel corpus (two line-aligned files, or one two-column TSV file) as
+    ``(src_lines, tgt_lines, report)``, each line stripped (terminator, edge whitespace, BOMs).
 
-    Lines are stripped of their terminator, of surrounding whitespace and of byte-order marks.
-    Bad pairs (invalid UTF-8, a control character, an empty side, a side longer than
-    ``max_chars`` characters, a TSV line without exactly two columns) raise a
-    :class:`CorpusError`, or are skipped and counted when ``skip_bad``; ``hint`` is the advice
-    their messages end with (by default: how to skip them in a training config). Files with
-    different line counts always raise: the alignment is unknown, so no pair can be trusted.
-    So does an empty file (no lines at all).
-
-    Returns:
-        ``(src_lines, tgt_lines, report)``.
-    """
+    Bad pairs (invalid UTF-8, a control character, an empty side, a side over ``max_chars``
+    characters, a TSV line without two columns) raise a :class:`CorpusError` whose message ends
+    with ``hint``, or are skipped and counted when ``skip_bad``. Different line counts (the
+    alignment is unknown, no pair can be trusted) and an empty file always raise."""
     src_path = Path(src)
     tgt_path = Path(tgt) if tgt is not None else None
     src_lines: list[str] = []
@@ -313,29 +258,15 @@ def read_parallel(
     src_iter = raw_lines(src_path)
     tgt_iter = raw_lines(tgt_path) if tgt_path is not None else iter(())
     missing = object()
-    for lineno, (raw_s, raw_t) in enumerate(
-        zip_longest(src_iter, tgt_iter, fillvalue=missing), start=1
-    ):
-        if raw_s is not missing:
-            n_src += 1
-        if raw_t is not missing:
-            n_tgt += 1
-        if (
-            first_error is not None
-            or raw_s is missing
-            or (tgt_path is not None and raw_t is missing)
-        ):
+    for lineno, (raw_s, raw_t) in enumerate(zip_longest(src_iter, tgt_iter, fillvalue=missing),
+                                            start=1):
+        n_src += raw_s is not missing
+        n_tgt += raw_t is not missing
+        if first_error is not None or raw_s is missing or (tgt_path and raw_t is missing):
             continue  # only counting lines from here on
         try:
-            s, t = parse_pair(
-                raw_s,
-                raw_t if tgt_path is not None else None,
-                src_path,
-                tgt_path,
-                lineno,
-                max_chars,
-                hint,
-            )
+            s, t = parse_pair(raw_s, raw_t if tgt_path else None, src_path, tgt_path, lineno,
+                              max_chars, hint)
         except CorpusError as e:
             if not skip_bad:
                 first_error = e
@@ -365,51 +296,30 @@ def check_line_counts(src: str | Path, tgt: str | Path | None, n_src: int, n_tgt
         raise CorpusError(src, None, f"empty file, expected {expected}")
 
 
-def read_lines(
-    path: str | Path, *, max_chars: int | None = None, stream: BinaryIO | None = None
-) -> list[str]:
-    """Read a monolingual file (plain or gzip), one stripped line per entry.
-
-    Empty lines are kept as ``""`` so that outputs stay aligned with inputs; an empty file gives
-    no lines. Invalid UTF-8, control characters and lines longer than ``max_chars`` raise a
-    :class:`CorpusError` naming the line. With ``stream`` (a binary file object such as
-    ``sys.stdin.buffer``, read as plain text), lines come from it and ``path`` only names it
-    in messages (e.g. ``"<stdin>"``).
-    """
+def read_lines(path: str | Path, *, max_chars: int | None = None,
+               stream: BinaryIO | None = None) -> list[str]:
+    """A monolingual file (plain or gzip), one stripped line per entry; empty lines are kept
+    as ``""`` so that outputs stay aligned with inputs. Invalid UTF-8, control characters and
+    lines over ``max_chars`` raise a :class:`CorpusError` naming the line. With ``stream`` (e.g.
+    ``sys.stdin.buffer``, read as plain text) ``path`` only names it (e.g. ``"<stdin>"``)."""
     path = Path(path)
     lines: list[str] = []
     for lineno, raw in enumerate(raw_lines(path, stream), start=1):
         text = _strip(_decode(raw, path, lineno))
         if max_chars is not None and len(text) > max_chars:
-            raise CorpusError(
-                path,
-                lineno,
-                f"line has {len(text)} characters, more than the limit of {max_chars} "
-                "(expected one sentence per line)",
-            )
+            raise CorpusError(path, lineno, f"line has {len(text)} characters, more than the "
+                              f"limit of {max_chars} (expected one sentence per line)")
         lines.append(text)
     return lines
 
 
-def length_filter(
-    src_lens: list[int],
-    tgt_lens: list[int],
-    max_len: int,
-    max_ratio: float | None,
-) -> list[int]:
-    """Indices of pairs to keep for training, judged on token lengths.
-
-    A pair is kept when both sides have between 1 and ``max_len`` tokens and the longer side is
-    at most ``max_ratio`` times the shorter (a ratio of 0 or None disables that test). Very
-    unequal lengths usually mean a misaligned pair, which only teaches the model noise.
-    """
+def length_filter(src_lens: list[int], tgt_lens: list[int], max_len: int,
+                  max_ratio: float | None) -> list[int]:
+    """Indices of pairs to keep for training: both sides have 1 to ``max_len`` tokens and the
+    longer is at most ``max_ratio`` times the shorter (0 or None: no such test; very unequal
+    lengths usually mean a misaligned pair, which only teaches the model noise)."""
     if len(src_lens) != len(tgt_lens):
         raise ValueError(f"got {len(src_lens)} source lengths but {len(tgt_lens)} target lengths")
-    keep = []
-    for i, (a, b) in enumerate(zip(src_lens, tgt_lens)):
-        if not (1 <= a <= max_len and 1 <= b <= max_len):
-            continue
-        if max_ratio and max(a, b) / min(a, b) > max_ratio:
-            continue
-        keep.append(i)
-    return keep
+    return [i for i, (a, b) in enumerate(zip(src_lens, tgt_lens))
+            if 1 <= a <= max_len and 1 <= b <= max_len
+            and not (max_ratio and max(a, b) / min(a, b) > max_ratio)]

@@ -1,9 +1,7 @@
 """Fetching the Multi30k corpus (task 1, raw text) from upstream or from a local copy.
 
-Elliott et al. 2016, "Multi30K: Multilingual English-German Image Descriptions"; French and
-Czech from Elliott et al. 2017 and Barrault et al. 2018. Licence: non-commercial research and
-education (captions derive from Flickr30K).
-"""
+Elliott et al. 2016 (English-German), 2017 and Barrault et al. 2018 (French, Czech). Licence:
+non-commercial research and education (captions derive from Flickr30K)."""
 
 from __future__ import annotations
 
@@ -21,9 +19,8 @@ MULTI30K_BASE_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/d
 MULTI30K_SPLITS: dict[str, int] = {"train": 29000, "val": 1014, "test_2016_flickr": 1000}
 MULTI30K_LANGS = ("de", "en", "fr", "cs")
 # Plain file name "{split}.{lang}" -> expected number of lines; upstream serves "{name}.gz".
-MULTI30K_FILES: dict[str, int] = {
-    f"{split}.{lang}": n for split, n in MULTI30K_SPLITS.items() for lang in MULTI30K_LANGS
-}
+MULTI30K_FILES: dict[str, int] = {f"{split}.{lang}": n for split, n in MULTI30K_SPLITS.items()
+                                  for lang in MULTI30K_LANGS}
 
 
 class DownloadError(OSError, AttendoError):
@@ -36,7 +33,7 @@ def count_lines(data: bytes) -> int:
 
 
 def _decompress(data: bytes, source: str) -> bytes:
-    """Gunzip ``data`` if it is gzip (by magic bytes), else return it unchanged."""
+    """``data`` gunzipped if it is gzip (by its magic bytes)."""
     if not data.startswith(GZIP_MAGIC):
         return data
     try:
@@ -46,7 +43,6 @@ def _decompress(data: bytes, source: str) -> bytes:
 
 
 def _download(url: str, timeout: float) -> bytes:
-    """GET ``url``, turning network failures into a :class:`DownloadError` that says what to do."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.read()
@@ -63,67 +59,44 @@ def _read_local(from_dir: Path, name: str) -> tuple[bytes, str]:
     for candidate in (from_dir / f"{name}.gz", from_dir / name):
         if candidate.is_file():
             return candidate.read_bytes(), str(candidate)
-    raise CorpusError(
-        from_dir / f"{name}.gz",
-        None,
-        f"file not found (expected {name}.gz or {name} in {from_dir})",
-    )
+    raise CorpusError(from_dir / f"{name}.gz", None,
+                      f"file not found (expected {name}.gz or {name} in {from_dir})")
 
 
-def fetch_multi30k(
-    out_dir: str | Path,
-    *,
-    from_dir: str | Path | None = None,
-    langs: tuple[str, ...] = ("de", "en"),
-    timeout: float = 60.0,
-) -> dict[str, int]:
-    """Put Multi30k task 1 into ``out_dir`` as plain UTF-8 files ``{split}.{lang}``.
+def fetch_multi30k(out_dir: str | Path, *, from_dir: str | Path | None = None,
+                   langs: tuple[str, ...] = ("de", "en"), timeout: float = 60.0) -> dict[str, int]:
+    """Put Multi30k task 1 into ``out_dir`` as plain UTF-8 files ``{split}.{lang}``; returns
+    ``{file name: number of lines}``.
 
     Files come from ``from_dir`` (``{split}.{lang}.gz`` or plain) when given, else from
     :data:`MULTI30K_BASE_URL`. Each file's line count is checked against
     :data:`MULTI30K_FILES` before it is written (atomically), so a truncated download never
-    lands in ``out_dir``. A file already in ``out_dir`` with the right line count is kept, so a
-    re-run needs no network.
-
-    Returns:
-        ``{file name: number of lines}`` for the files now in ``out_dir``.
-
-    Raises:
-        CorpusError: a file is missing from ``from_dir``, corrupt, or has the wrong line count.
-        DownloadError: a download failed.
-    """
+    lands in ``out_dir``; a file already there with the right count is kept (a re-run needs no
+    network). A missing, corrupt or miscounted file is a CorpusError, a failed download a
+    :class:`DownloadError`."""
     unknown = [lang for lang in langs if lang not in MULTI30K_LANGS]
     if unknown:
-        raise UsageError(
-            f"unknown Multi30k language(s) {unknown}; expected some of {MULTI30K_LANGS}"
-        )
+        raise UsageError(f"unknown Multi30k language(s) {unknown}; "
+                         f"expected some of {MULTI30K_LANGS}")
     out_dir = Path(out_dir)
     from_path = Path(from_dir) if from_dir is not None else None
     if from_path is not None and not from_path.is_dir():
         raise CorpusError(from_path, None, "not a directory (expected a folder of Multi30k files)")
     summary: dict[str, int] = {}
-    for split in MULTI30K_SPLITS:
-        for lang in langs:
-            name = f"{split}.{lang}"
-            expected = MULTI30K_FILES[name]
-            target = out_dir / name
-            if target.is_file() and count_lines(target.read_bytes()) == expected:
-                summary[name] = expected
-                continue
-            if from_path is not None:
-                raw, source = _read_local(from_path, name)
-            else:
-                source = MULTI30K_BASE_URL + name + ".gz"
-                raw = _download(source, timeout)
-            data = _decompress(raw, source)
-            found = count_lines(data)
-            if found != expected:
-                raise CorpusError(
-                    source,
-                    None,
-                    f"has {found} lines, expected {expected} for Multi30k {name} "
-                    "(truncated or wrong file?)",
-                )
-            atomic_write_bytes(target, data)
-            summary[name] = found
+    for name in (f"{split}.{lang}" for split in MULTI30K_SPLITS for lang in langs):
+        expected, target = MULTI30K_FILES[name], out_dir / name
+        summary[name] = expected
+        if target.is_file() and count_lines(target.read_bytes()) == expected:
+            continue
+        if from_path is not None:
+            raw, source = _read_local(from_path, name)
+        else:
+            source = MULTI30K_BASE_URL + name + ".gz"
+            raw = _download(source, timeout)
+        data = _decompress(raw, source)
+        found = count_lines(data)
+        if found != expected:
+            raise CorpusError(source, None, f"has {found} lines, expected {expected} for "
+                              f"Multi30k {name} (truncated or wrong file?)")
+        atomic_write_bytes(target, data)
     return summary

@@ -1,10 +1,10 @@
-"""Prepared folders read back: the manifest, whether it still fits the config and the files
-it was made from, and memory-mapped views of the token arrays (see
-:mod:`attendo.data.binarized` for the folder's layout and how it is written). Also where
-training decides whether it reads prepared data at all (:func:`prepared_dir`)."""
+"""Prepared folders (:mod:`attendo.data.binarized`) read back: the manifest, whether it still
+fits the config and its files, memory-mapped views of the token arrays; and whether training
+reads prepared data at all (:func:`prepared_dir`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -31,24 +31,19 @@ class StalePreparation(ValueError, AttendoError):
 
 
 def prepared_dir(cfg) -> Path | None:
-    """Where training reads prepared data from (None: the in-memory path).
-
-    ``data.prepared`` when set; else ``train.out_dir/prepared`` for several, globbed,
-    weighted or large (> :data:`AUTO_PREPARE_BYTES`) training files; else None."""
+    """Where training reads prepared data from: ``data.prepared`` when set; else
+    ``train.out_dir/prepared`` for several, globbed, weighted or large (>
+    :data:`AUTO_PREPARE_BYTES`) training files; else None (the in-memory path)."""
     data: DataConfig = cfg.data
     if data.toy:
         return None
     guided = bool(cfg.train.guided_alignment.file)
     if data.prepared or multi_corpus(data):
-        if cfg.model.copy:
-            raise ConfigError(
-                "model.copy: copy models read their training data into memory; give one "
-                "training file (no list, glob or weights) and leave data.prepared unset")
-        if guided:
-            raise ConfigError(
-                "train.guided_alignment.file: guided alignment reads its training data into "
-                "memory; give one training file (no list, glob or weights) and leave "
-                "data.prepared unset")
+        for on, who in ((cfg.model.copy, "model.copy: copy models read their"),
+                        (guided, "train.guided_alignment.file: guided alignment reads its")):
+            if on:
+                raise ConfigError(f"{who} training data into memory; give one training file "
+                                  "(no list, glob or weights) and leave data.prepared unset")
         return Path(data.prepared or Path(cfg.train.out_dir) / "prepared")
     if not (cfg.model.copy or guided) and _total_bytes(train_files(data)) > AUTO_PREPARE_BYTES:
         return Path(cfg.train.out_dir) / "prepared"
@@ -57,13 +52,9 @@ def prepared_dir(cfg) -> Path | None:
 
 def _total_bytes(files: list[CorpusFiles]) -> int:
     total = 0
-    for f in files:
-        for p in (f.src, f.tgt):
-            if p:
-                try:
-                    total += os.path.getsize(p)
-                except OSError:
-                    pass  # reported with file and line by the reader
+    for path in (p for f in files for p in (f.src, f.tgt) if p):
+        with contextlib.suppress(OSError):  # reported with file and line by the reader
+            total += os.path.getsize(path)
     return total
 
 
@@ -84,8 +75,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise StalePreparation(
             f"{folder}: no prepared data here ({MANIFEST} is missing: never prepared, or the "
-            "preparation did not finish); run `attendo data prepare CONFIG --out "
-            f"{folder}`"
+            f"preparation did not finish); run `attendo data prepare CONFIG --out {folder}`"
         ) from None
     except (OSError, json.JSONDecodeError) as e:
         raise StalePreparation(f"{path}: unreadable ({e})") from None
@@ -125,8 +115,7 @@ class TokenView:
     Pickles as its folder name and index, so DataLoader workers map the files themselves."""
 
     def __init__(self, folder: str | Path, side: str, dtype: str, index: np.ndarray):
-        self.folder, self.side, self.dtype = str(folder), side, dtype
-        self.index = index
+        self.folder, self.side, self.dtype, self.index = str(folder), side, dtype, index
         self._open()
 
     def _open(self) -> None:
@@ -163,10 +152,6 @@ class PreparedCorpus:
             check_fresh(self.manifest, cfg, folder)
         self.dtype = self.manifest["dtype"]
 
-    @property
-    def n_pairs(self) -> int:
-        return int(self.manifest["pairs"])
-
     def codecs(self, lowercase: bool = False) -> tuple[Codec, Codec]:
         return load_codecs(self.folder, lowercase)
 
@@ -180,9 +165,8 @@ class PreparedCorpus:
         """Source and target views of the pairs that pass the length filters (see
         :func:`~attendo.data.corpus.length_filter`), each corpus repeated its weight times
         (by ``data.train_weights`` entry); also returns how many pairs the filters dropped."""
-        off = {s: np.load(self.folder / f"{s}.offsets.npy", mmap_mode="r") for s in ("src", "tgt")}
-        a = np.diff(off["src"]).astype(np.int64)
-        b = np.diff(off["tgt"]).astype(np.int64)
+        a, b = (np.diff(np.load(self.folder / f"{s}.offsets.npy", mmap_mode="r")).astype(np.int64)
+                for s in ("src", "tgt"))
         if max_len <= 0:
             keep = (a > 0) & (b > 0)
         else:
@@ -194,9 +178,7 @@ class PreparedCorpus:
         parts = []
         for c in self.manifest["corpora"]:
             idx = np.flatnonzero(keep[c["start"] : c["start"] + c["pairs"]]) + c["start"]
-            w = weights[c["entry"]] if weights else 1
-            parts.extend([idx] * w)
+            parts.extend([idx] * (weights[c["entry"]] if weights else 1))
         index = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        dropped = int(len(keep) - keep.sum())
         return (TokenView(self.folder, "src", self.dtype, index),
-                TokenView(self.folder, "tgt", self.dtype, index), dropped)
+                TokenView(self.folder, "tgt", self.dtype, index), int(len(keep) - keep.sum()))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
-from .batch import CopyIds
+from .batch import CopyIds, Image
 from .corpus import CorpusError, length_filter, read_parallel
 from .tokenizers import (
     SentencePieceTokenizer,
@@ -53,6 +53,37 @@ class Codec:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(self.vocab.decode(ids))
+
+    @property
+    def size(self) -> int:
+        """The source size an encoder is built for: the vocabulary's."""
+        return len(self.vocab)
+
+
+@dataclass
+class ImageCodec:
+    """The source side of an image model (``data.src_type: image``): an image file's path ->
+    :class:`~attendo.data.batch.Image`, scaled to ``height`` (see
+    :func:`attendo.data.images.load_image`). Nothing is trained or stored for it: the model
+    directory's config.yaml says all of it."""
+
+    height: int
+    channels: int
+    max_width: int = 2048
+
+    @classmethod
+    def of(cls, cfg: DataConfig) -> ImageCodec:
+        return cls(cfg.image_height, cfg.image_channels, cfg.image_max_width)
+
+    @property
+    def size(self) -> int:
+        """The source size an encoder is built for: the number of channels."""
+        return self.channels
+
+    def encode(self, path: str) -> Image:
+        from .images import load_image
+
+        return Image(load_image(path, self.height, self.channels, self.max_width))
 
 
 def copy_ids(src_pieces: list[str], tgt_pieces: list[str] | None, tgt_vocab: Vocab) -> CopyIds:
@@ -149,8 +180,22 @@ def _read(cfg: DataConfig, src: str, tgt: str | None, name: str) -> Corpus | Non
     return Corpus(s, t)
 
 
+def _read_images(cfg: DataConfig, path: str, name: str) -> Corpus | None:
+    if not path:
+        return None
+    from .images import read_image_tsv
+
+    images, texts, report = read_image_tsv(path, skip_bad=cfg.skip_bad_lines)
+    if report.n_skipped:
+        log.warning("%s: skipped %d bad lines: %s", name, report.n_skipped, report.summary())
+    return Corpus(images, texts)
+
+
 def load_eval_corpora(cfg: DataConfig) -> tuple[Corpus | None, Corpus | None]:
-    """Read the valid and test pairs (files only, not the toy task) as raw text."""
+    """Read the valid and test pairs (files only, not the toy task) as raw text (image
+    paths as sources, for ``data.src_type: image``)."""
+    if cfg.src_type == "image":
+        return _read_images(cfg, cfg.valid_src, "valid"), _read_images(cfg, cfg.test_src, "test")
     return _read(cfg, cfg.valid_src, cfg.valid_tgt, "valid"), _read(
         cfg, cfg.test_src, cfg.test_tgt, "test"
     )
@@ -166,6 +211,8 @@ def load_corpora(cfg: DataConfig, seed: int = 0) -> tuple[Corpus, Corpus | None,
         src, tgt = toy_task(cfg.toy, n, seed, max_len=cfg.toy_max_len)
         tr, va, te = split_toy(src, tgt, cfg.toy_valid_size, cfg.toy_test_size)
         return Corpus(*tr), Corpus(*va), (Corpus(*te) if te[0] else None)
+    if cfg.src_type == "image":
+        return _read_images(cfg, cfg.train_src, "train"), *load_eval_corpora(cfg)
     train = Corpus([], [])
     for files in train_files(cfg):
         part = _read(cfg, files.src, files.tgt, "train")
@@ -192,6 +239,10 @@ def build_codecs(cfg: DataConfig, train: Corpus, seed: int = 0) -> tuple[Codec, 
         return [t.lower() for t in texts] if cfg.lowercase else texts
 
     src_texts, tgt_texts = norm(train.src), norm(train.tgt)
+    if cfg.src_type == "image":
+        tok = make_tokenizer(cfg, tgt_texts, seed)
+        vocab = build_vocab(tok, tgt_texts, cfg.vocab_size, cfg.min_freq)
+        return ImageCodec.of(cfg), Codec(tok, vocab, cfg.lowercase)
     if cfg.joint_vocab:
         tok = make_tokenizer(cfg, src_texts + tgt_texts, seed)
         vocab = build_vocab(tok, src_texts + tgt_texts, cfg.vocab_size, cfg.min_freq)
@@ -206,6 +257,8 @@ def build_codecs(cfg: DataConfig, train: Corpus, seed: int = 0) -> tuple[Codec, 
 def save_codecs(model_dir: str | Path, src: Codec, tgt: Codec) -> None:
     model_dir = Path(model_dir)
     for prefix, codec in (("src", src), ("tgt", tgt)):
+        if isinstance(codec, ImageCodec):
+            continue
         save_tokenizer(codec.tokenizer, model_dir, prefix)
         codec.vocab.save(model_dir / f"{prefix}.vocab.json")
 
@@ -222,16 +275,31 @@ def load_codecs(model_dir: str | Path, lowercase: bool = False) -> tuple[Codec, 
     )
 
 
+def load_sources(model_dir: str | Path, cfg: DataConfig) -> tuple[Codec | ImageCodec, Codec]:
+    """The source and target sides of a model directory: :func:`load_codecs`, or for an image
+    model its :class:`ImageCodec` and the target's codec."""
+    if cfg.src_type != "image":
+        return load_codecs(model_dir, cfg.lowercase)
+    model_dir = Path(model_dir)
+    tgt = Codec(load_tokenizer(model_dir, "tgt"),
+                Vocab.load(model_dir / "tgt.vocab.json", model_dir), cfg.lowercase)
+    return ImageCodec.of(cfg), tgt
+
+
 def encode_pairs(
     corpus: Corpus, src: Codec, tgt: Codec, max_len: int = 0, max_ratio: float = 0.0
 ) -> tuple[list[list[int]], list[list[int]], list[int]]:
     """Encode pairs; with max_len > 0, drop pairs outside the length/ratio filters.
 
-    Returns source ids, target ids and the corpus index of each kept pair.
+    Returns source ids (images, for an :class:`ImageCodec`), target ids and the corpus index
+    of each kept pair. An image's length is its width in pixels, so for images only the
+    target's length is filtered.
     """
     src_ids = [src.encode(s) for s in corpus.src]
     tgt_ids = [tgt.encode(t) for t in corpus.tgt]
-    if max_len <= 0:
+    if isinstance(src, ImageCodec) and max_len > 0:
+        keep = [i for i, t in enumerate(tgt_ids) if 0 < len(t) <= max_len]
+    elif max_len <= 0:
         keep = [i for i in range(len(src_ids)) if src_ids[i] and tgt_ids[i]]
     else:
         keep = length_filter([len(s) for s in src_ids], [len(t) for t in tgt_ids], max_len, max_ratio)

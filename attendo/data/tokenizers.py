@@ -1,9 +1,6 @@
-"""Tokenizers: text -> list of string pieces -> text.
-
-Tokenizers deal in strings only; :class:`~attendo.data.vocab.Vocab` maps pieces to ids. A
-tokenizer is stored in a model directory as ``{prefix}.tokenizer.json`` (its kind and file list)
-plus whatever files it needs (``{prefix}.spm.model`` for SentencePiece).
-"""
+"""Tokenizers: text -> list of string pieces -> text (:class:`~attendo.data.vocab.Vocab` maps
+pieces to ids). Stored in a model directory as ``{prefix}.tokenizer.json`` (its kind and file
+list) plus the files it needs (``{prefix}.spm.model`` for SentencePiece)."""
 
 from __future__ import annotations
 
@@ -34,8 +31,7 @@ class Tokenizer(ABC):
     kind: str
 
     @abstractmethod
-    def encode(self, text: str) -> list[str]:
-        """Split ``text`` into pieces."""
+    def encode(self, text: str) -> list[str]: ...
 
     @abstractmethod
     def decode(self, pieces: list[str]) -> str:
@@ -55,11 +51,8 @@ class Tokenizer(ABC):
 
 
 class WordTokenizer(Tokenizer):
-    """Splits on whitespace and joins with single spaces.
-
-    Input should already be tokenized (punctuation separated from words, e.g. by Moses or
-    sacremoses); otherwise "dog." and "dog" become different vocabulary entries.
-    """
+    """Splits on whitespace and joins with single spaces. Input should already be tokenized
+    (e.g. by Moses), otherwise "dog." and "dog" become different vocabulary entries."""
 
     kind = "word"
 
@@ -72,9 +65,7 @@ class WordTokenizer(Tokenizer):
 
 class CharTokenizer(Tokenizer):
     """One piece per character; a space becomes ``"▁"`` (U+2581) so that pieces stay visible.
-
-    Runs of whitespace are not collapsed; text containing a literal ``"▁"`` decodes to a space.
-    """
+    Runs of whitespace are kept; a literal ``"▁"`` in the text decodes to a space."""
 
     kind = "char"
     SPACE = "\u2581"
@@ -87,25 +78,17 @@ class CharTokenizer(Tokenizer):
 
 
 class SentencePieceTokenizer(Tokenizer):
-    """Subword tokenizer backed by a SentencePiece model (BPE or unigram LM).
-
-    Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units" (BPE);
-    Kudo 2018, "Subword Regularization" (unigram); Kudo and Richardson 2018 (SentencePiece).
-
-    Args:
-        model: the serialized SentencePiece model (the bytes of a ``.model`` file).
-        kind: ``"bpe"`` or ``"unigram"``, recorded for the stored tokenizer description.
-    """
+    """Subword tokenizer backed by a SentencePiece model (BPE: Sennrich et al. 2016; unigram
+    LM: Kudo 2018; SentencePiece: Kudo and Richardson 2018). ``model`` is the bytes of a
+    ``.model`` file, ``kind`` "bpe" or "unigram" (recorded in the stored description)."""
 
     MODEL_FILE: ClassVar[str] = "spm.model"
 
     def __init__(self, model: bytes, kind: str) -> None:
         if kind not in ("bpe", "unigram"):
-            raise ValueError(
-                f"SentencePiece tokenizer kind must be 'bpe' or 'unigram', got {kind!r}"
-            )
-        self.kind = kind
-        self.model = bytes(model)
+            raise ValueError("SentencePiece tokenizer kind must be 'bpe' or 'unigram', "
+                             f"got {kind!r}")
+        self.kind, self.model = kind, bytes(model)
         if not self.model:  # SentencePieceProcessor(model_proto=b"") loads nothing, silently
             raise ValueError("not a SentencePiece model (the model is empty)")
         try:
@@ -131,23 +114,13 @@ class SentencePieceTokenizer(Tokenizer):
         return cls(files[cls.MODEL_FILE], kind)
 
     @classmethod
-    def train(
-        cls,
-        texts: list[str],
-        kind: str,
-        vocab_size: int,
-        *,
-        character_coverage: float = 1.0,
-        seed: int = 0,
-        max_sentences: int = 200_000,
-    ) -> SentencePieceTokenizer:
-        """Train a SentencePiece model in memory on ``texts``.
-
-        Deterministic for equal inputs: when there are more than ``max_sentences`` texts, the
-        sample is drawn here with ``random.Random(seed)`` instead of by SentencePiece's own
-        unseeded reservoir sampling. ``vocab_size`` is an upper bound (``hard_vocab_limit`` is
-        off) so that tiny corpora still train.
-        """
+    def train(cls, texts: list[str], kind: str, vocab_size: int, *,
+              character_coverage: float = 1.0, seed: int = 0,
+              max_sentences: int = 200_000) -> SentencePieceTokenizer:
+        """Train a SentencePiece model in memory on ``texts``. Deterministic: more than
+        ``max_sentences`` texts are sampled here with ``random.Random(seed)``, not by
+        SentencePiece's unseeded reservoir. ``vocab_size`` is an upper bound
+        (``hard_vocab_limit`` off) so that tiny corpora still train."""
         if kind not in ("bpe", "unigram"):
             raise ValueError(f"SentencePiece model type must be 'bpe' or 'unigram', got {kind!r}")
         sample = [t for t in texts if t.strip()]
@@ -159,22 +132,13 @@ class SentencePieceTokenizer(Tokenizer):
         buf = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(sample),
-                model_writer=buf,
-                model_type=kind,
-                vocab_size=vocab_size,
-                character_coverage=character_coverage,
-                num_threads=2,
-                bos_id=-1,
-                eos_id=-1,
-                pad_id=-1,
-                unk_id=0,
-                hard_vocab_limit=False,
+                sentence_iterator=iter(sample), model_writer=buf, model_type=kind,
+                vocab_size=vocab_size, character_coverage=character_coverage, num_threads=2,
+                bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0, hard_vocab_limit=False,
                 input_sentence_size=0,  # all of `sample`, which is already subsampled
                 shuffle_input_sentence=False,
-                # spm skips longer sentences silently; ours are validated by read_parallel.
-                max_sentence_length=1 << 16,
-                minloglevel=2,
+                # spm skips longer sentences silently; ours are validated by read_parallel
+                max_sentence_length=1 << 16, minloglevel=2,
             )
         except RuntimeError as e:
             m = re.search(r"required_chars\. (\d+) vs (\d+)", str(e))
@@ -188,33 +152,25 @@ class SentencePieceTokenizer(Tokenizer):
         return cls(buf.getvalue(), kind)
 
 
-def train_tokenizer(kind: str, texts: list[str], vocab_size: int, *, seed: int = 0) -> Tokenizer:
-    """Make a tokenizer of ``kind`` (one of :data:`TOKENIZER_KINDS`), training it if needed.
+_CLASSES: dict[str, type[Tokenizer]] = {"word": WordTokenizer, "char": CharTokenizer,
+                                         "bpe": SentencePieceTokenizer,
+                                         "unigram": SentencePieceTokenizer}
 
-    ``texts`` and ``vocab_size`` only matter for the SentencePiece kinds ("bpe", "unigram").
-    """
-    if kind == "word":
-        return WordTokenizer()
-    if kind == "char":
-        return CharTokenizer()
+
+def train_tokenizer(kind: str, texts: list[str], vocab_size: int, *, seed: int = 0) -> Tokenizer:
+    """A tokenizer of ``kind`` (one of :data:`TOKENIZER_KINDS`); ``texts`` and ``vocab_size``
+    only matter for the SentencePiece kinds, which are trained on them."""
+    if kind not in _CLASSES:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; "
+                         f"expected one of {list(TOKENIZER_KINDS)}")
     if kind in ("bpe", "unigram"):
         return SentencePieceTokenizer.train(texts, kind, vocab_size, seed=seed)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {list(TOKENIZER_KINDS)}")
-
-
-_CLASSES: dict[str, type[Tokenizer]] = {
-    "word": WordTokenizer,
-    "char": CharTokenizer,
-    "bpe": SentencePieceTokenizer,
-    "unigram": SentencePieceTokenizer,
-}
+    return _CLASSES[kind]()
 
 
 def save_tokenizer(tok: Tokenizer, directory: str | Path, prefix: str) -> None:
-    """Store ``tok`` in ``directory`` as ``{prefix}.tokenizer.json`` plus its files, atomically.
-
-    The extra files are written first, so a reader that finds the JSON finds its files too.
-    """
+    """Store ``tok`` in ``directory`` as ``{prefix}.tokenizer.json`` plus its files, atomically
+    (the files first, so a reader that finds the JSON finds its files too)."""
     directory = Path(directory)
     files = tok.files()
     for name, data in files.items():
@@ -224,12 +180,10 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path, prefix: str) -> None:
 
 
 def load_tokenizer(directory: str | Path, prefix: str) -> Tokenizer:
-    """Load a tokenizer stored by :func:`save_tokenizer`.
-
-    The files the JSON lists must be regular files of bounded size inside ``directory`` (a
-    name that leads elsewhere, or a FIFO, is refused without being opened). Anything wrong is
-    a :class:`~attendo.files.ModelFileError` (a FileNotFoundError when a file is missing)
-    whose message starts with the file's path."""
+    """Load a tokenizer stored by :func:`save_tokenizer`. The files the JSON lists must be
+    regular files of bounded size inside ``directory`` (a name that leads elsewhere, or a FIFO,
+    is refused unopened). Anything wrong is a :class:`~attendo.files.ModelFileError` (a
+    FileNotFoundError when a file is missing) whose message starts with the file's path."""
     directory = Path(directory)
     meta_path = directory / f"{prefix}.tokenizer.json"
     check_inside(meta_path, directory, "tokenizer description")
@@ -239,26 +193,17 @@ def load_tokenizer(directory: str | Path, prefix: str) -> Tokenizer:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelFileError(f"{meta_path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict):
-        raise ModelFileError(
-            f'{meta_path}: expected a JSON object {{"kind": ..., "files": [...]}}, '
-            f"got {type(meta).__name__}"
-        )
+        raise ModelFileError(f'{meta_path}: expected a JSON object {{"kind": ..., "files": '
+                             f"[...]}}, got {type(meta).__name__}")
     kind = meta.get("kind")
     if not isinstance(kind, str) or kind not in _CLASSES:
-        raise ModelFileError(
-            f"{meta_path}: unknown tokenizer kind {_short(kind)}; "
-            f"expected one of {list(TOKENIZER_KINDS)}"
-        )
+        raise ModelFileError(f"{meta_path}: unknown tokenizer kind {_short(kind)}; "
+                             f"expected one of {list(TOKENIZER_KINDS)}")
     names = meta.get("files", [])
-    if (
-        not isinstance(names, list)
-        or len(names) > MAX_TOKENIZER_FILES
-        or not all(isinstance(n, str) and n for n in names)
-    ):
-        raise ModelFileError(
-            f"{meta_path}: 'files' must be a list of at most {MAX_TOKENIZER_FILES} file names, "
-            f"got {_short(names)}"
-        )
+    if not isinstance(names, list) or len(names) > MAX_TOKENIZER_FILES or not all(
+            isinstance(n, str) and n for n in names):
+        raise ModelFileError(f"{meta_path}: 'files' must be a list of at most "
+                             f"{MAX_TOKENIZER_FILES} file names, got {_short(names)}")
     try:
         root = directory.resolve()
     except (OSError, RuntimeError) as e:
@@ -271,16 +216,13 @@ def load_tokenizer(directory: str | Path, prefix: str) -> Tokenizer:
         except (OSError, RuntimeError):  # e.g. a symlink loop
             inside = False
         if not inside or "/" in name or "\\" in name:
-            raise ModelFileError(
-                f"{meta_path}: tokenizer file {_short(name)} is not a file inside the model "
-                f"directory {directory}"
-            )
+            raise ModelFileError(f"{meta_path}: tokenizer file {_short(name)} is not a file "
+                                 f"inside the model directory {directory}")
         try:
             files[name] = read_regular_file(path, "tokenizer file", MAX_TOKENIZER_FILE_BYTES)
         except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{path}: tokenizer file listed in {meta_path} is missing"
-            ) from None
+            raise FileNotFoundError(f"{path}: tokenizer file listed in {meta_path} is missing"
+                                    ) from None
     try:
         return _CLASSES[kind].from_files(kind, files)
     except (ValueError, RuntimeError) as e:
@@ -294,16 +236,12 @@ def _short(value: object, limit: int = 80) -> str:
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
-def build_vocab(
-    tok: Tokenizer, texts: list[str], max_size: int | None = None, min_freq: int = 1
-) -> Vocab:
-    """Build the vocabulary of ``tok``'s pieces over ``texts`` (usually the training side).
-
-    For SentencePiece tokenizers ``max_size`` and ``min_freq`` are ignored: the subword
-    vocabulary was already sized by ``vocab_size``, and dropping pieces it can produce would only
-    turn them into UNK. Pieces the model knows but that never occur in ``texts`` are left out, as
-    their embeddings would never be trained.
-    """
+def build_vocab(tok: Tokenizer, texts: list[str], max_size: int | None = None,
+                min_freq: int = 1) -> Vocab:
+    """The vocabulary of ``tok``'s pieces over ``texts`` (usually the training side). For
+    SentencePiece ``max_size`` and ``min_freq`` are ignored: its ``vocab_size`` already sized
+    the pieces, and dropping some would only turn them into UNK. Pieces that never occur in
+    ``texts`` are left out, as their embeddings would never be trained."""
     if isinstance(tok, SentencePieceTokenizer):
         max_size, min_freq = None, 1
     return Vocab.build((tok.encode(t) for t in texts), max_size=max_size, min_freq=min_freq)

@@ -16,12 +16,49 @@ refused with :class:`ExportError`, naming the model setting and the reason.
 
 from __future__ import annotations
 
+import importlib
+import shutil
 from pathlib import Path
 
-from .common import ExportError, copy_tokenizer_files
+from ..errors import AttendoError
 
 FORMATS = ("ctranslate2", "onnx")
 __all__ = ["FORMATS", "ExportError", "copy_tokenizer_files", "export_model"]
+
+
+class ExportError(ValueError, AttendoError):
+    """The model cannot be exported to the format asked for; the message says why."""
+
+
+def copy_tokenizer_files(model_dir: str | Path, out: str | Path) -> list[str]:
+    """Copy the tokenizer descriptions, their files (``*.spm.model``) and the vocabularies of
+    ``model_dir`` into ``out``; returns the names copied."""
+    names = []
+    for path in sorted(Path(model_dir).iterdir()):
+        if path.name.startswith(("src.", "tgt.")) and path.is_file() and path.suffix in (
+                ".json", ".model"):
+            shutil.copyfile(path, Path(out) / path.name)
+            names.append(path.name)
+    return names
+
+
+def load_checked(model_dir: str | Path, fmt: str, check) -> tuple:
+    """(config, Translator) of ``model_dir`` for ``--format fmt``: an ExportError when the
+    package of that name is missing, or from ``check(cfg)`` before any weights load."""
+    try:
+        importlib.import_module(fmt)
+    except ImportError:
+        raise ExportError(f"--format {fmt} needs the {fmt} package: pip install "
+                          "'attendo[export]'") from None
+    from ..config import load_config
+    from ..translator import Translator
+
+    cfg = load_config(Path(model_dir) / "config.yaml")
+    if cfg.data.src_type == "image":
+        raise ExportError(f"{model_dir}: an image model (model.encoder: image); export covers "
+                          "text models only: ONNX and CTranslate2 graphs here read token ids")
+    check(cfg)
+    return cfg, Translator.from_dir(model_dir)
 
 
 def export_model(model_dir: str | Path, fmt: str, out: str | Path, **options) -> Path:

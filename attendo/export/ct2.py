@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .common import ExportError, copy_tokenizer_files
+from . import ExportError, copy_tokenizer_files, load_checked
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which attendo uses
 
@@ -39,30 +39,22 @@ def check_ctranslate2(cfg) -> None:
     """Refuse, naming the setting and the reason, what CTranslate2 cannot run."""
     m = cfg.model
     if m.decoder != "transformer":
-        raise ExportError(
-            f"model.decoder: {m.decoder!r} cannot be exported to CTranslate2, which runs "
-            "Transformer decoders only (its TransformerSpec has no recurrent layers); use "
-            "--format onnx for RNN decoders"
-        )
+        raise ExportError(f"model.decoder: {m.decoder!r} cannot be exported to CTranslate2, "
+                          "which runs Transformer decoders only (its TransformerSpec has no "
+                          "recurrent layers); use --format onnx for RNN decoders")
     if m.encoder != "transformer":
-        raise ExportError(
-            f"model.encoder: {m.encoder!r} cannot be exported to CTranslate2, which runs "
-            "Transformer encoders only; use --format onnx"
-        )
+        raise ExportError(f"model.encoder: {m.encoder!r} cannot be exported to CTranslate2, "
+                          "which runs Transformer encoders only; use --format onnx")
     if m.copy:
-        raise ExportError(
-            "model.copy: CTranslate2 has no pointer-generator (its output is one softmax over "
-            "the fixed target vocabulary, with no copy distribution or p_gen); use attendo"
-        )
+        raise ExportError("model.copy: CTranslate2 has no pointer-generator (its output is one "
+                          "softmax over the fixed target vocabulary, with no copy distribution "
+                          "or p_gen); use attendo")
     if m.coverage:
-        raise ExportError(
-            "model.coverage: CTranslate2's attention takes no coverage vector; use attendo"
-        )
+        raise ExportError("model.coverage: CTranslate2's attention takes no coverage vector; "
+                          "use attendo")
     if m.attention_normalizer != "softmax":
-        raise ExportError(
-            f"model.attention_normalizer: {m.attention_normalizer!r} is not supported by "
-            "CTranslate2, whose attention is softmax only"
-        )
+        raise ExportError(f"model.attention_normalizer: {m.attention_normalizer!r} is not "
+                          "supported by CTranslate2, whose attention is softmax only")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -91,59 +83,51 @@ def position_table(part, n: int) -> np.ndarray:
     return _np(SinusoidalPositions.table(n, pos.dim))
 
 
+def _stack(spec, part, n_pos: int, pre: bool) -> None:
+    """What the encoder and decoder specs share: positions, scaled embeddings (x *
+    sqrt(d_model), as attendo's _EmbeddedTokens), the final norm, each layer's feed-forward
+    block and its self-attention."""
+    spec.position_encodings.encodings = position_table(part, n_pos)
+    spec.scale_embeddings = True
+    if pre:
+        _norm(spec.layer_norm, part.final_norm)
+    for ls, layer in zip(spec.layer, part.layers):
+        _linear(ls.self_attention.linear[0], layer.self_attn.W_qkv)
+        _linear(ls.self_attention.linear[1], layer.self_attn.W_o)
+        _linear(ls.ffn.linear_0, layer.ff.W_1)
+        _linear(ls.ffn.linear_1, layer.ff.W_2)
+        _norm(ls.ffn.layer_norm, layer.norm_ff)
+
+
 def build_spec(model, cfg, src_tokens: list[str], tgt_tokens: list[str]):
     """A ctranslate2 TransformerSpec holding model's weights (fp32, not yet quantized)."""
     from ctranslate2.specs import transformer_spec
 
     check_ctranslate2(cfg)
     m, enc, dec = cfg.model, model.encoder, model.decoder
-    pre = m.norm == "pre"
-    spec = transformer_spec.TransformerSpec.from_config(
-        (m.enc_layers, m.dec_layers), m.heads, pre_norm=pre,
-    )
+    spec = transformer_spec.TransformerSpec.from_config((m.enc_layers, m.dec_layers), m.heads,
+                                                        pre_norm=m.norm == "pre")
     spec.config.decoder_start_token = "<s>"
     spec.config.layer_norm_epsilon = LAYER_NORM_EPS
     # enough positions for the longest input attendo accepts and the longest output it writes
     n_pos = max(m.max_positions, cfg.decode.max_input_tokens, cfg.decode.max_len + 1)
-
-    e = spec.encoder
+    e, d = spec.encoder, spec.decoder
     e.embeddings[0].weight = _np(enc.embed.weight)
-    e.position_encodings.encodings = position_table(enc, n_pos)
-    e.scale_embeddings = True  # x * sqrt(d_model), as attendo's _EmbeddedTokens
-    if pre:
-        _norm(e.layer_norm, enc.final_norm)
+    _stack(e, enc, n_pos, m.norm == "pre")
     for ls, layer in zip(e.layer, enc.layers):
-        _linear(ls.self_attention.linear[0], layer.self_attn.W_qkv)
-        _linear(ls.self_attention.linear[1], layer.self_attn.W_o)
         _norm(ls.self_attention.layer_norm, layer.norm_attn)
-        _ffn(ls.ffn, layer)
-
-    d = spec.decoder
     d.embeddings.weight = _np(dec.embed.weight)
-    d.position_encodings.encodings = position_table(dec, n_pos)
-    d.scale_embeddings = True
-    if pre:
-        _norm(d.layer_norm, dec.final_norm)
+    _stack(d, dec, n_pos, m.norm == "pre")
     _linear(d.projection, dec.out)
     for ls, layer in zip(d.layer, dec.layers):
-        _linear(ls.self_attention.linear[0], layer.self_attn.W_qkv)
-        _linear(ls.self_attention.linear[1], layer.self_attn.W_o)
         _norm(ls.self_attention.layer_norm, layer.norm_self)
         _linear(ls.attention.linear[0], layer.cross_attn.W_q)
         _linear(ls.attention.linear[1], layer.cross_attn.W_kv)
         _linear(ls.attention.linear[2], layer.cross_attn.W_o)
         _norm(ls.attention.layer_norm, layer.norm_cross)
-        _ffn(ls.ffn, layer)
-
     spec.register_source_vocabulary(list(src_tokens))
     spec.register_target_vocabulary(list(tgt_tokens))
     return spec
-
-
-def _ffn(spec, layer) -> None:
-    _linear(spec.linear_0, layer.ff.W_1)
-    _linear(spec.linear_1, layer.ff.W_2)
-    _norm(spec.layer_norm, layer.norm_ff)
 
 
 def export_ctranslate2(model_dir: str | Path, out: str | Path, quantization: str | None = None
@@ -152,23 +136,11 @@ def export_ctranslate2(model_dir: str | Path, out: str | Path, quantization: str
     if it exists), with the tokenizer and vocabulary files copied beside it.
     ``quantization``: CTranslate2's weight type (None keeps float32; "int8", "float16", ...);
     any model can also be loaded with another ``compute_type``."""
-    try:
-        import ctranslate2  # noqa: F401
-    except ImportError:
-        raise ExportError(
-            "--format ctranslate2 needs the ctranslate2 package: pip install 'attendo[export]'"
-        ) from None
-    from attendo.config import load_config
-
-    model_dir, out = Path(model_dir), Path(out)
-    cfg = load_config(model_dir / "config.yaml")
-    check_ctranslate2(cfg)  # before loading any weights
-    from attendo.translator import Translator
-
-    tr = Translator.from_dir(model_dir)
+    cfg, tr = load_checked(model_dir, "ctranslate2", check_ctranslate2)
     spec = build_spec(tr.model, cfg, tr.src.vocab.itos, tr.tgt.vocab.itos)
     spec.validate()
     spec.optimize(quantization=quantization)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     spec.save(str(out))
     copy_tokenizer_files(model_dir, out)
@@ -188,7 +160,8 @@ def ct2_translate_pieces(ct2_translator, src_pieces: list[list[str]], caps: list
     if isinstance(caps, int):
         caps = [caps] * len(src_pieces)
     out: list[list[str]] = [[] for _ in src_pieces]
-    got = [0.0] * len(src_pieces)
+    if scores is not None:
+        scores[:] = [0.0] * len(src_pieces)
     groups: dict[int, list[int]] = {}
     for i, (p, cap) in enumerate(zip(src_pieces, caps)):
         if p:
@@ -197,12 +170,9 @@ def ct2_translate_pieces(ct2_translator, src_pieces: list[list[str]], caps: list
         res = ct2_translator.translate_batch(
             [src_pieces[i] for i in rows], max_batch_size=batch_size, beam_size=beam,
             length_penalty=length_penalty, max_decoding_length=cap, min_decoding_length=0,
-            max_input_length=0, return_scores=scores is not None,
-        )
+            max_input_length=0, return_scores=scores is not None)
         for i, r in zip(rows, res):
             out[i] = r.hypotheses[0]
             if scores is not None:
-                got[i] = r.scores[0]
-    if scores is not None:
-        scores[:] = got
+                scores[i] = r.scores[0]
     return out

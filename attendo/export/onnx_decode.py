@@ -38,8 +38,9 @@ class OnnxTranslator:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
         providers = providers or ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(self.path / "encoder.onnx"), opts, providers=providers)
-        self.step = ort.InferenceSession(str(self.path / "decoder_step.onnx"), opts, providers=providers)
+        self.encoder, self.step = (ort.InferenceSession(str(self.path / name), opts,
+                                                        providers=providers)
+                                   for name in ("encoder.onnx", "decoder_step.onnx"))
         self.step_inputs = {i.name for i in self.step.get_inputs()}
         self.step_outputs = [o.name for o in self.step.get_outputs()]
         self.bos, self.eos = self.meta["bos"], self.meta["eos"]
@@ -63,8 +64,7 @@ class OnnxTranslator:
         src, tgt = self.codecs()
         texts = clean_texts(texts, "texts")
         ids = [src.encode(t)[: self.meta["decode"]["max_input_tokens"]] for t in texts]
-        out = self.translate_ids(ids, beam, batch_size, length_penalty)
-        return [tgt.decode(o) for o in out]
+        return [tgt.decode(o) for o in self.translate_ids(ids, beam, batch_size, length_penalty)]
 
     # -- ids -------------------------------------------------------------------------------
     def caps(self, lens: list[int]) -> list[int]:
@@ -107,7 +107,8 @@ class OnnxTranslator:
             recurrent = {n: got[n] for n in self.meta["recurrent"]}
         return source, recurrent
 
-    def _step(self, y: np.ndarray, t: int, source: dict, recurrent: dict) -> tuple[np.ndarray, dict]:
+    def _step(self, y: np.ndarray, t: int, source: dict, recurrent: dict
+              ) -> tuple[np.ndarray, dict]:
         feed = {n: v for n, v in recurrent.items() if n in self.step_inputs}  # some go unread
         feed.update(source, y_prev=y)
         if "step" in self.step_inputs:
@@ -127,18 +128,15 @@ class OnnxTranslator:
         B = len(caps)
         alive = list(range(B))
         y = np.full(B, self.bos, dtype=np.int64)
-        hist: list[list[int]] = [[] for _ in range(B)]
-        out: list[list[int]] = [[] for _ in range(B)]
+        out: list[list[int]] = [[] for _ in range(B)]  # every sentence ends by its cap
         for t in range(max(caps)):
             lp, recurrent = self._step(y, t, source, recurrent)
             y = lp.argmax(-1).astype(np.int64)
             keep = []
             for r, s in enumerate(alive):
-                hist[s].append(int(y[r]))
+                out[s].append(int(y[r]))
                 if y[r] != self.eos and t + 1 < caps[s]:
                     keep.append(r)
-                else:
-                    out[s] = hist[s]
             if not keep:
                 break
             if len(keep) < len(alive):

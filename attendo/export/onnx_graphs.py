@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import ExportError, copy_tokenizer_files
+from . import ExportError, copy_tokenizer_files, load_checked
 
 META_FILE = "attendo_onnx.json"
 
@@ -46,19 +46,13 @@ def check_onnx(cfg) -> None:
     """Refuse, naming the setting and the reason, what the exported graphs cannot run."""
     m = cfg.model
     if m.copy:
-        raise ExportError(
-            "model.copy: the pointer-generator's output vocabulary grows with each sentence's "
-            "source-only words (ids V, V+1, ...), which the exported decoder step does not "
-            "model; use attendo"
-        )
+        raise ExportError("model.copy: the pointer-generator's output vocabulary grows with "
+                          "each sentence's source-only words (ids V, V+1, ...), which the "
+                          "exported decoder step does not model; use attendo")
     if m.attention_window:
-        raise ExportError(
-            "model.attention_window: local attention centres its window on the target step, "
-            "which the exported RNN decoder step does not take as an input; use attendo"
-        )
-
-
-# --------------------------------------------------------------------------- wrappers
+        raise ExportError("model.attention_window: local attention centres its window on the "
+                          "target step, which the exported RNN decoder step does not take as "
+                          "an input; use attendo")
 
 
 class TransformerInit(nn.Module):
@@ -70,11 +64,9 @@ class TransformerInit(nn.Module):
 
     def forward(self, src: Tensor, src_lens: Tensor) -> tuple[Tensor, ...]:
         enc = self.encoder(src, src_lens)
-        outs = [enc.out, enc.src_pad_mask]
-        for layer in self.decoder.layers:
-            k, v = layer.cross_attn.project_kv(enc.out)  # (B, H, S, d) each
-            outs += [k, v]
-        return tuple(outs)
+        # (B, H, S, d) each, k_0, v_0, k_1, v_1, ...
+        kv = [x for layer in self.decoder.layers for x in layer.cross_attn.project_kv(enc.out)]
+        return (enc.out, enc.src_pad_mask, *kv)
 
 
 class TransformerStep(nn.Module):
@@ -87,8 +79,7 @@ class TransformerStep(nn.Module):
         super().__init__()
         from .ct2 import position_table
 
-        self.dec = decoder
-        self.L = len(decoder.layers)
+        self.dec, self.L = decoder, len(decoder.layers)
         self.register_buffer("pos", torch.from_numpy(position_table(decoder, n_positions)))
 
     def forward(self, y_prev: Tensor, step: Tensor, src_pad_mask: Tensor, *caches: Tensor
@@ -116,9 +107,8 @@ class RNNInit(nn.Module):
 
     def __init__(self, model, names: list[str]):
         super().__init__()
-        # memory is the encoder's output itself
         self.encoder, self.decoder = model.encoder, model.decoder
-        self.names = [n for n in names if n != "memory"]
+        self.names = [n for n in names if n != "memory"]  # memory is the encoder's output
 
     def forward(self, src: Tensor, src_lens: Tensor) -> tuple[Tensor, ...]:
         enc = self.encoder(src, src_lens)
@@ -146,43 +136,27 @@ class RNNStep(nn.Module):
         return (lp.float(), *(getattr(new, n) for n in self.names if n in RNN_STATE))
 
 
-# --------------------------------------------------------------------------- export
-
-
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
             axes: dict[str, dict[int, str]], opset: int) -> None:
     with warnings.catch_warnings():  # tracer warnings about Python ints and bools
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, args, str(path), input_names=inputs, output_names=outputs,
-            dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True,
-        )
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=axes, opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
 
 
 def export_onnx(model_dir: str | Path, out: str | Path, opset: int = 17) -> Path:
     """Write encoder.onnx, decoder_step.onnx and attendo_onnx.json for the model in
     ``model_dir`` into ``out``, with the tokenizer and vocabulary files beside them."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise ExportError("--format onnx needs the onnx package: pip install 'attendo[export]'") from None
-    from attendo.config import load_config
-    from attendo.translator import Translator
-
-    model_dir, out = Path(model_dir), Path(out)
-    cfg = load_config(model_dir / "config.yaml")
-    check_onnx(cfg)
-    tr = Translator.from_dir(model_dir)
-    model = tr.model.eval()
+    cfg, tr = load_checked(model_dir, "onnx", check_onnx)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = export_graphs(model, cfg, out, opset)
-    meta.update(
-        bos=2, eos=3, pad=0, src_vocab=len(tr.src.vocab), tgt_vocab=len(tr.tgt.vocab),
-        decode={k: getattr(cfg.decode, k) for k in (
-            "beam_size", "length_penalty", "max_len_ratio", "max_len", "batch_size",
-            "max_input_tokens")},
-        lowercase=cfg.data.lowercase,
-    )
+    meta = export_graphs(tr.model.eval(), cfg, out, opset)
+    meta.update(bos=2, eos=3, pad=0, src_vocab=len(tr.src.vocab), tgt_vocab=len(tr.tgt.vocab),
+                decode={k: getattr(cfg.decode, k) for k in (
+                    "beam_size", "length_penalty", "max_len_ratio", "max_len", "batch_size",
+                    "max_input_tokens")},
+                lowercase=cfg.data.lowercase)
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     copy_tokenizer_files(model_dir, out)
     return out
@@ -205,32 +179,27 @@ def export_graphs(model, cfg, out: Path, opset: int = 17) -> dict:
 def _export_transformer(model, cfg, out, opset, src, src_lens, t, enc_axes) -> dict:
     dec = model.decoder
     L, H, d = len(dec.layers), dec.heads, dec.d_head
-    cross = [f"cross_{kv}_{i}" for kv in "kv" for i in range(L)]
+    cross = [f"cross_{kv}_{i}" for kv in "kv" for i in range(L)]  # k_0 .. k_L-1, v_0 ..
     selfc = [f"self_{kv}_{i}" for kv in "kv" for i in range(L)]
     init = TransformerInit(model).eval()
-    outs = init(src, src_lens)
-    axes = dict(enc_axes, **{n: {0: "batch", 2: "src_len"} for n in cross})
-    names = [f"cross_k_{i}" for i in range(L)] + [f"cross_v_{i}" for i in range(L)]
     # TransformerInit returns k_0, v_0, k_1, v_1, ...: name them in that order
     init_names = ["memory", "src_pad_mask"] + [f"cross_{kv}_{i}" for i in range(L) for kv in "kv"]
-    _export(init, (src, src_lens), out / "encoder.onnx", ["src", "src_lens"], init_names, axes,
-            opset)
-    by_name = dict(zip(init_names, outs))
-    B = src.size(0)
+    by_name = dict(zip(init_names, init(src, src_lens)))
+    _export(init, (src, src_lens), out / "encoder.onnx", ["src", "src_lens"], init_names,
+            dict(enc_axes, **{n: {0: "batch", 2: "src_len"} for n in cross}), opset)
     n_pos = max(cfg.model.max_positions, cfg.decode.max_input_tokens, cfg.decode.max_len + 1)
     step = TransformerStep(dec, n_pos).eval()
-    past = [torch.randn(B, H, t, d) for _ in range(2 * L)]
-    args = (src[:, 0], torch.tensor(t), by_name["src_pad_mask"],
-            *[by_name[n] for n in names], *past)
+    past = [torch.randn(src.size(0), H, t, d) for _ in range(2 * L)]
+    args = (src[:, 0], torch.tensor(t), by_name["src_pad_mask"], *[by_name[n] for n in cross],
+            *past)
     new = [f"new_{n}" for n in selfc]
     axes = {"y_prev": {0: "batch"}, "src_pad_mask": {0: "batch", 1: "src_len"},
-            "log_probs": {0: "batch"},
-            **{n: {0: "batch", 2: "src_len"} for n in names},
+            "log_probs": {0: "batch"}, **{n: {0: "batch", 2: "src_len"} for n in cross},
             **{n: {0: "batch", 2: "t"} for n in selfc},
             **{n: {0: "batch", 2: "t_next"} for n in new}}
-    _export(step, args, out / "decoder_step.onnx", ["y_prev", "step", "src_pad_mask", *names, *selfc],
-            ["log_probs", *new], axes, opset)
-    return {"decoder": "transformer", "per_source": ["src_pad_mask", *names],
+    _export(step, args, out / "decoder_step.onnx",
+            ["y_prev", "step", "src_pad_mask", *cross, *selfc], ["log_probs", *new], axes, opset)
+    return {"decoder": "transformer", "per_source": ["src_pad_mask", *cross],
             "recurrent": selfc, "empty_cache": [H, d], "max_positions": n_pos}
 
 
@@ -238,9 +207,8 @@ def _export_rnn(model, out, opset, src, src_lens, enc_axes) -> dict:
     dec = model.decoder
     enc = model.encoder(src, src_lens)
     state = dec.init_state(enc)
-    source = [n for n in RNN_SOURCE if getattr(state, n) is not None]
-    if not dec.has_attention:
-        source = []  # memory and keys are never read by a decoder without attention
+    # memory and keys are never read by a decoder without attention
+    source = [n for n in RNN_SOURCE if dec.has_attention and getattr(state, n) is not None]
     recurrent = [n for n in RNN_STATE if getattr(state, n) is not None]
     names = source + recurrent
     init = RNNInit(model, names).eval()
@@ -248,12 +216,11 @@ def _export_rnn(model, out, opset, src, src_lens, enc_axes) -> dict:
                 attn_vec={0: "batch"}, cov={0: "batch", 1: "src_len"})
     _export(init, (src, src_lens), out / "encoder.onnx", ["src", "src_lens"],
             ["memory", "src_pad_mask", *init.names], axes, opset)
-    step = RNNStep(dec, names).eval()
     args = (src[:, 0], state.src_pad_mask, *(getattr(state, n) for n in names))
-    new = [f"new_{n}" for n in recurrent]
     step_axes = {"y_prev": {0: "batch"}, "log_probs": {0: "batch"},
                  **{n: axes[n] for n in ["src_pad_mask", *names]},
                  **{f"new_{n}": axes[n] for n in recurrent}}
-    _export(step, args, out / "decoder_step.onnx", ["y_prev", "src_pad_mask", *names],
-            ["log_probs", *new], step_axes, opset)
+    _export(RNNStep(dec, names).eval(), args, out / "decoder_step.onnx",
+            ["y_prev", "src_pad_mask", *names], ["log_probs", *(f"new_{n}" for n in recurrent)],
+            step_axes, opset)
     return {"decoder": "rnn", "per_source": ["src_pad_mask", *source], "recurrent": recurrent}

@@ -14,8 +14,7 @@ from .transformer_fast import TransformerDecoderState
 
 __all__ = [
     "SCORERS", "Attention", "build_scorer", "masked_softmax", "DecoderState", "RNNDecoder",
-    "RNNDecoderState", "EncoderOutput", "RNNEncoder", "Seq2Seq", "build_model",
-    "CNNEncoder", "MultiHeadAttention", "SinusoidalPositions", "LearnedPositions",
-    "TransformerEncoder", "TransformerDecoder", "TransformerDecoderState",
-    "Encoder", "Decoder", "OutputLayer", "ENCODERS", "DECODERS",
-]
+    "RNNDecoderState", "EncoderOutput", "RNNEncoder", "Seq2Seq", "build_model", "CNNEncoder",
+    "MultiHeadAttention", "SinusoidalPositions", "LearnedPositions", "TransformerEncoder",
+    "TransformerDecoder", "TransformerDecoderState", "Encoder", "Decoder", "OutputLayer",
+    "ENCODERS", "DECODERS"]

@@ -11,17 +11,9 @@ Each scorer has two parts so that per-step work stays small during decoding:
 A new scorer is one class (``__init__(query_dim, key_dim)``, ``prepare``, ``score``) and one
 line in :data:`SCORERS`.
 
-Coverage (Tu et al. 2016; See et al. 2017, sec. 2.3). With ``model.coverage`` the decoder
-passes cov_ij = sum_{i' < i} a_i'j, the attention source position j has received so far, to
-the scorer (after :meth:`Scorer.add_coverage`), so that it can learn to look elsewhere:
-
-- additive: inside the tanh, e_ij = v_a^T tanh(W_1 s_i + W_2 h_j + w_c cov_ij) with a learned
-  vector w_c (See et al. 2017, eq. 11);
-- dot, scaled_dot, general, location: these have no hidden layer to put it in, so a learned
-  scalar is added to the score, e_ij = f(s_i, h_j) + w_c cov_ij (w_c < 0 steers attention
-  away from positions already covered; w_c = 0 ignores coverage).
-
-The hook, the weight, the loss and the decode-time penalty are in :mod:`attendo.model.coverage`.
+Coverage (``model.coverage``; see :mod:`attendo.model.coverage`): the scorer also sees
+cov_ij = sum_{i' < i} a_i'j, inside the tanh for additive (e_ij = v_a^T tanh(W_1 s_i + W_2 h_j
++ w_c cov_ij)), as a learned scalar times cov_ij added to the score for the others.
 
 Normalizer (``model.attention_normalizer``): a_i = softmax(e_i) by default, or sparsemax /
 1.5-entmax (see :mod:`attendo.model.normalizers`), which give exactly zero weight to
@@ -55,10 +47,8 @@ from .normalizers import normalize
 
 
 def masked_softmax(scores: Tensor, src_pad_mask: Tensor) -> Tensor:
-    """Softmax over the last axis with padding positions forced to exactly zero weight.
-
-    scores: (B, Tq, S); src_pad_mask: (B, S), True at padding. Returns (B, Tq, S).
-    """
+    """Softmax over the last axis with padding positions forced to exactly zero weight:
+    scores (B, Tq, S), src_pad_mask (B, S) True at padding -> (B, Tq, S)."""
     scores = scores.masked_fill(src_pad_mask.unsqueeze(1), float("-inf"))
     return torch.softmax(scores, dim=-1)
 
@@ -72,10 +62,8 @@ def scaled_dot(q: Tensor, k: Tensor) -> Tensor:
 
 
 def masked_normalize(scores: Tensor, src_pad_mask: Tensor, normalizer: str = "softmax") -> Tensor:
-    """:func:`masked_softmax` with any normalizer of :mod:`attendo.model.normalizers`.
-
-    scores: (B, Tq, S); src_pad_mask: (B, S) or (B, Tq, S), True where no weight may go.
-    """
+    """:func:`masked_softmax` with any normalizer of :mod:`attendo.model.normalizers`;
+    src_pad_mask: (B, S) or (B, Tq, S), True where no weight may go."""
     if normalizer == "softmax" and src_pad_mask.dim() == 2:
         return masked_softmax(scores, src_pad_mask)
     invalid = src_pad_mask if src_pad_mask.dim() == 3 else src_pad_mask.unsqueeze(1)
@@ -83,11 +71,8 @@ def masked_normalize(scores: Tensor, src_pad_mask: Tensor, normalizer: str = "so
 
 
 class Scorer(nn.Module):
-    """Base class: e = f(query, keys). Subclasses define prepare and score.
-
-    ``score`` takes an optional coverage ``cov`` (B, Tq, S); it is used only after
-    :meth:`add_coverage` created the weight ``w_c``.
-    """
+    """Base class: e = f(query, keys). Subclasses define prepare and score. ``score``'s
+    coverage ``cov`` (B, Tq, S) is used only after :meth:`add_coverage` created ``w_c``."""
 
     def __init__(self):
         super().__init__()
@@ -101,17 +86,9 @@ class Scorer(nn.Module):
         """query: (B, Tq, Dq); prepared: from prepare; cov (B, Tq, S) -> scores (B, Tq, S)."""
         raise NotImplementedError
 
-    @classmethod
-    def build(cls, query_dim: int, key_dim: int, max_len: int = 256) -> Scorer:
-        """The scorer for these sizes (``max_len``: positions, for the scorers that need it)."""
-        return cls(query_dim, key_dim)
-
     def add_coverage(self) -> None:
         """Let coverage enter the scores: e_ij + w_c cov_ij with a learned scalar w_c."""
         self.w_c = cov_.coverage_weight()
-
-    def _with_coverage(self, scores: Tensor, cov: Tensor | None) -> Tensor:
-        return cov_.add_to_scores(scores, self.w_c, cov)  # (B, Tq, S)
 
 
 class DotScorer(Scorer):
@@ -128,7 +105,7 @@ class DotScorer(Scorer):
 
     def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
         e = torch.bmm(query, prepared.transpose(1, 2)) * self.scale  # (B, Tq, S)
-        return self._with_coverage(e, cov)
+        return cov_.add_to_scores(e, self.w_c, cov)
 
 
 class ScaledDotScorer(DotScorer):
@@ -149,7 +126,8 @@ class GeneralScorer(Scorer):
         return self.W_a(keys)  # (B, S, Dq)
 
     def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
-        return self._with_coverage(torch.bmm(query, prepared.transpose(1, 2)), cov)  # (B, Tq, S)
+        e = torch.bmm(query, prepared.transpose(1, 2))  # (B, Tq, S)
+        return cov_.add_to_scores(e, self.w_c, cov)
 
 
 class AdditiveScorer(Scorer):
@@ -177,23 +155,13 @@ class AdditiveScorer(Scorer):
 
 
 class LocationScorer(Scorer):
-    """Luong location-based: a_i = softmax(W_a s_i), scores over source *positions* only.
-
-    The layer has one output per position up to ``max_len``; positions beyond it get no
-    weight (score -inf), so sources longer than max_len cannot be attended past it.
-    """
+    """Luong location-based: a_i = softmax(W_a s_i), scores over source *positions* only:
+    one output per position up to ``max_len``; positions beyond it get no weight (-inf)."""
 
     def __init__(self, query_dim: int, key_dim: int, max_len: int = 256):
         super().__init__()
         self.W_a = nn.Linear(query_dim, max_len)
         self.max_len = max_len
-
-    @classmethod
-    def build(cls, query_dim: int, key_dim: int, max_len: int = 256) -> Scorer:
-        return cls(query_dim, key_dim, max_len)
-
-    def prepare(self, keys: Tensor) -> Tensor:
-        return keys
 
     def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
         S = prepared.size(1)
@@ -202,24 +170,24 @@ class LocationScorer(Scorer):
             e = e[..., :S]
         else:
             e = F.pad(e, (0, S - self.max_len), value=float("-inf"))  # (B, Tq, S)
-        return self._with_coverage(e, cov)
+        return cov_.add_to_scores(e, self.w_c, cov)
 
 
 SCORERS: dict[str, type[Scorer]] = {
-    "dot": DotScorer,
-    "scaled_dot": ScaledDotScorer,
-    "general": GeneralScorer,
-    "additive": AdditiveScorer,
-    "location": LocationScorer,
+    "dot": DotScorer, "scaled_dot": ScaledDotScorer, "general": GeneralScorer,
+    "additive": AdditiveScorer, "location": LocationScorer,
 }
 
 
-def build_scorer(
-    name: str, query_dim: int, key_dim: int, location_max_len: int = 256, coverage: bool = False
-) -> Scorer:
+def build_scorer(name: str, query_dim: int, key_dim: int, location_max_len: int = 256,
+                 coverage: bool = False) -> Scorer:
     if name not in SCORERS:
         raise ValueError(f"unknown attention scorer {name!r}; choose one of {sorted(SCORERS)}")
-    scorer = SCORERS[name].build(query_dim, key_dim, location_max_len)
+    cls = SCORERS[name]
+    if cls is LocationScorer:
+        scorer = cls(query_dim, key_dim, location_max_len)
+    else:
+        scorer = cls(query_dim, key_dim)
     if coverage:
         scorer.add_coverage()
     return scorer
@@ -227,25 +195,14 @@ def build_scorer(
 
 class Attention(nn.Module):
     """A scorer plus the shared masked normalizer (softmax by default) and weighted sum,
-    optionally local (window > 0; see the module docstring). The settings come validated
-    (``ModelConfig``: ``attention_normalizer``, ``attention_window``, ``local``)."""
+    optionally local (window > 0; see the module docstring). Settings come validated."""
 
-    def __init__(
-        self,
-        scorer: Scorer,
-        normalizer: str = "softmax",
-        window: int = 0,
-        local: str = "monotonic",
-        query_dim: int | None = None,
-    ):
+    def __init__(self, scorer: Scorer, normalizer: str = "softmax", window: int = 0,
+                 local: str = "monotonic", query_dim: int | None = None):
         super().__init__()
-        self.scorer = scorer
-        self.normalizer = normalizer
-        self.window = window
+        self.scorer, self.normalizer, self.window = scorer, normalizer, window
         self.local = local if window else None
-        if self.local == "predictive":
-            if query_dim is None:
-                raise ValueError("local-p attention needs query_dim")
+        if self.local == "predictive":  # query_dim: the decoder's hidden size
             self.W_p = nn.Linear(query_dim, query_dim, bias=False)
             self.v_p = nn.Linear(query_dim, 1, bias=False)
 
@@ -261,20 +218,12 @@ class Attention(nn.Module):
         if self.local == "predictive":
             gate = self.v_p(torch.tanh(self.W_p(query))).squeeze(-1)  # (B, Tq)
             return S_b * torch.sigmoid(gate.to(dtype))
-        Tq = query.size(1)
-        i = torch.arange(Tq, device=query.device).unsqueeze(0)  # (1, Tq)
+        i = torch.arange(query.size(1), device=query.device).unsqueeze(0)  # (1, Tq)
         i = i + (step.unsqueeze(-1) if isinstance(step, Tensor) else step)
         return torch.minimum(i.to(S_b.dtype), (S_b - 1).clamp_min(0))  # (B, Tq)
 
-    def forward(
-        self,
-        query: Tensor,
-        prepared: Tensor,
-        values: Tensor,
-        src_pad_mask: Tensor,
-        cov: Tensor | None = None,
-        step: int | Tensor = 0,
-    ) -> tuple[Tensor, Tensor]:
+    def forward(self, query: Tensor, prepared: Tensor, values: Tensor, src_pad_mask: Tensor,
+                cov: Tensor | None = None, step: int | Tensor = 0) -> tuple[Tensor, Tensor]:
         """query (B, Tq, Dq), values (B, S, Dv), coverage cov (B, Tq, S) or None, step (local-m:
         the target step of query 0) -> context (B, Tq, Dv), weights (B, Tq, S)."""
         scores = self.scorer.score(query, prepared, cov)

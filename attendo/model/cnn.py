@@ -3,9 +3,7 @@ Learning"), the third contextualizer beside recurrence and self-attention.
 
 Each state sees a window of ``kernel`` positions per layer, so N layers see N * (kernel - 1) + 1
 source tokens: context grows with depth, not with time steps, and all positions are computed
-in parallel.
-
-Shapes: B batch, S source length, E embedding size, C channels.
+in parallel. Shapes: B batch, S source length, E embedding size, C channels.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dropout import Dropout
-from .interfaces import Encoder, EncoderOutput
+from .interfaces import Encoder, EncoderOutput, padding_mask
 from .positions import LearnedPositions, mean_pool
 
 SQRT_HALF = math.sqrt(0.5)
@@ -39,29 +37,18 @@ class CNNEncoder(Encoder):
     bridge. The paper's weight normalisation is left out.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        emb_dim: int,
-        channels: int,
-        layers: int = 4,
-        kernel: int = 3,
-        dropout: float = 0.1,
-        max_positions: int = 512,
-        pad_id: int = 0,
-    ):
+    def __init__(self, vocab_size: int, emb_dim: int, channels: int, layers: int = 4,
+                 kernel: int = 3, dropout: float = 0.1, max_positions: int = 512, pad_id: int = 0):
         super().__init__()
         if kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel must be odd (outputs aligned with inputs), got {kernel}")
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         self.pos = LearnedPositions(emb_dim, max_positions)
         self.W_in = nn.Linear(emb_dim, channels)
-        self.convs = nn.ModuleList(
-            [nn.Conv1d(channels, 2 * channels, kernel, padding=kernel // 2) for _ in range(layers)]
-        )
+        self.convs = nn.ModuleList([nn.Conv1d(channels, 2 * channels, kernel, padding=kernel // 2)
+                                    for _ in range(layers)])
         self.W_out = nn.Linear(channels, emb_dim)
         self.dropout = Dropout(dropout)
-        self.p = dropout
         self.out_dim = emb_dim
         self.reset_parameters()
 
@@ -73,7 +60,7 @@ class CNNEncoder(Encoder):
         for emb in (self.embed.weight, self.pos.weight):
             nn.init.normal_(emb, std=0.1)
         self.embed.weight[self.embed.padding_idx].zero_()
-        keep = 1.0 - self.p
+        keep = 1.0 - self.dropout.p
         for lin in (self.W_in, self.W_out):
             nn.init.normal_(lin.weight, std=math.sqrt(keep / lin.in_features))
             nn.init.zeros_(lin.bias)
@@ -85,7 +72,7 @@ class CNNEncoder(Encoder):
     def forward(self, src: Tensor, src_lens: Tensor) -> EncoderOutput:
         """src (B, S) ids, src_lens (B,) -> EncoderOutput(out (B, S, E), src_pad_mask (B, S))."""
         S = src.size(1)
-        src_pad_mask = torch.arange(S, device=src.device)[None, :] >= src_lens.to(src.device)[:, None]
+        src_pad_mask = padding_mask(src_lens, S, src.device)
         pad = src_pad_mask.unsqueeze(-1)  # (B, S, 1)
         e = self.dropout(self.embed(src) + self.pos(S))  # (B, S, E)
         h = self.W_in(e)  # (B, S, C)

@@ -8,13 +8,10 @@ x_i the embedded y_{i-1}), and the output is
 
 over the target vocabulary extended with the sentence's source-only words (ids V, V+1, ...;
 ``src_ext``, the source in that vocabulary, comes with the batch and sits in the decoder
-state). Everything is in log space (log p_gen and log(1 - p_gen) from logsigmoid of the
-logit), so a saturated p_gen gives no NaN: :func:`copy_log_probs` for decoding and
-inspection, :func:`copy_token_loss` for training. An extended id fed back as y_{i-1} is
-embedded as <unk> (:func:`unk_extended`).
-
-Both decoders use it: the RNN decoder with its attention (c_i, s_i the top RNN output), the
-Transformer decoder with the cross-attention of ``attn_layer`` (mean over heads).
+state), in log space: :func:`copy_log_probs` for decoding, :func:`copy_token_loss` for
+training. An extended id fed back as y_{i-1} is embedded as <unk> (:func:`unk_extended`).
+Both decoders use it: the RNN decoder with its attention, the Transformer decoder with the
+cross-attention of ``attn_layer`` (mean over heads).
 """
 
 from __future__ import annotations
@@ -55,9 +52,8 @@ def check_src_ext(src_ext: Tensor | None) -> None:
         raise ValueError("a copy decoder needs src_ext, the source in the extended vocabulary")
 
 
-def copy_log_probs(
-    lp_vocab: Tensor, p_gen_logit: Tensor, attn: Tensor, src_ext: Tensor, n_ext: int
-) -> Tensor:
+def copy_log_probs(lp_vocab: Tensor, p_gen_logit: Tensor, attn: Tensor, src_ext: Tensor,
+                   n_ext: int) -> Tensor:
     """The pointer-generator distribution in log space (See et al. 2017, eq. 9).
 
     log P(w) = log(p_gen P_vocab(w) + (1 - p_gen) sum_{j: src_ext_j = w} a_j) over the extended
@@ -76,9 +72,8 @@ def copy_log_probs(
     return torch.logaddexp(gen, copy)
 
 
-def copy_token_loss(
-    logits: Tensor, info: dict, target: Tensor, keep: Tensor, label_smoothing: float
-) -> tuple[Tensor, Tensor]:
+def copy_token_loss(logits: Tensor, info: dict, target: Tensor, keep: Tensor,
+                    label_smoothing: float) -> tuple[Tensor, Tensor]:
     """Summed (label-smoothed) loss and summed NLL of the pointer-generator over the positions
     where keep (B, T) is True: logits (N, V) of the kept positions, target (B, T) extended ids
     (Batch.tgt_out_ext), info from the decoder's forward ("attn" (B, T, S), "src_ext" (B, S),

@@ -1,22 +1,13 @@
 """Coverage (Tu et al. 2016; See et al. 2017, sec. 2.3; Wu et al. 2016, sec. 7), in one place.
 
 cov_i = sum_{i' < i} a_i', the attention each source position has received before step i.
-
-- The state: an RNN decoder with ``model.coverage`` carries cov (B, S), zero at the start
-  (:func:`initial_coverage`), and after each step's attention adds it (:func:`advance`);
-  ``info["coverage"]`` is cov_i, the coverage *before* step i's attention.
-- The attention hook: the scorer sees cov_ij, so that it can learn to look elsewhere.
-  The additive scorer puts it inside its tanh, e_ij = v_a^T tanh(W_1 s_i + W_2 h_j +
-  w_c cov_ij) with a learned vector w_c (See et al. 2017, eq. 11; :func:`add_to_features`);
-  the others have no hidden layer to put it in, so a learned scalar is added to the score,
-  e_ij = f(s_i, h_j) + w_c cov_ij (:func:`add_to_scores`).
-- The parameter: ``w_c`` of the scorer (:func:`coverage_weight`), zero-initialised, so a
-  model starts as if it had no coverage (See et al.'s phase two starts it at 0;
-  :func:`coverage_parameters` finds it).
-- The loss: lambda * sum_i sum_j min(a_ij, cov_ij) (See et al. 2017, eq. 12-13;
-  :func:`coverage_loss`, lambda is ``train.coverage_loss``).
-- The decode-time penalty (any attention model, trained with coverage or not): GNMT's
-  beta * sum_j log(min(sum_i a_ij, 1)) (:func:`coverage_penalty`, ``decode.coverage_penalty``).
+An RNN decoder with ``model.coverage`` carries it in its state and its scorer sees it, so
+that it can learn to look elsewhere: inside the additive tanh, e_ij = v_a^T tanh(W_1 s_i +
+W_2 h_j + w_c cov_ij) with a learned vector w_c (See et al. 2017, eq. 11); the other scorers
+have no hidden layer to put it in, so a learned scalar is added, e_ij = f(s_i, h_j) + w_c cov_ij.
+w_c starts at 0, so a model starts as if it had no coverage (See et al.'s phase two). The
+loss is ``train.coverage_loss`` (lambda) times sum_i sum_j min(a_ij, cov_ij) (eq. 12-13); the
+decode-time penalty (any attention model) is GNMT's (``decode.coverage_penalty``).
 """
 
 from __future__ import annotations
@@ -55,8 +46,7 @@ def add_to_features(pre: Tensor, w_c: Tensor | None, cov: Tensor | None) -> Tens
 
 def initial_coverage(memory: Tensor, src_pad_mask: Tensor) -> Tensor:
     """cov_0 = 0 (B, S), like the encoder states ``memory`` (B, S, D)."""
-    B, S = src_pad_mask.shape
-    return memory.new_zeros(B, S)
+    return memory.new_zeros(src_pad_mask.shape)
 
 
 def advance(cov: Tensor, attn: Tensor, info: dict) -> Tensor:
@@ -72,11 +62,9 @@ def coverage_loss(attn: Tensor, cov: Tensor, keep: Tensor) -> Tensor:
 
 
 def coverage_penalty(attn_sum: Tensor, src_pad_mask: Tensor | None, beta: float) -> Tensor:
-    """GNMT coverage penalty beta * sum_j log(min(sum_i a_ij, 1)) (Wu et al. 2016, sec. 7).
-
-    attn_sum (N, S): attention each source position received over the whole output;
-    src_pad_mask (N, S) True at padding (not counted), or None. Returns (N,), <= 0.
-    """
+    """GNMT coverage penalty beta * sum_j log(min(sum_i a_ij, 1)) (Wu et al. 2016, sec. 7):
+    attn_sum (N, S) the attention each source position received over the whole output,
+    src_pad_mask (N, S) True at padding (not counted) or None -> (N,), <= 0."""
     logs = attn_sum.float().clamp(min=COVERAGE_FLOOR, max=1.0).log()  # (N, S)
     if src_pad_mask is not None:
         logs = logs.masked_fill(src_pad_mask, 0.0)

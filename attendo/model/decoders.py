@@ -1,21 +1,7 @@
 """The recurrent decoder (Bahdanau et al. 2015; Luong et al. 2015) behind the step interface
-of :mod:`attendo.model.interfaces`.
-
-Coverage (``model.coverage``): the state carries cov_i = sum_{i'<i} a_i' (B, S), which the
-scorer sees; ``info["coverage"]`` is cov_i, the coverage *before* step i's attention (see
-:mod:`attendo.model.coverage`).
-
-Copy (``model.copy``, See et al. 2017, sec. 2.2): the decoder also gives
-p_gen = sigmoid(w_c . c_i + w_s . s_i + w_x . x_i + b) (``info["p_gen"]``), and the output is
-the pointer-generator mixture over the target vocabulary extended with the sentence's
-source-only words (see :mod:`attendo.model.copy`). ``step`` then returns log-probabilities
-over V + n_ext and maps an extended ``y_prev`` back to <unk> before embedding it.
-``forward`` also returns ``"p_gen_logit"`` (B, T) and ``"src_ext"`` (B, S), which
-:meth:`OutputLayer.token_loss` and :meth:`OutputLayer.log_probs` need.
-
-Sparse and local attention (``model.attention_normalizer``, ``model.attention_window`` and
-``model.local``): see :mod:`attendo.model.attention`. The state counts the target step ``t``
-(local-m centres its window on it). Either turns the fused teacher-forced pass off.
+of :mod:`attendo.model.interfaces`. Coverage: :mod:`.coverage`; copy: :mod:`.copy`; sparse and
+local attention: :mod:`.attention` (the state counts the target step ``t``, on which local-m
+centres its window).
 """
 
 from __future__ import annotations
@@ -29,15 +15,12 @@ from torch import Tensor, nn
 
 from . import coverage as cov_
 from .attention import AdditiveScorer, Attention, build_scorer
-from .copy import TINY, check_src_ext, copy_log_probs, p_gen_info, p_gen_layer, unk_extended
-from .coverage import coverage_loss
+from .copy import TINY, check_src_ext, p_gen_info, p_gen_layer, unk_extended
 from .dropout import Dropout
 from .fused_rnn import fused_decode
 from .interfaces import Decoder, DecoderState, EncoderOutput, OutputLayer
 
-# kept importable from here, where they were first defined
-__all__ = ["RNNDecoder", "RNNDecoderState", "DecoderState", "OutputLayer", "copy_log_probs",
-           "coverage_loss", "to_autocast_dtype", "TINY"]
+__all__ = ["RNNDecoder", "RNNDecoderState", "OutputLayer", "TINY"]  # TINY, OutputLayer: bench/
 
 
 @dataclass
@@ -61,9 +44,7 @@ def to_autocast_dtype(x: Tensor) -> Tensor:
     decoder casts what every step reads (encoder states, embeddings) once per batch, so that
     autocast does not cast it again at every step, forward and backward."""
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
-        return x
-    return x.to(torch.get_autocast_dtype(device))
+    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
 
 
 class RNNDecoder(Decoder):
@@ -78,51 +59,27 @@ class RNNDecoder(Decoder):
     style "luong": query = s_i (the RNN runs first). With input feeding (Luong sec. 3.3)
     h~_{i-1} is concatenated to the RNN input in either style.
 
-    coverage: the scorer also sees cov_i = sum_{i'<i} a_i' (Tu et al. 2016; See et al. 2017).
-    copy: pointer-generator output with p_gen = sigmoid(W_gen [c_i; s_i; x_i]), x_i the
-    embedded y_{i-1} and s_i the top RNN output (See et al. 2017, eq. 8).
-
-    The settings come validated (``ModelConfig``: coverage, copy and a window need attention;
-    copy needs weights that sum to 1, so no local-p).
+    coverage: the scorer also sees cov_i = sum_{i'<i} a_i' (``info["coverage"]``: cov_i, before
+    step i's attention). copy: the pointer-generator output over V + n_ext with
+    p_gen = sigmoid(W_gen [c_i; s_i; x_i]) (``info["p_gen"]``), x_i the embedded y_{i-1} and
+    s_i the top RNN output (See et al. 2017, eq. 8); an extended ``y_prev`` is fed back as <unk>.
+    The settings come validated by ``ModelConfig``.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        emb_dim: int,
-        hidden: int,
-        enc_dim: int,
-        enc_final_dim: int,
-        layers: int = 1,
-        rnn_type: str = "gru",
-        attention: str = "additive",
-        style: str = "bahdanau",
-        input_feeding: bool = True,
-        bridge: bool = True,
-        out_dim: int | None = None,
-        tie_output: bool = False,
-        dropout: float = 0.0,
-        location_max_len: int = 256,
-        pad_id: int = 0,
-        coverage: bool = False,
-        copy: bool = False,
-        unk_id: int = 1,
-        normalizer: str = "softmax",
-        window: int = 0,
-        local: str = "monotonic",
-    ):
+    def __init__(self, vocab_size: int, emb_dim: int, hidden: int, enc_dim: int,
+                 enc_final_dim: int, layers: int = 1, rnn_type: str = "gru",
+                 attention: str = "additive", style: str = "bahdanau", input_feeding: bool = True,
+                 bridge: bool = True, out_dim: int | None = None, tie_output: bool = False,
+                 dropout: float = 0.0, location_max_len: int = 256, pad_id: int = 0,
+                 coverage: bool = False, copy: bool = False, unk_id: int = 1,
+                 normalizer: str = "softmax", window: int = 0, local: str = "monotonic"):
         super().__init__()
         self.vocab_size = vocab_size
         self.coverage, self.copy, self.unk_id = coverage, copy, unk_id
-        self.hidden = hidden
-        self.layers = layers
-        self.rnn_type = rnn_type
+        self.hidden, self.layers, self.rnn_type, self.style = hidden, layers, rnn_type, style
         self.use_attn = attention != "none"
-        self.style = style
         self.input_feeding = input_feeding and self.use_attn
-        self.out_dim = out_dim or hidden
-        if not self.use_attn and self.out_dim != hidden:
-            self.out_dim = hidden
+        self.out_dim = (out_dim or hidden) if self.use_attn else hidden
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         rnn_in = emb_dim
         if self.use_attn and style == "bahdanau":
@@ -130,9 +87,8 @@ class RNNDecoder(Decoder):
         if self.input_feeding:
             rnn_in += self.out_dim
         cell = nn.LSTMCell if rnn_type == "lstm" else nn.GRUCell
-        self.cells = nn.ModuleList(
-            [cell(rnn_in if i == 0 else hidden, hidden) for i in range(layers)]
-        )
+        self.cells = nn.ModuleList([cell(rnn_in if i == 0 else hidden, hidden)
+                                    for i in range(layers)])
         self.bridge_h = nn.Linear(enc_final_dim, hidden) if bridge else None
         self.bridge_c = nn.Linear(enc_final_dim, hidden) if bridge and rnn_type == "lstm" else None
         if self.use_attn:
@@ -145,17 +101,12 @@ class RNNDecoder(Decoder):
             self.W_gen = p_gen_layer(enc_dim, hidden, emb_dim)
         self.dropout = Dropout(dropout)
         self.out = nn.Linear(self.out_dim, vocab_size)
-        if tie_output:
-            if self.out_dim != emb_dim:
-                raise ValueError(f"tie_output needs out_dim ({self.out_dim}) == emb_dim ({emb_dim})")
+        if tie_output:  # the config checks out_dim == emb_dim
             self.out.weight = self.embed.weight
 
-    # -- state -------------------------------------------------------------------------
-    def init_state(
-        self, enc: EncoderOutput, src_ext: Tensor | None = None, n_ext: int = 0
-    ) -> RNNDecoderState:
-        """The state before the first step. src_ext (B, S) and n_ext: the source in the
-        extended vocabulary, needed (only) by a copy decoder."""
+    def init_state(self, enc: EncoderOutput, src_ext: Tensor | None = None, n_ext: int = 0
+                   ) -> RNNDecoderState:
+        """The state before the first step; src_ext (B, S) and n_ext are for copy only."""
         B = enc.src_pad_mask.size(0)
         if self.copy:
             check_src_ext(src_ext)
@@ -166,16 +117,12 @@ class RNNDecoder(Decoder):
             if self.bridge_c is not None and enc.final_c is not None:
                 c = torch.tanh(self.bridge_c(self._match_layers(enc.final_c)))
         return RNNDecoderState(
-            h=h,
-            c=c,
-            attn_vec=enc.out.new_zeros(B, self.out_dim),
+            h=h, c=c, attn_vec=enc.out.new_zeros(B, self.out_dim),
             memory=to_autocast_dtype(enc.out),  # read by every step's weighted sum
             keys=self.attention.prepare(enc.out) if self.use_attn else None,
             src_pad_mask=enc.src_pad_mask,
             cov=cov_.initial_coverage(enc.out, enc.src_pad_mask) if self.coverage else None,
-            src_ext=src_ext if self.copy else None,
-            n_ext=n_ext if self.copy else 0,
-        )
+            src_ext=src_ext if self.copy else None, n_ext=n_ext if self.copy else 0)
 
     def _match_layers(self, final: Tensor) -> Tensor:
         """(B, L_enc, D) -> (B, L_dec, D): top encoder layer for any extra decoder layers."""
@@ -186,7 +133,6 @@ class RNNDecoder(Decoder):
             return final[:, L - self.layers :]
         return torch.cat([final, final[:, -1:].expand(-1, self.layers - L, -1)], dim=1)
 
-    # -- one step ----------------------------------------------------------------------
     def _rnn(self, x: Tensor, h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         """x (B, In); h, c (B, L, H) -> top output (B, H), new h, new c."""
         hs, cs = [], []
@@ -205,9 +151,8 @@ class RNNDecoder(Decoder):
     def _attend(self, query: Tensor, state: RNNDecoderState) -> tuple[Tensor, Tensor]:
         """query (B, H) -> context (B, D_enc), weights (B, S)."""
         cov = None if state.cov is None else state.cov.unsqueeze(1)  # (B, 1, S)
-        ctx, a = self.attention(
-            query.unsqueeze(1), state.keys, state.memory, state.src_pad_mask, cov, step=state.t
-        )
+        ctx, a = self.attention(query.unsqueeze(1), state.keys, state.memory, state.src_pad_mask,
+                                cov, step=state.t)
         return ctx.squeeze(1), a.squeeze(1)
 
     def _advance(self, emb: Tensor, state: RNNDecoderState) -> tuple[Tensor, RNNDecoderState, dict]:
@@ -242,33 +187,23 @@ class RNNDecoder(Decoder):
             y_prev = unk_extended(y_prev, self.vocab_size, self.unk_id)
         emb = to_autocast_dtype(self.dropout(self.embed(y_prev)))  # (B, E)
         vec, state, info = self._advance(emb, state)
-        return self._step_log_probs(self.dropout(vec), info, state.src_ext, state.n_ext), state, info
+        lp = self._step_log_probs(self.dropout(vec), info, state.src_ext, state.n_ext)
+        return lp, state, info
 
-    # -- teacher forcing ---------------------------------------------------------------
     fused: bool = True  # use attendo.model.fused_rnn where it applies (set False to compare)
 
     def fusable(self) -> bool:
-        """Whether :meth:`forward` can run as one fused autograd node (see
-        :mod:`attendo.model.fused_rnn`): one GRU layer, Luong-style additive attention with
-        softmax, global (not local), no coverage (copy is fine)."""
-        return (
-            self.fused
-            and self.rnn_type == "gru"
-            and self.layers == 1
-            and self.use_attn
-            and self.style == "luong"
-            and type(self.attention.scorer) is AdditiveScorer
-            and self.attention.normalizer == "softmax"
-            and not self.attention.window
-            and self.attention.scorer.w_c is None
-            and not self.coverage
-            and self.W_c.bias is None
-        )
+        """Whether :meth:`forward` can run as one fused autograd node (:mod:`.fused_rnn`): one
+        GRU layer, Luong-style global additive attention with softmax, no coverage."""
+        return (self.fused and self.rnn_type == "gru" and self.layers == 1 and self.use_attn
+                and self.style == "luong" and type(self.attention.scorer) is AdditiveScorer
+                and self.attention.normalizer == "softmax" and not self.attention.window
+                and self.attention.scorer.w_c is None and not self.coverage
+                and self.W_c.bias is None)
 
     def forward(self, tgt_in: Tensor, state: RNNDecoderState) -> tuple[Tensor, dict]:
         """tgt_in (B, T) -> features (B, T, O), {"attn": (B, T, S)} (+ "coverage" (B, T, S),
-        "p_gen" (B, T) and, for the loss, "p_gen_logit" (B, T), "src_ext" (B, S)): the same
-        as T steps."""
+        "p_gen", "p_gen_logit" (B, T), "src_ext" (B, S)): the same as T steps."""
         if self.copy:
             tgt_in = unk_extended(tgt_in, self.vocab_size, self.unk_id)
         emb = to_autocast_dtype(self.dropout(self.embed(tgt_in)))  # (B, T, E)
@@ -276,8 +211,7 @@ class RNNDecoder(Decoder):
             vecs_, attn, ch = fused_decode(
                 emb, state.h[:, 0], state.memory, state.keys, state.src_pad_mask, self.cells[0],
                 self.attention.scorer.W_1.weight, self.attention.scorer.v_a.weight[0],
-                self.W_c.weight, self.input_feeding, want_ch=self.copy,
-            )
+                self.W_c.weight, self.input_feeding, want_ch=self.copy)
             info = {"attn": attn}
             if self.copy:  # p_gen for all steps at once
                 info.update(p_gen_info(self.W_gen, ch, emb), src_ext=state.src_ext)  # (B, T)

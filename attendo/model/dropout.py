@@ -7,7 +7,6 @@ bench/train_throughput.py). This module draws one 64-bit random integer per *fou
 and compares each 16-bit slice with a threshold: the same distribution up to a drop
 probability rounded to a multiple of 1/65536, from the same ``torch`` generator (so
 ``torch.manual_seed`` still makes runs repeatable). ``bench/dropout_speed.py`` times both.
-
 On CUDA (and for p == 0 or in eval mode) it is exactly ``F.dropout``.
 """
 
@@ -17,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_LOW, _HIGH = -(2**63), 2**63 - 1  # random_ over (almost) all of int64: every 16-bit slice uniform
+_LOW, _HIGH = -(2**63), 2**63 - 1  # random_ over (almost) all int64: every 16-bit slice uniform
 
 
-def keep_multiplier(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+def keep_multiplier(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device
+                    ) -> Tensor:
     """A tensor of ``shape`` that is 0 with probability ~p and 1 / (1 - p) otherwise.
 
     Built with arithmetic only: on the CPU, comparisons that produce ``bool`` tensors (and

@@ -1,47 +1,26 @@
-"""The recurrent encoder: read source ids into states h_1..h_n (the "memory" attention looks at).
-
-Every encoder returns an :class:`~attendo.model.interfaces.EncoderOutput` (the contract is in
-:mod:`attendo.model.interfaces`); decoders only see that, so encoders and decoders can be mixed.
-"""
+"""The recurrent encoder: source ids -> states h_1..h_n, the memory attention looks at."""
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .dropout import Dropout
 from .fused_rnn import fused_gru_encode
-from .interfaces import Encoder, EncoderOutput
-
-__all__ = ["RNNEncoder", "EncoderOutput"]
+from .interfaces import Encoder, EncoderOutput, padding_mask
 
 
 class RNNEncoder(Encoder):
-    """Embedding -> (bi)directional GRU/LSTM over packed sequences (Bahdanau et al. 2015, sec. 3.2)."""
+    """Embedding -> (bi)GRU/LSTM over packed sequences (Bahdanau et al. 2015, sec. 3.2)."""
 
-    def __init__(
-        self,
-        vocab_size: int,
-        emb_dim: int,
-        hidden: int,
-        layers: int = 1,
-        bidirectional: bool = True,
-        rnn_type: str = "gru",
-        dropout: float = 0.0,
-        pad_id: int = 0,
-    ):
+    def __init__(self, vocab_size: int, emb_dim: int, hidden: int, layers: int = 1,
+                 bidirectional: bool = True, rnn_type: str = "gru", dropout: float = 0.0,
+                 pad_id: int = 0):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         rnn_cls = nn.LSTM if rnn_type == "lstm" else nn.GRU
-        self.rnn = rnn_cls(
-            emb_dim,
-            hidden,
-            num_layers=layers,
-            batch_first=True,
-            bidirectional=bidirectional,
-            dropout=dropout if layers > 1 else 0.0,
-        )
+        self.rnn = rnn_cls(emb_dim, hidden, num_layers=layers, batch_first=True,
+                           bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
         self.dropout = Dropout(dropout)
         self.layers = layers
         self.num_dirs = 2 if bidirectional else 1
@@ -55,33 +34,22 @@ class RNNEncoder(Encoder):
         # hand-written pass (a Python loop over time steps) cannot beat
         if self.fusable() and src.device.type == "cpu":
             out, h = fused_gru_encode(emb, src_lens, self.rnn)  # (B, S, dirs*H), (dirs, B, H)
-            return EncoderOutput(
-                out=self.dropout(out),
-                src_pad_mask=self._pad_mask(src_lens, S, src.device),
-                final_h=self._merge_dirs(h),
-            )
-        packed = pack_padded_sequence(emb, src_lens.cpu(), batch_first=True, enforce_sorted=False)
-        out, final = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, dirs*H)
-        h, c = final if isinstance(final, tuple) else (final, None)
-        return EncoderOutput(
-            out=self.dropout(out),
-            src_pad_mask=self._pad_mask(src_lens, S, src.device),
-            final_h=self._merge_dirs(h),
-            final_c=None if c is None else self._merge_dirs(c),
-        )
+            c = None
+        else:
+            packed = pack_padded_sequence(emb, src_lens.cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            out, final = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, dirs*H)
+            h, c = final if isinstance(final, tuple) else (final, None)
+        return EncoderOutput(self.dropout(out), padding_mask(src_lens, S, src.device),
+                             self._merge_dirs(h), None if c is None else self._merge_dirs(c))
 
     fused: bool = True  # use attendo.model.fused_rnn where it applies (set False to compare)
 
     def fusable(self) -> bool:
         """Whether :meth:`forward` can run the GRU as one fused autograd node (one GRU layer
         with biases; see :mod:`attendo.model.fused_rnn`)."""
-        rnn = self.rnn
-        return self.fused and isinstance(rnn, nn.GRU) and self.layers == 1 and rnn.bias
-
-    @staticmethod
-    def _pad_mask(src_lens: Tensor, S: int, device) -> Tensor:
-        return torch.arange(S, device=device)[None, :] >= src_lens.to(device)[:, None]  # (B, S)
+        return self.fused and isinstance(self.rnn, nn.GRU) and self.layers == 1 and self.rnn.bias
 
     def _merge_dirs(self, state: Tensor) -> Tensor:
         """(L*dirs, B, H) -> (B, L, dirs*H), concatenating directions per layer."""

@@ -1,24 +1,17 @@
 """The recurrent passes of the common RNN model, each as one autograd node.
 
-:meth:`RNNEncoder.forward <attendo.model.encoders.RNNEncoder.forward>` and the teacher-forced
-:meth:`RNNDecoder.forward <attendo.model.decoders.RNNDecoder.forward>` walk the sequence
-step by step. Written with plain autograd every decoder step records some thirty small
-operations (the GRU cell, the additive scorer, the softmax, the weighted sum, W_c), and the
-backward replays them one by one, casting and accumulating a gradient for every weight at
-every step; ``nn.GRU`` on a packed batch does the same per direction. On a CPU these small
-per-step costs are most of an RNN training step after the output layer.
+Written with plain autograd, every step of the RNN encoder and the teacher-forced decoder
+records some thirty small operations, and the backward replays them one by one, casting and
+accumulating a gradient for every weight at every step: on a CPU most of an RNN training
+step after the output layer. This module computes the same functions with hand-written
+backward passes (backpropagation through time), for what the shipped RNN configs use:
 
-This module computes the same functions with hand-written backward passes
-(backpropagation through time), for what the shipped RNN configs use:
-
-- :class:`FusedGRUEncoder`: one GRU layer, one or two directions, over padded sequences
-  (the same result as ``nn.GRU`` on the packed batch). Both directions run in one loop: the
-  reverse direction reads each sentence reversed within its own length.
+- :class:`FusedGRUEncoder`: one GRU layer, one or two directions in one loop, over padded
+  sequences (the same result as ``nn.GRU`` on the packed batch).
 - :class:`FusedGRUAttention`: one GRU layer, Luong-style additive attention
-  e_ij = v^T tanh(W_1 s_i + W_2 h_j + b) (Luong et al. 2015: attend with s_i, then
-  h~_i = tanh(W_c [c_i; s_i])), with or without input feeding; no coverage. For the
-  pointer-generator it also returns [c_i; s_i] (with a gradient), from which the decoder
-  computes p_gen outside the loop.
+  e_ij = v^T tanh(W_1 s_i + W_2 h_j + b), h~_i = tanh(W_c [c_i; s_i]), with or without input
+  feeding; no coverage. For copy it also returns [c_i; s_i], from which the decoder computes
+  p_gen outside the loop.
 
 Forward: the input share of the GRU gates for all steps is one matrix product; each step
 does the recurrent part and keeps what the backward needs. Backward: only the recurrence
@@ -27,11 +20,10 @@ at the end (dW = sum_t dY_t^T X_t), and so are the gradients of the embeddings a
 encoder states.
 
 Precision: under autocast the matrix products and the recurrent state run in autocast's
-dtype (as autocast runs ``nn.GRU``, ``nn.GRUCell`` and ``nn.Linear``); the attention
-softmax and weights are fp32 (as autocast's softmax). Gradients come back in the inputs'
-dtypes. ``tests/test_fused_rnn.py`` checks outputs and every gradient against the
-step-by-step modules in float64; the modules fall back to those for other settings
-(``fusable()``), and ``module.fused = False`` switches the fused passes off.
+dtype, the attention softmax and weights in fp32 (as autocast runs the plain modules);
+gradients come back in the inputs' dtypes. ``tests/test_fused_rnn.py`` checks outputs and
+every gradient against the step-by-step modules, which run for other settings
+(``fusable()``) or with ``module.fused = False``.
 """
 
 from __future__ import annotations
@@ -97,10 +89,7 @@ class FusedGRUAttention(torch.autograd.Function):
     def forward(ctx, emb, h0, memory, keys, pad_mask, W_ih, b_ih, W_hh, b_hh, W_1, v, W_c,
                 input_feeding: bool, dtype: torch.dtype, want_ch: bool = False):
         B, T, E = emb.shape
-        H = W_hh.size(1)
-        S, D = memory.shape[1], memory.shape[2]
-        DO = W_c.size(0)
-        A = W_1.size(0)
+        H, S, D, DO, A = W_hh.size(1), memory.size(1), memory.size(2), W_c.size(0), W_1.size(0)
         cast = dict(dtype=dtype)
         Wih, Wc = (w.to(**cast) for w in (W_ih, W_c))
         bih, bhh = (b.to(**cast) for b in (b_ih, b_hh))
@@ -153,18 +142,15 @@ class FusedGRUAttention(torch.autograd.Function):
         x, Wih, W1hh, Wc, mem, Hs, QG, RZ, N, SG, ATT, CH, VEC = ctx.buffers
         del ctx.buffers
         T, B, H = N.shape
-        S, A = SG.shape[2], SG.shape[3]
-        D = mem.size(2)
-        DO = VEC.size(2)
-        E = x.size(2)
-        dt = x.dtype
+        S, A, D, DO, E, dt = SG.size(2), SG.size(3), mem.size(2), VEC.size(2), x.size(2), x.dtype
         W_feed = Wih[:, E:]
         W_1c = W1hh[:A] * 2  # (A, H) 4 W_1: 1 - tanh^2 = 4 sg (1 - sg); W1hh holds 2 W_1
         Whh = W1hh[A:]
         v_ = v.to(dt)
         G = (g_vec if g_vec is not None else VEC.new_zeros(B, T, DO)).to(dt).transpose(0, 1)
         GA = None if g_att is None else g_att.to(ATT.dtype).transpose(0, 1)  # (T, B, S)
-        GC = None if g_ch is None or g_ch.numel() == 0 else g_ch.to(dt).transpose(0, 1)  # (T, B, D + H)
+        # (T, B, D + H)
+        GC = None if g_ch is None or g_ch.numel() == 0 else g_ch.to(dt).transpose(0, 1)
         # per-step factors, computed for all steps at once
         dVEC = 1 - VEC * VEC  # tanh'
         R, Z, dN, dZ, dR = _gru_factors(RZ, N, Hs[:T], QG[:T, :, A + 2 * H:])
@@ -226,10 +212,9 @@ class FusedGRUAttention(torch.autograd.Function):
         )
 
 
-def fused_decode(
-    emb: Tensor, h0: Tensor, memory: Tensor, keys: Tensor, src_pad_mask: Tensor, cell, W_1: Tensor,
-    v: Tensor, W_c: Tensor, input_feeding: bool, want_ch: bool = False,
-) -> tuple[Tensor, Tensor, Tensor | None]:
+def fused_decode(emb: Tensor, h0: Tensor, memory: Tensor, keys: Tensor, src_pad_mask: Tensor, cell,
+                 W_1: Tensor, v: Tensor, W_c: Tensor, input_feeding: bool, want_ch: bool = False
+                 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """emb (B, T, E) embedded targets; h0 (B, H) initial state; memory (B, S, D) encoder
     states; keys (B, S, A) = W_2 h_j + b; src_pad_mask (B, S); cell an ``nn.GRUCell``; W_1
     (A, H), v (A,), W_c (DO, D + H) -> attentional vectors h~ (B, T, DO), weights (B, T, S)
@@ -238,36 +223,34 @@ def fused_decode(
     with torch.autocast(emb.device.type, enabled=False):
         vec, attn, ch = FusedGRUAttention.apply(
             emb, h0, memory, keys, src_pad_mask, cell.weight_ih, cell.bias_ih, cell.weight_hh,
-            cell.bias_hh, W_1, v, W_c, input_feeding, dtype, want_ch,
-        )
+            cell.bias_hh, W_1, v, W_c, input_feeding, dtype, want_ch)
     return vec, attn, (ch if want_ch else None)
 
 
 class FusedGRUEncoder(torch.autograd.Function):
-    """One GRU layer over padded sequences, both directions in one loop (the reverse
-    direction reads each sentence reversed within its own length), with a hand-written
-    backward. The same function as ``nn.GRU`` over a packed batch: outputs are zero at
-    padding and the final state of a row is its state after its last (or, reversed, first)
-    word. Arguments as in :func:`fused_gru_encode`."""
+    """One GRU layer over padded sequences, both directions in one loop (the reverse direction
+    reads each sentence reversed within its own length): outputs are zero at padding and a
+    row's final state is its state after its last (reversed: first) word, as with ``nn.GRU``
+    over a packed batch. Arguments as in :func:`fused_gru_encode`."""
 
     @staticmethod
     def forward(ctx, x, lens, rev, W_ih, W_hh, b_ih, b_hh, dtype: torch.dtype):
         # x (B, S, E); lens (B,); rev (B, S) the reversing gather index; W_ih (K, 3H, E),
         # W_hh (K, 3H, H), b_ih and b_hh (K, 3H) for K = 1 or 2 directions
         B, S, E = x.shape
-        K, H3, H = W_hh.shape
-        H = H3 // 3
+        K, _, H = W_hh.shape
         cast = dict(dtype=dtype)
         Wih, Whh, bih, bhh = (w.to(**cast) for w in (W_ih, W_hh, b_ih, b_hh))
         xs = x.to(**cast)
         X = torch.stack([xs, xs.gather(1, rev.unsqueeze(2).expand(-1, -1, E))][:K])  # (K, B, S, E)
         XT = X.transpose(1, 2).reshape(K, S * B, E)  # time-major rows (t, b)
         GI = torch.baddbmm(bih.unsqueeze(1), XT, Wih.transpose(1, 2)).view(K, S, B, 3 * H)
-        M = (torch.arange(S, device=x.device).unsqueeze(1) < lens.to(x.device)).to(dtype)  # (S, B)
+        M = (torch.arange(S, device=x.device).unsqueeze(1) < lens.to(x.device)).to(dtype)  # S, B
         Hs = xs.new_empty(K, S + 1, B, H)  # state before step t (after: index t + 1)
         Hs[:, 0] = 0
         OUT = xs.new_empty(K, S, B, H)  # the new state of each step, before masking
-        RZ, N, GHN = xs.new_empty(K, S, B, 2 * H), xs.new_empty(K, S, B, H), xs.new_empty(K, S, B, H)
+        RZ = xs.new_empty(K, S, B, 2 * H)
+        N, GHN = xs.new_empty(K, S, B, H), xs.new_empty(K, S, B, H)
         bhh_ = bhh.unsqueeze(1)  # (K, 1, 3H)
         WhhT = Whh.transpose(1, 2)  # (K, H, 3H)
         for t in range(S):

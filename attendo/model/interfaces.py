@@ -15,15 +15,10 @@ A **decoder** (:class:`Decoder`) implements
 
 where ``info`` is a dict of per-step tensors (at least ``"attn"``: (B, S) from step,
 (B, T, S) from forward; ``step(..., need_info=False)`` may leave out what the output does
-not need, which search asks for when nobody reads info) and ``state`` is a
-:class:`DecoderState`, which reorders itself (``index_select(idx)``, ``repeat_rows(k)``) so
-beam search can reorder and prune it without knowing which decoder it holds.
-
-What a caller may ask a decoder (and, through it, ``Seq2Seq``) is declared here too:
-``has_attention``, ``copies`` (a pointer-generator: ``step`` returns V + n_ext columns and
-``init_state`` needs ``src_ext``; see :mod:`attendo.model.copy`), ``has_coverage`` (see
-:mod:`attendo.model.coverage`) and ``attention_heads`` ((layers, heads) of a multi-head
-cross-attention, or None for one distribution per step).
+not need) and ``state`` is a :class:`DecoderState`, which reorders itself
+(``index_select(idx)``, ``repeat_rows(k)``) so beam search can reorder and prune it without
+knowing which decoder it holds. What a caller may ask a decoder (and, through it,
+``Seq2Seq``) is declared on :class:`Decoder`.
 """
 
 from __future__ import annotations
@@ -38,15 +33,18 @@ from torch import Tensor, nn
 from .copy import copy_log_probs, copy_token_loss, extra_words
 from .loss import smoothed_cross_entropy
 
-# ----------------------------------------------------------------------------- encoders
-
 
 @dataclass
 class EncoderOutput:
     out: Tensor  # (B, S, D_enc) one state per source position
     src_pad_mask: Tensor  # (B, S) True at padding
-    final_h: Tensor | None = None  # (B, L, D_final) last state per layer (both directions concatenated)
+    final_h: Tensor | None = None  # (B, L, D_final) last state per layer (directions concatenated)
     final_c: Tensor | None = None  # (B, L, D_final) LSTM cell, else None
+
+
+def padding_mask(lens: Tensor, S: int, device: torch.device) -> Tensor:
+    """(B,) lengths -> (B, S) True at padding."""
+    return torch.arange(S, device=device)[None, :] >= lens.to(device)[:, None]
 
 
 class Encoder(nn.Module):
@@ -56,28 +54,18 @@ class Encoder(nn.Module):
     out_dim: int
 
 
-# ----------------------------------------------------------------------------- decoder state
-
-
 class DecoderState:
     """Base for decoder states: every tensor field (or tuple of tensors, e.g. one per layer)
-    is batch-first and reorders together.
-
-    ``PER_SOURCE`` names the fields that depend only on the source sentence of a row (encoder
-    memory and what is precomputed from it). Beam search reorders rows within each
-    sentence's beam at every step; it passes ``same_source=True`` so those fields, identical
-    across a sentence's beams, are not copied again (for a Transformer they are the
-    cross-attention keys and values of every layer: the largest part of the state).
-    """
+    is batch-first and reorders together. ``PER_SOURCE`` names the fields that depend only on
+    the source sentence of a row (encoder memory and what is precomputed from it): beam
+    search's reorder within each sentence's beam (``same_source=True``) does not copy them
+    again (for a Transformer, the cross-attention keys and values: most of the state)."""
 
     PER_SOURCE: ClassVar[frozenset[str]] = frozenset()
 
     def index_select(self, idx: Tensor, same_source: bool = False):
         """Keep/reorder/duplicate batch rows: row k of the result is row idx[k] of self.
-
-        same_source: the caller promises that row idx[k] has the same source as row k (a
-        reorder within each sentence's beam), so PER_SOURCE fields are kept as they are.
-        """
+        same_source: row idx[k] has the same source as row k, so PER_SOURCE fields are kept."""
         changes = {}
         for f in dataclasses.fields(self):
             if same_source and f.name in self.PER_SOURCE:
@@ -91,16 +79,11 @@ class DecoderState:
 
     def repeat_rows(self, k: int):
         """Each row k times in a row (row b becomes rows b*k ... b*k + k-1): beam search's
-        expansion of every sentence into its beam. A state may keep what depends only on
-        the source once per group of k rows (the Transformer's cross-attention memory)."""
-        first = next(
-            v for v in (getattr(self, f.name) for f in dataclasses.fields(self))
-            if isinstance(v, Tensor)
-        )
-        return self.index_select(torch.arange(first.size(0), device=first.device).repeat_interleave(k))
-
-
-# ----------------------------------------------------------------------------- output layer
+        expansion of every sentence into its beam."""
+        first = next(v for v in (getattr(self, f.name) for f in dataclasses.fields(self))
+                     if isinstance(v, Tensor))
+        idx = torch.arange(first.size(0), device=first.device).repeat_interleave(k)
+        return self.index_select(idx)
 
 
 class OutputLayer:
@@ -113,19 +96,14 @@ class OutputLayer:
     vocab_size: int
     copy: bool = False
 
-    def token_loss(
-        self, features: Tensor, info: dict, target: Tensor, keep: Tensor, label_smoothing: float
-    ) -> tuple[Tensor, Tensor]:
-        """Summed (label-smoothed) loss and summed NLL over the positions where keep is True.
-
-        features (B, T, O), target and keep (B, T). The output layer runs only on kept
-        positions: it is the most expensive matrix product of an RNN model.
-        """
-        if self.copy:
-            # target holds extended ids (Batch.tgt_out_ext); see attendo.model.copy
-            return copy_token_loss(self.logits(features[keep]), info, target, keep,
-                                   label_smoothing)
-        logits = self.logits(features[keep])  # (N, V)
+    def token_loss(self, features: Tensor, info: dict, target: Tensor, keep: Tensor,
+                   label_smoothing: float) -> tuple[Tensor, Tensor]:
+        """Summed (label-smoothed) loss and summed NLL over the positions where keep (B, T) is
+        True; features (B, T, O). The output layer, the most expensive matrix product of an RNN
+        model, runs only on kept positions."""
+        logits = self.out(features[keep])  # (N, V)
+        if self.copy:  # target holds extended ids (Batch.tgt_out_ext)
+            return copy_token_loss(logits, info, target, keep, label_smoothing)
         return smoothed_cross_entropy(logits, target[keep], label_smoothing)
 
     def log_probs(self, features: Tensor, info: dict | None = None) -> Tensor:
@@ -143,23 +121,15 @@ class OutputLayer:
 
     def _step_log_probs(self, features: Tensor, info: dict, src_ext, n_ext: int) -> Tensor:
         """log_probs for one decoding step; with copy, consumes info["p_gen_logit"]."""
-        lp = torch.log_softmax(self.out(features).float(), dim=-1)  # (B, V) fp32 even under autocast
+        lp = torch.log_softmax(self.out(features).float(), dim=-1)  # (B, V), fp32
         if not self.copy:
             return lp
         return copy_log_probs(lp, info.pop("p_gen_logit"), info["attn"], src_ext, n_ext)
 
-    def logits(self, features: Tensor) -> Tensor:
-        return self.out(features)
-
-
-# ----------------------------------------------------------------------------- decoders
-
 
 class Decoder(OutputLayer, nn.Module):
     """A decoder behind the step interface (see the module docstring), with the output layer
-    and the capabilities a caller may ask about. Subclasses set ``use_attn``, ``copy`` and
-    ``coverage`` (attributes their saved configurations have always had) and override
-    :meth:`cross_attention_heads` when their attention comes per layer and head."""
+    and the capabilities a caller may ask about (from ``use_attn``, ``copy``, ``coverage``)."""
 
     use_attn: bool = True  # attends over the source (False for model.attention: none)
     copy: bool = False  # a pointer-generator (model.copy)
@@ -167,23 +137,20 @@ class Decoder(OutputLayer, nn.Module):
 
     @property
     def has_attention(self) -> bool:
-        """Whether decoding attends over the source: only then are there attention weights to
-        draw, align or replace unknown words with."""
+        """Whether decoding attends over the source (attention weights to draw or align)."""
         return self.use_attn
 
     @property
     def copies(self) -> bool:
-        """Whether the decoder is a pointer-generator (``init_state`` needs src_ext)."""
+        """A pointer-generator: ``step`` gives V + n_ext columns, ``init_state`` needs src_ext."""
         return self.copy
 
     @property
     def has_coverage(self) -> bool:
-        """Whether the decoder keeps a coverage vector."""
         return self.coverage
 
     def cross_attention_heads(self) -> tuple[int, int] | None:
-        """(layers, heads) of a multi-head cross-attention, whose weights come per layer and
-        head; None for one attention distribution per step."""
+        """(layers, heads) of a multi-head cross-attention; None: one distribution per step."""
         return None
 
     def init_state(self, enc: EncoderOutput, src_ext: Tensor | None = None, n_ext: int = 0

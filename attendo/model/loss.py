@@ -1,10 +1,8 @@
 """Label-smoothed cross-entropy over the output vocabulary in one autograd node.
 
-The output layer's softmax is the largest elementwise cost of training (N target tokens x V
-vocabulary entries, V = 8000 or more). Written with plain autograd, a label-smoothed loss
-walks the (N, V) matrix many times: a float copy, log_softmax, the gather and mean backward
-(zero-filled and broadcast (N, V) gradients), their sum and log_softmax_backward, each pass
-reading and writing main memory (an (N, V) float matrix is tens of MB).
+The output layer's softmax is the largest elementwise cost of training. Written with plain
+autograd, a label-smoothed loss walks the (N, V) matrix (tens of MB) many times: a float copy,
+log_softmax, the gather and mean backward, their sum and log_softmax_backward.
 
 Here the loss needs only three numbers per row: with lse = logsumexp(x) over the logits x,
 NLL = lse - x_gold and the smoothing term -mean_w log P(w) = lse - mean(x). The backward is

@@ -1,9 +1,5 @@
-"""Multi-head scaled dot-product attention (Vaswani et al. 2017, sec. 3.2), the attention of the
-Transformer encoder and decoder.
-
-Shapes: B batch, Tq queries, Tk keys, D = d_model, H heads, d = D / H. Masks follow attendo's
-one convention: ``key_pad_mask`` (B, Tk) is True at padding.
-"""
+"""The Transformer's multi-head attention. Shapes: B batch, Tq queries, Tk keys, D = d_model,
+H heads, d = D / H; ``key_pad_mask`` (B, Tk) is True at padding."""
 
 from __future__ import annotations
 
@@ -19,12 +15,8 @@ from .transformer_fast import grouped_attention
 def attention_mask(key_pad_mask: Tensor | None, causal: bool, Tq: int, Tk: int,
                    device: torch.device) -> Tensor | None:
     """Boolean mask, True where query i may attend to key j, broadcastable to (B, H, Tq, Tk).
-
-    key_pad_mask: (B, Tk), True at padding. causal: query i sees keys j <= i (Tq == Tk).
-    """
-    allowed = None
-    if key_pad_mask is not None:
-        allowed = ~key_pad_mask[:, None, None, :]  # (B, 1, 1, Tk)
+    key_pad_mask: (B, Tk), True at padding. causal: query i sees keys j <= i (Tq == Tk)."""
+    allowed = None if key_pad_mask is None else ~key_pad_mask[:, None, None, :]  # (B, 1, 1, Tk)
     if causal:
         tril = torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril()  # (Tq, Tk)
         allowed = tril if allowed is None else allowed & tril
@@ -41,13 +33,10 @@ class MultiHeadAttention(nn.Module):
     fused), so the memory's keys and values can be computed once per source batch.
 
     ``attend`` uses ``F.scaled_dot_product_attention`` (fused kernels) unless the weights are
-    asked for; then it computes them explicitly (:func:`~attendo.model.attention.scaled_dot`)
-    and returns them per head (B, H, Tq, Tk). Both paths give the same output (tested).
-    Weights are returned, never stored.
-
-    ``normalizer`` (``model.attention_normalizer``, validated by the config): softmax, or
-    sparsemax / 1.5-entmax (see :mod:`attendo.model.normalizers`), which always take the
-    explicit-weights path (SDPA only does softmax); masked positions get exactly zero weight.
+    asked for or ``normalizer`` (``model.attention_normalizer``) is sparsemax / 1.5-entmax
+    (:mod:`attendo.model.normalizers`; SDPA only does softmax); then it computes the weights
+    explicitly and returns them per head (B, H, Tq, Tk). Both paths give the same output
+    (tested). Masked positions get exactly zero weight.
     """
 
     def __init__(self, d_model: int, heads: int, dropout: float = 0.0, kv_dim: int | None = None,
@@ -57,8 +46,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
         self.normalizer = normalizer
         self.heads, self.d_head, self.dropout = heads, d_model // heads, dropout
-        self.is_self = kv_dim is None
-        if self.is_self:
+        if kv_dim is None:
             self.W_qkv = nn.Linear(d_model, 3 * d_model)
         else:
             self.W_q = nn.Linear(d_model, d_model)
@@ -83,16 +71,9 @@ class MultiHeadAttention(nn.Module):
         """Cross-attention memory: (B, S, D_kv) -> k, v, each (B, H, S, d)."""
         return self._split(self.W_kv(memory), 2)  # type: ignore[return-value]
 
-    def attend(
-        self,
-        q: Tensor,
-        k: Tensor,
-        v: Tensor,
-        key_pad_mask: Tensor | None = None,
-        causal: bool = False,
-        need_weights: bool = False,
-        group: int = 1,
-    ) -> tuple[Tensor, Tensor | None]:
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_pad_mask: Tensor | None = None,
+               causal: bool = False, need_weights: bool = False, group: int = 1
+               ) -> tuple[Tensor, Tensor | None]:
         """q (B, H, Tq, d), k and v (B, H, Tk, d) -> out (B, Tq, D), weights (B, H, Tq, Tk) or None.
 
         key_pad_mask (B, Tk) True at padding keys; causal: query i sees keys j <= i.
@@ -107,8 +88,7 @@ class MultiHeadAttention(nn.Module):
                                              self.training, need_weights)
             return self.W_o(ctx), weights
         B, H, Tq, d = q.shape
-        Tk = k.size(2)
-        weights = None
+        Tk, weights = k.size(2), None
         # one query per row (incremental decoding) on CPU: the fused kernel's tiling costs more
         # than three plain operations (bench/sdpa_one_query.py)
         plain = Tq == 1 and q.device.type == "cpu"
@@ -134,10 +114,8 @@ class MultiHeadAttention(nn.Module):
         ctx = ctx.transpose(1, 2).reshape(B, Tq, H * d)  # (B, Tq, D)
         return self.W_o(ctx), weights
 
-    def forward(
-        self, x: Tensor, key_pad_mask: Tensor | None = None, causal: bool = False,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, key_pad_mask: Tensor | None = None, causal: bool = False,
+                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """Self-attention over x (B, T, D) -> out (B, T, D), weights (B, H, T, T) or None."""
         q, k, v = self.project_qkv(x)
         return self.attend(q, k, v, key_pad_mask, causal, need_weights)

@@ -1,6 +1,5 @@
-"""Attention normalizers: softmax, sparsemax and 1.5-entmax, masked (``model.attention_normalizer``).
-
-All map scores z (..., n) to a probability vector over the last axis:
+"""Attention normalizers (``model.attention_normalizer``): softmax, sparsemax and 1.5-entmax,
+masked. All map scores z (..., n) to a probability vector over the last axis:
 
 - softmax: p_j = exp(z_j) / sum_k exp(z_k); every valid position gets weight > 0.
 - sparsemax (Martins & Astudillo 2016): the Euclidean projection of z onto the simplex,
@@ -32,19 +31,16 @@ NORMALIZERS = ("softmax", "sparsemax", "entmax15")
 
 def _prepare(z: Tensor, invalid: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Upcast to >= fp32, shift by the row max of the valid scores (stability) and sort.
-
-    Returns the shifted scores with -inf at invalid positions (..., n), the sorted scores
-    with 0 in place of -inf (..., n) (invalid ones sort last, so they never enter the cumulative
-    sums of a valid prefix), and the number of valid positions per row (..., 1).
-    """
+    Returns the shifted scores with -inf at invalid positions (..., n), the sorted scores with 0
+    in place of -inf (..., n) (invalid ones sort last, so they never enter the cumulative sums
+    of a valid prefix), and the number of valid positions per row (..., 1)."""
     z = z.to(torch.promote_types(z.dtype, torch.float32))
-    bad = torch.isneginf(z)
-    if invalid is not None:
-        bad = bad | invalid
+    bad = torch.isneginf(z) if invalid is None else torch.isneginf(z) | invalid
     z = z.masked_fill(bad, float("-inf"))
     n_valid = (~bad).sum(-1, keepdim=True)  # (..., 1)
     top = z.max(-1, keepdim=True).values
-    z = z - torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all-invalid row: no shift
+    # an all-invalid row is not shifted
+    z = z - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     zs = torch.sort(z, dim=-1, descending=True).values
     zs = zs.masked_fill(torch.isneginf(zs), 0.0)
     return z, zs, n_valid
@@ -76,8 +72,7 @@ class SparsemaxFunction(torch.autograd.Function):
         (p,) = ctx.saved_tensors
         s = (p > 0).to(p.dtype)
         g = g.to(p.dtype)
-        size = s.sum(-1, keepdim=True)
-        mean = (g * s).sum(-1, keepdim=True) / size.clamp_min(1)
+        mean = (g * s).sum(-1, keepdim=True) / s.sum(-1, keepdim=True).clamp_min(1)
         return s * (g - mean), None
 
 
@@ -114,24 +109,18 @@ class Entmax15Function(torch.autograd.Function):
 
 def sparsemax(z: Tensor, invalid: Tensor | None = None) -> Tensor:
     """sparsemax over the last axis; invalid (broadcastable, True = no weight) or None."""
-    if invalid is not None:
-        invalid = invalid.expand_as(z)
-    return SparsemaxFunction.apply(z, invalid)
+    return SparsemaxFunction.apply(z, None if invalid is None else invalid.expand_as(z))
 
 
 def entmax15(z: Tensor, invalid: Tensor | None = None) -> Tensor:
     """1.5-entmax over the last axis; invalid (broadcastable, True = no weight) or None."""
-    if invalid is not None:
-        invalid = invalid.expand_as(z)
-    return Entmax15Function.apply(z, invalid)
+    return Entmax15Function.apply(z, None if invalid is None else invalid.expand_as(z))
 
 
 def normalize(scores: Tensor, name: str, invalid: Tensor | None = None) -> Tensor:
     """``name`` (one of NORMALIZERS) over the last axis of scores with invalid positions at 0.
-
-    softmax keeps scores' dtype (as ``torch.softmax``; autocast upcasts it itself);
-    sparsemax and entmax15 return float32 (or float64) whatever the input.
-    """
+    softmax keeps scores' dtype (as ``torch.softmax``; autocast upcasts it itself); sparsemax
+    and entmax15 return float32 (or float64) whatever the input."""
     if name == "softmax":
         if invalid is not None:
             scores = scores.masked_fill(invalid, float("-inf"))

@@ -1,10 +1,6 @@
-"""Where a token is: position vectors added to token embeddings, and the mean state that
-stands in for a recurrent encoder's final state.
-
-Self-attention and convolutions see a set of vectors, not a sequence; the position of each
-token is added to its embedding, either as fixed sinusoids (Vaswani et al. 2017, sec. 3.5) or
-as one trained vector per position (Gehring et al. 2017, sec. 3.1). Used by the Transformer
-encoder and decoder and by the CNN encoder.
+"""Where a token is. Self-attention and convolutions see a set of vectors, not a sequence;
+the position of each token is added to its embedding, either as fixed sinusoids (Vaswani et
+al. 2017, sec. 3.5) or as one trained vector per position (Gehring et al. 2017, sec. 3.1).
 """
 
 from __future__ import annotations
@@ -57,21 +53,16 @@ class LearnedPositions(nn.Module):
         if offset + T > self.weight.size(0):
             raise ValueError(
                 f"position {offset + T - 1} is beyond the {self.weight.size(0)} learned positions "
-                "(model.max_positions); raise it, or cap input and output lengths below it"
-            )
+                "(model.max_positions); raise it, or cap input and output lengths below it")
         return self.weight[offset : offset + T]
 
 
-POSITIONS: dict[str, type[nn.Module]] = {
-    "sinusoidal": SinusoidalPositions,
-    "learned": LearnedPositions,
-}
+POSITIONS: dict[str, type[nn.Module]] = {"sinusoidal": SinusoidalPositions,
+                                          "learned": LearnedPositions}
 
 
 def build_positions(kind: str, dim: int, max_len: int) -> nn.Module:
-    if kind not in POSITIONS:
-        raise ValueError(f"unknown positions {kind!r}; choose sinusoidal or learned")
-    return POSITIONS[kind](dim, max_len)
+    return POSITIONS[kind](dim, max_len)  # model.positions, validated by the config
 
 
 def mean_pool(out: Tensor, src_pad_mask: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from .copy import extra_words
 from .coverage import coverage_loss, coverage_parameters
 from .decoders import RNNDecoder
 from .encoders import RNNEncoder
+from .image import ImageEncoder
 from .interfaces import Decoder, Encoder
 from .transformer import TransformerDecoder, TransformerEncoder
 
@@ -281,6 +282,13 @@ def _transformer_encoder(cfg: ModelConfig, vocab_size: int, pad_id: int) -> Enco
         positions=cfg.positions, max_positions=cfg.max_positions, pad_id=pad_id,
         normalizer=cfg.attention_normalizer,
     )
+
+
+@register_encoder("image")
+def _image_encoder(cfg: ModelConfig, channels: int, pad_id: int) -> Encoder:
+    # an image model's source "vocabulary size" is its number of channels (see ImageCodec)
+    return ImageEncoder(channels, cfg.enc_hidden, cfg.enc_layers, cfg.image_pool, cfg.image_rnn,
+                        cfg.dropout)
 
 
 @register_decoder("rnn")

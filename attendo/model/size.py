@@ -2,15 +2,15 @@
 checked against the memory this process may use.
 
 The estimate builds the model on the ``meta`` device (shapes, no data) with at most two layers
-per stack and extrapolates to the configured depth: every layer after a stack's first has the
-same shapes, so each count is exactly bilinear in (enc_layers, dec_layers). It answers in
-milliseconds whatever the config says, so that an absurd size is a one-line
-:class:`~attendo.config.ConfigError` naming the key and the estimate, instead of an integer
-overflow, an allocator failure, or minutes spent constructing a million layers.
+per stack and extrapolates: every layer after a stack's first has the same shapes, so each
+count is exactly bilinear in (enc_layers, dec_layers). It answers in milliseconds whatever the
+config says, so an absurd size is a one-line :class:`~attendo.config.ConfigError` naming the
+key and the estimate, not an integer overflow, an allocator failure or minutes of building.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -58,8 +58,7 @@ class _SkipInit(TorchFunctionMode):
     compiler stack (about a second) on first use."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
+        kwargs, name = kwargs or {}, getattr(func, "__name__", "")
         if name.endswith("_") and not name.endswith("__"):
             t = args[0] if args else kwargs.get("tensor")
             if isinstance(t, torch.Tensor) and t.is_meta:
@@ -125,8 +124,7 @@ def _cgroup_limit(proc: Path = Path("/proc/self/cgroup"),
     except OSError:
         return None
     limits = []
-    for line in lines:
-        parts = line.split(":", 2)
+    for parts in (line.split(":", 2) for line in lines):
         if len(parts) != 3:
             continue
         _, controllers, rel = parts
@@ -147,8 +145,7 @@ def _cgroup_limit(proc: Path = Path("/proc/self/cgroup"),
 
 
 def _vm_kib(field: str) -> int:
-    """This process's ``field`` (VmSize, VmData) from /proc/self/status, in bytes (0 if
-    unknown)."""
+    """This process's ``field`` (VmSize, VmData) from /proc/self/status in bytes, 0 if unknown."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -171,33 +168,25 @@ def available_memory(device: torch.device | str | None = None) -> tuple[int, str
         if index >= torch.cuda.device_count():
             raise ConfigError(f"device {str(device)!r}: no such device (this machine has "
                               f"{torch.cuda.device_count()} CUDA devices)")
-        total = torch.cuda.get_device_properties(index).total_memory
-        return total, f"the memory of cuda:{index}"
+        return torch.cuda.get_device_properties(index).total_memory, f"the memory of cuda:{index}"
     bounds: list[tuple[int, str]] = []
-    try:
+    with contextlib.suppress(ValueError, OSError, AttributeError):
         bounds.append((os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"),
                        "physical memory"))
-    except (ValueError, OSError, AttributeError):
-        pass
     cgroup = _cgroup_limit()
     if cgroup is not None:
         bounds.append((cgroup, "the cgroup memory limit"))
     try:
         import resource
     except ImportError:  # not on Unix
-        resource = None  # type: ignore[assignment]
-    if resource is not None:
-        for limit, field, what in ((resource.RLIMIT_AS, "VmSize", "address-space limit, "
-                                    "ulimit -v"),
-                                   (resource.RLIMIT_DATA, "VmData", "data limit, ulimit -d")):
-            soft = resource.getrlimit(limit)[0]
-            if soft != resource.RLIM_INFINITY and soft >= 0:
-                used = _vm_kib(field)
-                bounds.append((max(soft - used, 0),
-                               f"what is left of the {_gb(soft)} {what}"))
-    if not bounds:
-        return _UNLIMITED, "no known limit"
-    return min(bounds)
+        return min(bounds, default=(_UNLIMITED, "no known limit"))
+    for limit, field, what in ((resource.RLIMIT_AS, "VmSize", "address-space limit, ulimit -v"),
+                               (resource.RLIMIT_DATA, "VmData", "data limit, ulimit -d")):
+        soft = resource.getrlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY and soft >= 0:
+            bounds.append((max(soft - _vm_kib(field), 0),
+                           f"what is left of the {_gb(soft)} {what}"))
+    return min(bounds, default=(_UNLIMITED, "no known limit"))
 
 
 def _gb(n: float) -> str:
@@ -240,10 +229,9 @@ def _blame(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int, traini
     return "model sizes"
 
 
-def check_model_size(
-    cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int = 0, *,
-    training: bool = False, device: torch.device | str | None = None, at_least: bool = False,
-) -> ModelSize:
+def check_model_size(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, pad_id: int = 0, *,
+                     training: bool = False, device: torch.device | str | None = None,
+                     at_least: bool = False) -> ModelSize:
     """The size of the model ``cfg`` describes, refused with a :class:`ConfigError` (one
     line naming the size keys and the estimate) when a tensor's size would overflow 64 bits,
     or when it cannot fit in memory: the model is built in CPU memory, and trained
@@ -275,29 +263,19 @@ def check_model_size(
             use = (f"training needs about {_gb(need)} ({TRAINING_COPIES} copies of its "
                    f"{_gb(size.param_bytes)}: weights, gradients, Adam's two moments)"
                    if train_here else f"its tensors need {_gb(need)}")
-            raise ConfigError(
-                f"{keys}: the model has {'at least ' if at_least else ''}{size.params:,} "
-                f"parameters; {use}, more than the "
-                f"{_gb(have)} available ({source}); use smaller sizes"
-            )
+            raise ConfigError(f"{keys}: the model has {'at least ' if at_least else ''}"
+                              f"{size.params:,} parameters; {use}, more than the {_gb(have)} "
+                              f"available ({source}); use smaller sizes")
     return size
 
 
-def build_model(
-    cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0, *,
-    training: bool = False, device: torch.device | str | None = None,
-) -> Seq2Seq:
-    """Encoder (rnn | cnn | transformer) + decoder (rnn | transformer), any mix.
-
-    RNN parts start from U(-0.1, 0.1); CNN and Transformer parts initialise themselves
-    (``reset_parameters``). ``tie_src_tgt`` makes the encoder use the decoder's embeddings.
-
-    Before anything is allocated the model's size is estimated from ``cfg`` (see
-    :func:`~attendo.model.size.check_model_size`): a size that overflows, or that cannot fit
-    in memory when the model is ``training`` (4 copies of the weights) or decoding (1) on
-    ``device`` (CPU when None), is a :class:`ConfigError` naming the keys. Built under
-    ``torch.device("meta")`` only the overflow is checked.
-    """
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int, pad_id: int = 0,
+                *, training: bool = False, device: torch.device | str | None = None) -> Seq2Seq:
+    """Encoder (rnn | cnn | transformer) + decoder (rnn | transformer), any mix: RNN parts start
+    from U(-0.1, 0.1), CNN and Transformer parts initialise themselves; ``tie_src_tgt`` makes
+    the encoder use the decoder's embeddings. Nothing is allocated before
+    :func:`check_model_size` has found that the model fits in memory, ``training`` or not, on
+    ``device`` (CPU when None); under ``torch.device("meta")`` only the overflow is checked."""
     on_meta = torch.get_default_device().type == "meta"
     check_model_size(cfg, src_vocab_size, tgt_vocab_size, pad_id, training=training,
                      device="meta" if on_meta else device)

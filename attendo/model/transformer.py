@@ -8,17 +8,8 @@ a residual connection and LayerNorm (sec. 3.1), either after the residual ("post
 or before the sub-layer ("pre", Wang et al. 2019, which trains without a careful warm-up).
 
 Shapes: B batch, T target length, S source length, D = d_model, H heads, d = D / H,
-L layers. Masks follow attendo's one convention: ``src_pad_mask`` (B, S) is True at padding.
-
-The decoder implements the step interface of :mod:`attendo.model.interfaces`. Its state
-caches, per layer, the keys and values of the tokens decoded so far (growing by one per step)
-and of the encoder states (computed once in ``init_state``), all batch-first, so
-``state.index_select`` reorders them for beam search like any other state.
-
-The parts live beside this file: the multi-head attention in :mod:`attendo.model.multihead`,
-the positions in :mod:`attendo.model.positions`, and the decoding fast paths (the state's
-deferred reorder, cross-attention shared by a sentence's beams) in
-:mod:`attendo.model.transformer_fast`.
+L layers; ``src_pad_mask`` (B, S) is True at padding. The parts live beside this file:
+:mod:`.multihead`, :mod:`.positions` and the decoding fast paths in :mod:`.transformer_fast`.
 """
 
 from __future__ import annotations
@@ -32,18 +23,10 @@ from torch import Tensor, nn
 
 from .copy import check_src_ext, p_gen_info, p_gen_layer, unk_extended
 from .dropout import Dropout
-from .interfaces import Decoder, Encoder, EncoderOutput
-from .multihead import MultiHeadAttention, attention_mask
-from .positions import LearnedPositions, SinusoidalPositions, build_positions, mean_pool
+from .interfaces import Decoder, Encoder, EncoderOutput, padding_mask
+from .multihead import MultiHeadAttention
+from .positions import LearnedPositions, build_positions, mean_pool
 from .transformer_fast import TransformerDecoderState, extend_cache
-
-# kept importable from here, where they were first defined
-__all__ = ["MultiHeadAttention", "attention_mask", "SinusoidalPositions", "LearnedPositions",
-           "build_positions", "mean_pool", "TransformerEncoder", "TransformerDecoder",
-           "TransformerDecoderState", "TransformerEncoderLayer", "TransformerDecoderLayer",
-           "FeedForward"]
-
-# --------------------------------------------------------------------------- layers
 
 
 class FeedForward(nn.Module):
@@ -104,53 +87,37 @@ class TransformerDecoderLayer(_Residual):
                  attn_dropout: float = 0.1, norm: str = "pre", normalizer: str = "softmax"):
         super().__init__(norm, dropout)
         self.self_attn = MultiHeadAttention(d_model, heads, attn_dropout, normalizer=normalizer)
-        self.cross_attn = MultiHeadAttention(
-            d_model, heads, attn_dropout, kv_dim=enc_dim, normalizer=normalizer
-        )
+        self.cross_attn = MultiHeadAttention(d_model, heads, attn_dropout, kv_dim=enc_dim,
+                                             normalizer=normalizer)
         self.ff = FeedForward(d_model, ff_dim, dropout)
-        self.norm_self = nn.LayerNorm(d_model)
-        self.norm_cross = nn.LayerNorm(d_model)
-        self.norm_ff = nn.LayerNorm(d_model)
+        self.norm_self, self.norm_cross, self.norm_ff = (nn.LayerNorm(d_model) for _ in range(3))
 
-    def forward(
-        self,
-        x: Tensor,
-        cross_k: Tensor,
-        cross_v: Tensor,
-        src_pad_mask: Tensor,
-        past_k: Tensor | None = None,
-        past_v: Tensor | None = None,
-        need_weights: bool = False,
-        past_order: Tensor | None = None,
-        group: int = 1,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
-        """x (B, T, D); cross_k, cross_v (B, H, S, d) of the encoder states.
-
-        past_k, past_v None: teacher forcing, x is the whole prefix and self-attention is causal.
-        Otherwise (B', H, t, d) cached keys/values of the t earlier positions, which x follows;
-        past_order (B,): row b's cache is row past_order[b] of past_k and past_v (a beam
-        reorder not applied yet; None: the rows as they are). group: cross_k and cross_v hold
-        one memory per group of that many rows (see MultiHeadAttention.attend).
-        Returns x (B, T, D), self-attention keys and values incl. x's (B, H, t+T, d),
-        cross-attention weights (B, H, T, S) when need_weights, and the cross-attention
-        sub-layer's output (B, T, D) (its context, W_o [heads], which copy's p_gen reads).
-        """
+    def forward(self, x: Tensor, cross_k: Tensor, cross_v: Tensor, src_pad_mask: Tensor,
+                past_k: Tensor | None = None, past_v: Tensor | None = None,
+                need_weights: bool = False, past_order: Tensor | None = None, group: int = 1
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+        """x (B, T, D); cross_k, cross_v (B, H, S, d) of the encoder states. past_k, past_v
+        None: teacher forcing (causal self-attention over x); else (B', H, t, d) the cache of
+        the t earlier positions, reordered by past_order (B,) (see transformer_fast), group:
+        see MultiHeadAttention.attend. Returns x (B, T, D), self-attention keys and values
+        incl. x's (B, H, t+T, d), cross-attention weights (B, H, T, S) when need_weights, and
+        the cross-attention sub-layer's output (B, T, D), which copy's p_gen reads."""
         q, k, v = self.self_attn.project_qkv(self._in(x, self.norm_self))  # (B, H, T, d) each
-        if past_k is not None:
-            k, v = extend_cache(past_k, k, past_order), extend_cache(past_v, v, past_order)  # (B, H, t+T, d)
+        if past_k is not None:  # (B, H, t+T, d)
+            k, v = extend_cache(past_k, k, past_order), extend_cache(past_v, v, past_order)
         y, _ = self.self_attn.attend(q, k, v, causal=past_k is None)
         x = self._out(x, y, self.norm_self)
         q = self.cross_attn.project_q(self._in(x, self.norm_cross))
-        ctx, w = self.cross_attn.attend(
-            q, cross_k, cross_v, src_pad_mask, need_weights=need_weights, group=group
-        )
+        ctx, w = self.cross_attn.attend(q, cross_k, cross_v, src_pad_mask,
+                                        need_weights=need_weights, group=group)
         x = self._out(x, ctx, self.norm_cross)
         x = self._out(x, self.ff(self._in(x, self.norm_ff)), self.norm_ff)
         return x, k, v, w, ctx
 
 
 class _EmbeddedTokens(nn.Module):
-    """Token embeddings scaled by sqrt(D) (sec. 3.4) plus positions, then dropout."""
+    """Token embeddings scaled by sqrt(D) (sec. 3.4) plus positions, then dropout; and the
+    initialisation both stacks share."""
 
     def __init__(self, vocab_size: int, d_model: int, positions: str, max_positions: int,
                  dropout: float, pad_id: int):
@@ -159,18 +126,19 @@ class _EmbeddedTokens(nn.Module):
         self.pos = build_positions(positions, d_model, max_positions)
         self.scale = math.sqrt(d_model)
         self.emb_dropout = Dropout(dropout)
+        self.d_model = self.out_dim = d_model
 
     def _embed(self, ids: Tensor, offset: int = 0) -> Tensor:
         """ids (B, T) -> (B, T, D) for positions offset .. offset+T-1."""
         x = self.embed(ids) * self.scale + self.pos(ids.size(1), offset)
         return self.emb_dropout(x)
 
-
-def _init_transformer(module: nn.Module, d_model: int) -> None:
-    """Xavier-uniform matrices, zero biases, N(0, D^-1/2) embeddings with a zero padding row
-    (the initialisation of fairseq's Transformer; embeddings are scaled by sqrt(D) on use)."""
-    with torch.no_grad():
-        for m in module.modules():
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Xavier-uniform matrices, zero biases, N(0, D^-1/2) embeddings with a zero padding row
+        (fairseq's Transformer initialisation; embeddings are scaled by sqrt(D) on use)."""
+        std = self.d_model**-0.5
+        for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
@@ -179,15 +147,12 @@ def _init_transformer(module: nn.Module, d_model: int) -> None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, LearnedPositions):
-                nn.init.normal_(m.weight, std=d_model**-0.5)
-        for m in module.modules():  # after the Linears: a tied output layer shares this weight
+                nn.init.normal_(m.weight, std=std)
+        for m in self.modules():  # after the Linears: a tied output layer shares this weight
             if isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=d_model**-0.5)
+                nn.init.normal_(m.weight, std=std)
                 if m.padding_idx is not None:
                     m.weight[m.padding_idx].zero_()
-
-
-# --------------------------------------------------------------------------- encoder
 
 
 class TransformerEncoder(Encoder, _EmbeddedTokens):
@@ -198,37 +163,20 @@ class TransformerEncoder(Encoder, _EmbeddedTokens):
     start from it; ``final_c`` is None.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 256,
-        heads: int = 4,
-        ff_dim: int = 1024,
-        layers: int = 6,
-        dropout: float = 0.1,
-        attn_dropout: float = 0.1,
-        norm: str = "pre",
-        positions: str = "sinusoidal",
-        max_positions: int = 512,
-        pad_id: int = 0,
-        normalizer: str = "softmax",
-    ):
+    def __init__(self, vocab_size: int, d_model: int = 256, heads: int = 4, ff_dim: int = 1024,
+                 layers: int = 6, dropout: float = 0.1, attn_dropout: float = 0.1,
+                 norm: str = "pre", positions: str = "sinusoidal", max_positions: int = 512,
+                 pad_id: int = 0, normalizer: str = "softmax"):
         super().__init__(vocab_size, d_model, positions, max_positions, dropout, pad_id)
-        self.layers = nn.ModuleList(
-            [TransformerEncoderLayer(d_model, heads, ff_dim, dropout, attn_dropout, norm, normalizer)
-             for _ in range(layers)]
-        )
+        self.layers = nn.ModuleList([
+            TransformerEncoderLayer(d_model, heads, ff_dim, dropout, attn_dropout, norm, normalizer)
+            for _ in range(layers)])
         self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else None
-        self.d_model = self.out_dim = d_model
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        _init_transformer(self, self.d_model)
 
     def _encode(self, src: Tensor, src_lens: Tensor, need_weights: bool
                 ) -> tuple[EncoderOutput, list[Tensor | None]]:
-        S = src.size(1)
-        src_pad_mask = torch.arange(S, device=src.device)[None, :] >= src_lens.to(src.device)[:, None]
+        src_pad_mask = padding_mask(src_lens, src.size(1), src.device)
         x = self._embed(src)  # (B, S, D)
         weights = []
         for layer in self.layers:
@@ -248,51 +196,29 @@ class TransformerEncoder(Encoder, _EmbeddedTokens):
         return torch.stack(self._encode(src, src_lens, need_weights=True)[1], 1)
 
 
-# --------------------------------------------------------------------------- decoder
-
-
 class TransformerDecoder(Decoder, _EmbeddedTokens):
     """Masked self-attention + cross-attention decoder behind attendo's step interface.
 
-    ``step`` runs one position for the whole batch with cached keys/values; ``forward`` runs
-    the whole target prefix at once under a causal mask (teacher forcing); both give the same
-    outputs (tested). ``info["attn"]`` is the cross-attention of layer ``attn_layer`` averaged
-    over heads; ``step`` also returns ``info["attn_heads"]`` (B, L, H, S), every layer and head.
+    ``step`` runs one position with cached keys/values; ``forward`` the whole target prefix
+    under a causal mask (teacher forcing); both give the same outputs (tested).
+    ``info["attn"]`` is the cross-attention of layer ``attn_layer`` averaged over heads.
 
-    copy (See et al. 2017 on cross-attention): the copy distribution is ``info["attn"]`` (layer
-    ``attn_layer``, mean over heads) and p_gen = sigmoid(W_gen [c_i; s_i; x_i]) with c_i that
-    layer's cross-attention output (the heads' contexts projected by W_o), s_i the decoder
-    output (after the final LayerNorm) and x_i the input embedding (scaled, plus position).
+    copy: the copy distribution is ``info["attn"]`` and p_gen = sigmoid(W_gen [c_i; s_i; x_i])
+    with c_i that layer's cross-attention output (after W_o), s_i the decoder output (after
+    the final LayerNorm) and x_i the input embedding (scaled, plus position).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        enc_dim: int,
-        d_model: int = 256,
-        heads: int = 4,
-        ff_dim: int = 1024,
-        layers: int = 6,
-        dropout: float = 0.1,
-        attn_dropout: float = 0.1,
-        norm: str = "pre",
-        positions: str = "sinusoidal",
-        max_positions: int = 512,
-        tie_output: bool = False,
-        attn_layer: int = -1,
-        pad_id: int = 0,
-        copy: bool = False,
-        unk_id: int = 1,
-        normalizer: str = "softmax",
-    ):
+    def __init__(self, vocab_size: int, enc_dim: int, d_model: int = 256, heads: int = 4,
+                 ff_dim: int = 1024, layers: int = 6, dropout: float = 0.1,
+                 attn_dropout: float = 0.1, norm: str = "pre", positions: str = "sinusoidal",
+                 max_positions: int = 512, tie_output: bool = False, attn_layer: int = -1,
+                 pad_id: int = 0, copy: bool = False, unk_id: int = 1,
+                 normalizer: str = "softmax"):
         super().__init__(vocab_size, d_model, positions, max_positions, dropout, pad_id)
-        self.vocab_size = vocab_size
-        self.copy, self.unk_id = copy, unk_id
-        self.layers = nn.ModuleList(
-            [TransformerDecoderLayer(d_model, heads, ff_dim, enc_dim, dropout, attn_dropout, norm,
-                                     normalizer)
-             for _ in range(layers)]
-        )
+        self.vocab_size, self.copy, self.unk_id = vocab_size, copy, unk_id
+        self.layers = nn.ModuleList([
+            TransformerDecoderLayer(d_model, heads, ff_dim, enc_dim, dropout, attn_dropout, norm,
+                                    normalizer) for _ in range(layers)])
         self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else None
         self.out = nn.Linear(d_model, vocab_size)
         if tie_output:
@@ -304,20 +230,13 @@ class TransformerDecoder(Decoder, _EmbeddedTokens):
         # guided alignment (train.guided_alignment): (layer, head) whose cross-attention the
         # teacher-forced forward returns as info["align_attn"]; set by the trainer, not saved
         self.align_head: tuple[int, int] | None = None
-        self.d_model = self.out_dim = d_model
         self.reset_parameters()
 
     def cross_attention_heads(self) -> tuple[int, int]:
-        """(layers, heads) of the cross-attention (``Seq2Seq.attention_heads``)."""
         return len(self.layers), self.heads
 
-    def reset_parameters(self) -> None:
-        _init_transformer(self, self.d_model)
-
-    # -- state -------------------------------------------------------------------------
-    def init_state(
-        self, enc: EncoderOutput, src_ext: Tensor | None = None, n_ext: int = 0
-    ) -> TransformerDecoderState:
+    def init_state(self, enc: EncoderOutput, src_ext: Tensor | None = None, n_ext: int = 0
+                   ) -> TransformerDecoderState:
         """The state before the first step; src_ext (B, S) and n_ext are for copy only."""
         if self.copy:
             check_src_ext(src_ext)
@@ -326,36 +245,28 @@ class TransformerDecoder(Decoder, _EmbeddedTokens):
         cross_v = tuple(v.contiguous() for _, v in kv)
         B, H, _, d = cross_k[0].shape
         empty = (cross_k[0].new_zeros(B, H, 0, d),) * len(self.layers)  # nothing decoded yet
-        if not self.copy:
-            return TransformerDecoderState(empty, empty, cross_k, cross_v, enc.src_pad_mask)
-        return TransformerDecoderState(
-            empty, empty, cross_k, cross_v, enc.src_pad_mask, src_ext=src_ext, n_ext=n_ext
-        )
+        return TransformerDecoderState(empty, empty, cross_k, cross_v, enc.src_pad_mask,
+                                       src_ext=src_ext if self.copy else None,
+                                       n_ext=n_ext if self.copy else 0)
 
     def top(self, x: Tensor) -> Tensor:
-        """The decoder output s_i from the last layer's x (..., D): after the final LayerNorm
-        (pre-norm), what the output layer reads."""
+        """The decoder output s_i (what the output layer reads) from the last layer's x."""
         return x if self.final_norm is None else self.final_norm(x)
 
-    # -- one step ----------------------------------------------------------------------
     def step(self, y_prev: Tensor, state: TransformerDecoderState, need_info: bool = True
              ) -> tuple[Tensor, TransformerDecoderState, dict]:
         """y_prev (B,) -> log P(y_t | ...) (B, V) (B, V + n_ext with copy), new state,
-        {"attn": (B, S), "attn_heads": (B, L, H, S)} (+ "p_gen" (B,) with copy).
-
-        need_info=False: info is empty (with copy: only what the output needs, "attn" and
-        p_gen) and cross-attention takes the fused path, without per-head weights."""
+        {"attn": (B, S), "attn_heads": (B, L, H, S)} (+ "p_gen" (B,) with copy). need_info=False:
+        info is empty (with copy: "attn" and p_gen) and cross-attention takes the fused path."""
         if self.copy:  # a copied source-only word is fed back as <unk>
             y_prev = unk_extended(y_prev, self.vocab_size, self.unk_id)
         x = emb = self._embed(y_prev.unsqueeze(1), state.t)  # (B, 1, D)
         ks, vs, ws = [], [], []
         for i, layer in enumerate(self.layers):
             weights = need_info or (self.copy and i == self.attn_layer)
-            x, k, v, w, ctx = layer(
-                x, state.cross_k[i], state.cross_v[i], state.src_pad_mask,
-                state.self_k[i], state.self_v[i], need_weights=weights, past_order=state.order,
-                group=state.group,
-            )
+            x, k, v, w, ctx = layer(x, state.cross_k[i], state.cross_v[i], state.src_pad_mask,
+                                    state.self_k[i], state.self_v[i], need_weights=weights,
+                                    past_order=state.order, group=state.group)
             ks.append(k)
             vs.append(v)
             if need_info:
@@ -368,15 +279,13 @@ class TransformerDecoder(Decoder, _EmbeddedTokens):
             info = {"attn": heads[:, self.attn_layer].mean(1), "attn_heads": heads}
         elif self.copy:
             info = {"attn": attn_w.squeeze(2).mean(1)}  # (B, S)
-        state = dataclasses.replace(
-            state, self_k=tuple(ks), self_v=tuple(vs), t=state.t + 1, order=None
-        )  # L x (B, H, t+1, d)
+        state = dataclasses.replace(state, self_k=tuple(ks), self_v=tuple(vs), t=state.t + 1,
+                                    order=None)  # L x (B, H, t+1, d)
         top = self.top(x.squeeze(1))  # (B, D)
         if self.copy:
             info.update(p_gen_info(self.W_gen, attn_ctx.squeeze(1), top, emb.squeeze(1)))
         return self._step_log_probs(top, info, state.src_ext, state.n_ext), state, info
 
-    # -- teacher forcing ---------------------------------------------------------------
     def forward(self, tgt_in: Tensor, state: TransformerDecoderState) -> tuple[Tensor, dict]:
         """tgt_in (B, T) -> features (B, T, D), {"attn": (B, T, S)}: all positions at once,
         each seeing only the earlier ones (causal mask). ``state`` must be fresh. With copy,

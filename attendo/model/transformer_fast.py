@@ -1,8 +1,5 @@
-"""The Transformer decoder's decoding fast paths, kept apart from the model they speed up
-(:mod:`attendo.model.transformer` reads like the paper; as :mod:`attendo.model.fused_rnn` is to
-the RNNs, this module is to beam search over a Transformer). None changes what is computed:
-step-by-step decoding equals the teacher-forced pass, and beam search gives the same
-hypotheses with them (tested).
+"""The Transformer decoder's decoding fast paths, kept apart so that
+:mod:`attendo.model.transformer` reads like the paper. None changes what is computed (tested).
 
 - Deferred reorder: beam search reorders the rows of the state at every step. The
   self-attention cache (L x (B, H, t, d)) would be copied twice per step (reorder, then append
@@ -62,7 +59,8 @@ def whole_groups(idx: Tensor, g: int) -> Tensor | None:
         return None
     rows = idx.view(-1, g)
     first = rows[:, :1]
-    if bool((first % g != 0).any()) or not torch.equal(rows - first, torch.arange(g, device=idx.device).expand_as(rows)):
+    in_order = torch.equal(rows - first, torch.arange(g, device=idx.device).expand_as(rows))
+    if bool((first % g != 0).any()) or not in_order:
         return None
     return torch.div(first.squeeze(1), g, rounding_mode="floor")
 
@@ -93,15 +91,12 @@ class TransformerDecoderState(DecoderState):
     t: int = 0  # tokens decoded so far = position of the next one (all rows advance together)
     src_ext: Tensor | None = None  # (B, S) source ids in the extended vocabulary (model.copy)
     n_ext: int = 0  # extra (source-only) words in the extended vocabulary of this batch
-    # (B,) pending row order of self_k and self_v: row b of the cache is row order[b] of the
-    # stored tensors. index_select only records it; the next step applies it while it
-    # appends the new position (one copy of the cache instead of two). None: as stored.
+    # (B,) deferred reorder: row b of the cache is row order[b] of self_k/self_v (None: as is)
     order: Tensor | None = None
-    # rows per cross_k/cross_v row: after repeat_rows(k) (beam search) the k beams of a
-    # sentence share one copy of its memory, and cross-attention attends for them together
-    group: int = 1
+    group: int = 1  # rows per cross_k/cross_v row (grouped cross-attention)
 
-    PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"cross_k", "cross_v", "src_pad_mask", "src_ext"})
+    PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"cross_k", "cross_v", "src_pad_mask",
+                                                      "src_ext"})
 
     def index_select(self, idx: Tensor, same_source: bool = False):
         order = idx if self.order is None else self.order.index_select(0, idx)
@@ -114,18 +109,15 @@ class TransformerDecoderState(DecoderState):
                 whole, group = torch.div(idx, group, rounding_mode="floor"), 1
             cross_k = tuple(c.index_select(0, whole) for c in cross_k)
             cross_v = tuple(c.index_select(0, whole) for c in cross_v)
-        return dataclasses.replace(
-            rest, self_k=self.self_k, self_v=self.self_v, order=order,
-            cross_k=cross_k, cross_v=cross_v, group=group,
-        )
+        return dataclasses.replace(rest, self_k=self.self_k, self_v=self.self_v, order=order,
+                                   cross_k=cross_k, cross_v=cross_v, group=group)
 
     def repeat_rows(self, k: int):
         n = self.src_pad_mask.size(0)
         idx = torch.arange(n, device=self.src_pad_mask.device).repeat_interleave(k)
         out = dataclasses.replace(self, cross_k=(), cross_v=()).index_select(idx)
-        return dataclasses.replace(
-            out, cross_k=self.cross_k, cross_v=self.cross_v, group=self.group * k
-        )
+        return dataclasses.replace(out, cross_k=self.cross_k, cross_v=self.cross_v,
+                                   group=self.group * k)
 
     def cache(self, i: int) -> tuple[Tensor, Tensor]:
         """Layer i's self-attention keys and values (B, H, t, d), in the state's row order."""

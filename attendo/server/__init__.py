@@ -7,31 +7,23 @@
   has ``"alignment": [[i, j], ...]``: word links of the best hypothesis read off its attention
   (:func:`attendo.align.translation_links`; ``align_method`` argmax, threshold at 0.5,
   shift, or shift-threshold at 0.5), i a whitespace word of the source and j one of ``text``,
-  0-based (empty when the pieces do not map onto the words); with ``return_attention`` too, the best hypothesis
-  carries them as ``links`` for the explorer to draw.
+  0-based (empty when the pieces do not map onto the words); with ``return_attention`` too,
+  the best hypothesis carries them as ``links`` for the explorer to draw.
 - ``GET /health``: status, the model, batching settings, limits and counters.
 - ``GET /``: the explorer page, posting to ``/translate``.
 
-Concurrent requests are batched (:class:`MicroBatcher`): the first waiting request opens a
-window of ``max_wait_ms``; requests arriving in it join until ``max_batch`` sentences, and
-each group with the same decoding options becomes one translator call in a worker thread.
-Batched beam search costs little more per step for 32 sentences than for one, so this is
-where the throughput comes from. ``max_batch=1`` turns batching off (one request per call).
+Concurrent requests are batched (:class:`MicroBatcher`) into one translator call per group
+of equal decoding options: batched beam search costs little more per step for 32 sentences
+than for one, so this is where the throughput comes from (``max_batch=1`` turns it off).
 
-Every limit (:class:`ServeLimits`) and every malformed request is answered with a 4xx and
-``{"error": "..."}``; an unexpected failure is a 500 with the same shape, and the server
-goes on serving. Each sentence follows the rule of all input
-(:func:`attendo.data.corpus.clean_text`): a byte-order mark and surrounding whitespace are
-dropped (whitespace-only text translates to ``""``), and a control character is a 422 naming
-the sentence (0-based, as in the list sent) and the character (from 1), e.g.
-``sentence 1: control character U+0000 (NUL) at character 4; ...``.
-
-Other limits guard the server itself: the body must arrive within ``read_timeout_s`` (408,
-connection closed); :class:`GuardedH11Protocol` adds the deadlines and connection cap uvicorn
-lacks; an answer over ``max_response_bytes``, estimated before translating
+Every limit (:class:`ServeLimits`, :class:`GuardedH11Protocol`) and every malformed request
+is answered with a 4xx and ``{"error": "..."}``; an unexpected failure is a 500 with the same
+shape, and the server goes on serving. Each sentence follows the rule of all input
+(:func:`attendo.data.corpus.clean_text`): whitespace-only text translates to ``""``, and a
+control character is a 422 naming the sentence (0-based, as in the list sent) and the
+character (from 1), e.g. ``sentence 1: control character U+0000 (NUL) at character 4; ...``.
+An answer over ``max_response_bytes``, estimated before translating
 (:func:`estimate_response_bytes`) and measured after, is a 413.
-
-A client that disconnects mid-request is logged at debug level only (no traceback).
 """
 from __future__ import annotations
 
@@ -46,8 +38,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..align import tokenizer_kinds, translation_links
-from ..explorer import explorer_page, model_summary, sentence_record
+from ..align import translation_links
+from ..explorer import explorer_page, model_summary, sentence_records
 from ..viz import LinkSet
 from .batcher import MicroBatcher
 from .limits import (  # noqa: F401  (all re-exported)
@@ -96,24 +88,20 @@ def translate_records(translator, texts: list[str], beam: int, n_best: int,
     hypothesis' word links as ``alignment`` when ``align_method`` is given)."""
     want_attn = return_attention or align_method is not None
     outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=want_attn)
-    links: list = [None] * len(outs)
-    if align_method is not None:
-        links = [sorted(translation_links(translator, o, s, method=align_method) or ())
-                 for s, o in zip(texts, outs)]
+    links = ([sorted(translation_links(translator, o, s, method=align_method) or ())
+              for s, o in zip(texts, outs)] if align_method is not None else [None] * len(outs))
     if not return_attention:  # attention was only needed for the links
         for o in outs:
             for h in o.nbest or [o]:
                 h.attention, h.info = None, {}
     selfs = (translator.encoder_self_attention([o.src_tokens for o in outs])
              if return_attention else [None] * len(outs))
-    kinds = tokenizer_kinds(translator)
-    records = []
-    for s, o, a, ln in zip(texts, outs, selfs, links):
-        overlay = [LinkSet("model", set(ln), f"attention {align_method}")] if ln else None
-        rec = sentence_record(s, o, a, alignment=overlay, kinds=kinds)
+    overlays = [[LinkSet("model", set(ln), f"attention {align_method}")] if ln else None
+                for ln in links]
+    records = sentence_records(translator, texts, outs, selfs, overlays)
+    for rec, ln in zip(records, links):
         if ln is not None:
             rec["alignment"] = [list(x) for x in ln]
-        records.append(rec)
     return records
 
 
@@ -128,10 +116,6 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
     default_beam = min(translator.cfg.decode.beam_size, limits.max_beam)
     page = explorer_page({"model": summary, "sentences": []}, live=True,
                          title=f"attendo explorer: {name}" if name else "attendo explorer")
-
-    def count_tokens(text: str) -> int:
-        return len(translator.src.pieces(text))
-
     # how many attention matrices an answer holds, for estimate_response_bytes
     m = translator.cfg.model
     per_hyp = 1 + int(m.coverage)
@@ -168,14 +152,12 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
 
     @app.get("/health")
     async def health() -> dict:
-        return {
-            "status": "ok",
-            "model": summary,
-            "batching": {"max_batch": batcher.max_batch, "max_wait_ms": batcher.max_wait * 1000},
-            "limits": asdict(limits),
-            "stats": {"requests": batcher.jobs, "sentences": batcher.sentences,
-                      "translator_calls": batcher.calls, "queued_sentences": batcher.queued},
-        }
+        return {"status": "ok", "model": summary,
+                "batching": {"max_batch": batcher.max_batch,
+                             "max_wait_ms": batcher.max_wait * 1000},
+                "limits": asdict(limits),
+                "stats": {"requests": batcher.jobs, "sentences": batcher.sentences,
+                          "translator_calls": batcher.calls, "queued_sentences": batcher.queued}}
 
     @app.post("/translate")
     async def translate(request: Request) -> JSONResponse:
@@ -183,7 +165,7 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
         n_tokens: list[int] = []  # source pieces per sentence, noted while parsing
 
         def count_and_note(text: str) -> int:
-            n_tokens.append(count_tokens(text))
+            n_tokens.append(len(translator.src.pieces(text)))
             return n_tokens[-1]
 
         try:

@@ -79,8 +79,7 @@ def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
         raise RequestError(422, f"unknown key {unknown[0]!r}; allowed: {', '.join(REQUEST_KEYS)}")
     if "text" not in req:
         raise RequestError(422, '"text" is required: a string or a list of strings')
-    text = req["text"]
-    texts = [text] if isinstance(text, str) else text
+    texts = [req["text"]] if isinstance(req["text"], str) else req["text"]
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise RequestError(422, '"text" must be a string or a list of strings')
     if not texts:
@@ -106,12 +105,10 @@ def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
     if not _is_int(n_best) or not 1 <= n_best <= beam:
         raise RequestError(422, f'"n_best" must be an integer from 1 to beam ({beam}), '
                                 f"got {n_best!r}")
-    attn = req.get("return_attention", False)
-    if not isinstance(attn, bool):
-        raise RequestError(422, f'"return_attention" must be true or false, got {attn!r}')
-    align = req.get("alignment", False)
-    if not isinstance(align, bool):
-        raise RequestError(422, f'"alignment" must be true or false, got {align!r}')
+    attn, align = req.get("return_attention", False), req.get("alignment", False)
+    for key, value in (("return_attention", attn), ("alignment", align)):
+        if not isinstance(value, bool):
+            raise RequestError(422, f'"{key}" must be true or false, got {value!r}')
     method = req.get("align_method", "argmax")
     if not isinstance(method, str) or method not in METHODS:
         raise RequestError(422, f'"align_method" must be one of '

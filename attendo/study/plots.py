@@ -2,71 +2,70 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..utils import atomic_write_bytes
 from .spec import Study
 
 
-def variant_diagnostics(r: dict) -> dict:
+def diag(r: dict) -> dict:
+    """A variant result's diagnostics ({} when it has none)."""
     return r["report"].get("diagnostics", {})
 
 
-
-
 def plot_report(study: Study, results: list[dict], same: dict[str, dict] | None = None
-           ) -> dict[str, Any]:
+                ) -> dict[str, Any]:
     from .. import viz  # noqa: F401  (selects the Agg backend before pyplot is imported)
 
-    rd = study.report_dir
+    rd, d0 = study.report_dir, diag(results[0])
     names = [r["name"] for r in results]
     out: dict[str, Any] = {"heatmaps": {}}
-    if not variant_diagnostics(results[0]):
+    if not d0:
         return out
     out["length"] = _plot_lines(
         rd / "bleu_by_length.png", names,
-        [f"{b['bucket']}\n(n={b['sentences']})" for b in variant_diagnostics(results[0])["bleu_by_length"]],
-        [[b["bleu"] for b in variant_diagnostics(r)["bleu_by_length"]] for r in results],
+        [f"{b['bucket']}\n(n={b['sentences']})" for b in d0["bleu_by_length"]],
+        [[b["bleu"] for b in diag(r)["bleu_by_length"]] for r in results],
         "BLEU by source length (words)", "BLEU")
-    ref = variant_diagnostics(results[0])["repetition"]["reference"]
+    ref = d0["repetition"]["reference"]
     out["repetition"] = _plot_lines(
         rd / "repetition.png", names, [f"n={n}" for n in ref],
-        [list(variant_diagnostics(r)["repetition"]["output"].values()) for r in results],
-        "Duplicate n-grams within each output", "% of n-grams",
-        reference=list(ref.values()))
+        [list(diag(r)["repetition"]["output"].values()) for r in results],
+        "Duplicate n-grams within each output", "% of n-grams", reference=list(ref.values()))
     out["rare"] = _plot_rare(rd / "rare_words.png", results, same)
     for r in results:
-        pic = _plot_heatmap(rd / f"attention-{r['name']}.png", r, study)
+        pic = _plot_heatmap(rd / f"attention-{r['name']}.png", r)
         if pic:
             out["heatmaps"][r["name"]] = pic
     return out
+
+
+def _nan(values: list) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
 def _plot_lines(path: Path, names: list[str], xlabels: list[str], ys: list[list],
                 title: str, ylabel: str, reference: list | None = None) -> str:
     import matplotlib.pyplot as plt
 
-    from ..utils import atomic_write_bytes
-
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(xlabels) + 3), 4.2), dpi=100)
     x = np.arange(len(xlabels))
     colors = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     for k, (name, y) in enumerate(zip(names, ys)):
-        yy = np.array([np.nan if v is None else v for v in y], dtype=float)
-        ax.plot(x, yy, marker="o", label=name, color=colors(k % colors.N))
+        ax.plot(x, _nan(y), marker="o", label=name, color=colors(k % colors.N))
     if reference is not None:
-        rr = np.array([np.nan if v is None else v for v in reference], dtype=float)
-        ax.plot(x, rr, color="black", linestyle="--", linewidth=2, marker="s", label="reference")
+        ax.plot(x, _nan(reference), color="black", linestyle="--", linewidth=2, marker="s",
+                label="reference")
     ax.set_xticks(x, labels=xlabels)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    atomic_write_bytes(path, _png(fig))
-    return path.name
+    return _save(fig, path)
 
 
 def _plot_rare(path: Path, results: list[dict], same: dict[str, dict] | None = None) -> str:
@@ -74,22 +73,19 @@ def _plot_rare(path: Path, results: list[dict], same: dict[str, dict] | None = N
     for every variant, classed as the first variant reads them."""
     import matplotlib.pyplot as plt
 
-    from ..utils import atomic_write_bytes
-
     names = [r["name"] for r in results]
     if same and all(n in same for n in names):
         rw, whose = [same[n] for n in names], f" (as '{names[0]}' reads them)"
     else:
-        rw, whose = [variant_diagnostics(r)["rare_words"] for r in results], ""
+        rw, whose = [diag(r)["rare_words"] for r in results], ""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8.0, 0.9 * len(names) + 5), 4.2), dpi=100)
     x = np.arange(len(names))
     classes = [(c, label) for c, label in (("oov", "OOV"), ("rare", "rare"), ("split", "split"))
                if rw[0][c]["in_ref"]]  # a class with no word in the references has no bar
     width = 0.8 / max(len(classes), 1)
     for k, (cls, label) in enumerate(classes):
-        vals = [np.nan if w[cls]["share"] is None else w[cls]["share"] for w in rw]
-        a1.bar(x + (k - (len(classes) - 1) / 2) * width, vals, width=width,
-               label=f"{label}{whose} (n={rw[0][cls]['in_ref']} in the references)")
+        a1.bar(x + (k - (len(classes) - 1) / 2) * width, _nan([w[cls]["share"] for w in rw]),
+               width=width, label=f"{label}{whose} (n={rw[0][cls]['in_ref']} in the references)")
     a1.set_xticks(x, labels=names, rotation=45, ha="right")
     a1.set_ylim(0, 100)
     a1.set_ylabel("% reproduced in the output")
@@ -98,18 +94,16 @@ def _plot_rare(path: Path, results: list[dict], same: dict[str, dict] | None = N
         a1.legend(fontsize=8)
     else:
         a1.text(0.5, 0.5, "no such word in the references", ha="center", transform=a1.transAxes)
-    unk = [np.nan if variant_diagnostics(r)["unk_rate"] is None else variant_diagnostics(r)["unk_rate"] for r in results]
+    unk = _nan([diag(r)["unk_rate"] for r in results])
     a2.bar(x, unk, color="gray")
     a2.set_ylim(0, max([1.0] + [u * 1.1 for u in unk if not np.isnan(u)]))
     a2.set_xticks(x, labels=names, rotation=45, ha="right")
     a2.set_ylabel("% of output tokens")
     a2.set_title("<unk> in the output")
-    fig.tight_layout()
-    atomic_write_bytes(path, _png(fig))
-    return path.name
+    return _save(fig, path)
 
 
-def _plot_heatmap(path: Path, r: dict, study: Study) -> str | None:
+def _plot_heatmap(path: Path, r: dict) -> str | None:
     from ..viz import plot_attention
 
     h = r["heatmap"]
@@ -126,12 +120,13 @@ def _plot_heatmap(path: Path, r: dict, study: Study) -> str | None:
     return path.name
 
 
-def _png(fig) -> bytes:
-    import io
-
+def _save(fig, path: Path) -> str:
+    """Lay out, write as PNG (atomically) and close a figure; returns the file's name."""
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return buf.getvalue()
+    atomic_write_bytes(path, buf.getvalue())
+    return path.name

@@ -11,13 +11,12 @@ import yaml
 
 from .. import diagnostics as dg
 from ..utils import atomic_write_text
-from .plots import plot_report, variant_diagnostics
+from .plots import diag, plot_report
 from .spec import HYP_FILE, Study
 
 log = logging.getLogger("attendo")
 
 
-# -- the report -----------------------------------------------------------------------------
 def _f(x: Any, fmt: str = "{:.2f}") -> str:
     return "-" if x is None else fmt.format(x)
 
@@ -32,27 +31,6 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def _series(results: list[dict], get) -> str:
-    return ", ".join(f"{r['name']} {_f(get(r))}" for r in results)
-
-
-def _deltas(results: list[dict], get) -> str | None:
-    base = get(results[0])
-    if base is None or len(results) < 2:
-        return None
-    parts = [f"{r['name']} {get(r) - base:+.2f}" for r in results[1:] if get(r) is not None]
-    return ", ".join(parts) if parts else None
-
-
-def _extremes(results: list[dict], get, what: str) -> str | None:
-    have = [r for r in results if get(r) is not None]
-    if len(have) < 2:
-        return None
-    hi = max(have, key=get)
-    lo = min(have, key=get)
-    return f"Highest {what}: {hi['name']} ({_f(get(hi))}); lowest: {lo['name']} ({_f(get(lo))})."
-
-
 def measured_facts(results: list[dict]) -> list[str]:
     """Neutral sentences built from the numbers: values per variant, differences to the first
     variant, highest and lowest. No conclusion is drawn."""
@@ -60,39 +38,40 @@ def measured_facts(results: list[dict]) -> list[str]:
     facts = []
 
     def add(label: str, get, what: str | None = None) -> None:
-        if all(get(r) is None for r in results):
+        have = [r for r in results if get(r) is not None]
+        if not have:
             return
-        facts.append(f"{label}: {_series(results, get)}.")
-        delta = _deltas(results, get)
-        if delta:
-            facts.append(f"{label}, difference to {first!r}: {delta}.")
-        if what:
-            ext = _extremes(results, get, what)
-            if ext:
-                facts.append(ext)
+        facts.append(f"{label}: " + ", ".join(f"{r['name']} {_f(get(r))}" for r in results) + ".")
+        base = get(results[0])
+        if base is not None and len(have) > 1:  # have[0] is the first variant
+            deltas = ", ".join(f"{r['name']} {get(r) - base:+.2f}" for r in have[1:])
+            facts.append(f"{label}, difference to {first!r}: {deltas}.")
+        if what and len(have) > 1:
+            hi, lo = max(have, key=get), min(have, key=get)
+            facts.append(f"Highest {what}: {hi['name']} ({_f(get(hi))}); lowest: {lo['name']} "
+                         f"({_f(get(lo))}).")
 
     add("BLEU, all sentences", lambda r: r["report"]["bleu"], "BLEU")
-    buckets = variant_diagnostics(results[0]).get("bleu_by_length", [])
-    for k, b in enumerate(buckets):
+    d0 = diag(results[0])
+    for k, b in enumerate(d0.get("bleu_by_length", [])):
         if b["sentences"]:
             add(f"BLEU {b['bucket']} source words (n={b['sentences']})",
-                lambda r, k=k: variant_diagnostics(r)["bleu_by_length"][k]["bleu"])
-    ref_rep = variant_diagnostics(results[0]).get("repetition", {}).get("reference", {})
+                lambda r, k=k: diag(r)["bleu_by_length"][k]["bleu"])
+    ref_rep = d0.get("repetition", {}).get("reference", {})
     for n in ref_rep:
         facts.append(f"Duplicate {n}-gram share (%), reference: {_f(ref_rep[n])}.")
         add(f"Duplicate {n}-gram share (%) of the outputs",
-            lambda r, n=n: variant_diagnostics(r)["repetition"]["output"][n])
-    rw = variant_diagnostics(results[0]).get("rare_words")
+            lambda r, n=n: diag(r)["repetition"]["output"][n])
+    rw = d0.get("rare_words")
     if rw:
         for cls, label in (("oov", "out-of-vocabulary"), ("rare", "rare"),
                            ("split", "subword-split")):
             if rw[cls]["in_ref"]:
                 add(f"Reproduced {label} source words (%, of {rw[cls]['in_ref']} found in the "
-                    "reference)", lambda r, c=cls: variant_diagnostics(r)["rare_words"][c]["share"])
-    add("`<unk>` in the output (% of tokens)", lambda r: variant_diagnostics(r).get("unk_rate"))
-    add("Attention entropy (nats)",
-        lambda r: (variant_diagnostics(r).get("attention") or {}).get("entropy"))
-    add("AER", lambda r: (variant_diagnostics(r).get("attention") or {}).get("aer"))
+                    "reference)", lambda r, c=cls: diag(r)["rare_words"][c]["share"])
+    add("`<unk>` in the output (% of tokens)", lambda r: diag(r).get("unk_rate"))
+    add("Attention entropy (nats)", lambda r: (diag(r).get("attention") or {}).get("entropy"))
+    add("AER", lambda r: (diag(r).get("attention") or {}).get("aer"))
     steps = {r["train"]["step"] for r in results}
     if len(steps) > 1:
         facts.append("Steps trained within the budget: "
@@ -227,8 +206,7 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
                  ref: list[str] | None = None) -> Path:
     """report.md, results.json, the plots and the configs, in OUT/report/. With the test set's
     ``src`` and ``ref`` the report adds a paired bootstrap against the first variant."""
-    rd = study.report_dir
-    s = study.settings
+    rd, s = study.report_dir, study.settings
     outputs = _test_outputs(study, results, len(ref)) if src and ref else {}
     boot = bootstrap_against_first(results, outputs, src, ref) if outputs else {}
     same = words_by_first_classes(study, results, outputs, src, ref) if outputs else None
@@ -283,14 +261,13 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
     lines += [f"- {x}" for x in measured_facts(results)]
     lines += ["", "## Interpretation", "",
               "_To be written by a person who has read the numbers above._", ""]
-    path = rd / "report.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path
+    atomic_write_text(rd / "report.md", "\n".join(lines))
+    return rd / "report.md"
 
 
 def _diagnostic_sections(results: list[dict], plots: dict[str, str],
                          bootstrap: list[str], same_words: list[str]) -> list[str]:
-    d0 = variant_diagnostics(results[0])
+    d0 = diag(results[0])
     if not d0:
         return bootstrap + same_words
     buckets = d0["bleu_by_length"]
@@ -298,7 +275,7 @@ def _diagnostic_sections(results: list[dict], plots: dict[str, str],
            "Corpus BLEU of the test sentences in each bucket of source length in words "
            "(Bahdanau et al. 2015, fig. 2); n = sentences in the bucket.", "",
            *_table(["variant"] + [f"{b['bucket']} (n={b['sentences']})" for b in buckets],
-                   [[r["name"]] + [_f(b["bleu"]) for b in variant_diagnostics(r)["bleu_by_length"]]
+                   [[r["name"]] + [_f(b["bleu"]) for b in diag(r)["bleu_by_length"]]
                     for r in results]),
            "", f"![BLEU by source length]({plots['length']})", "", *bootstrap]
     ns = list(d0["repetition"]["reference"])
@@ -308,7 +285,7 @@ def _diagnostic_sections(results: list[dict], plots: dict[str, str],
             "beside the same share in the references. Tokens: sacreBLEU 13a.", "",
             *_table(["", *(f"n={n}" for n in ns)],
                     [["reference", *(_f(d0["repetition"]["reference"][n]) for n in ns)]]
-                    + [[r["name"], *(_f(variant_diagnostics(r)["repetition"]["output"][n]) for n in ns)]
+                    + [[r["name"], *(_f(diag(r)["repetition"]["output"][n]) for n in ns)]
                        for r in results]),
             "", f"![Repetition]({plots['repetition']})", ""]
     rw = d0["rare_words"]
@@ -324,9 +301,9 @@ def _diagnostic_sections(results: list[dict], plots: dict[str, str],
             *_table(["variant", "OOV in ref", "reproduced %", "rare in ref", "reproduced %",
                      "split in ref", "reproduced %", "`<unk>` in output %"],
                     [[r["name"], *(x for c in ("oov", "rare", "split") for x in (
-                        str(variant_diagnostics(r)["rare_words"][c]["in_ref"]),
-                        _f(variant_diagnostics(r)["rare_words"][c]["share"]))),
-                      _f(variant_diagnostics(r)["unk_rate"], "{:.3f}")] for r in results]),
+                        str(diag(r)["rare_words"][c]["in_ref"]),
+                        _f(diag(r)["rare_words"][c]["share"]))),
+                      _f(diag(r)["unk_rate"], "{:.3f}")] for r in results]),
             "", f"![Rare and unknown words]({plots['rare']})", "", *same_words]
     out += ["## Attention", "",
             "Mean entropy of the attention rows over the test outputs (nats, and as a share "
@@ -334,10 +311,10 @@ def _diagnostic_sections(results: list[dict], plots: dict[str, str],
             "alignments when the study has `test.align_gold`, from teacher-forced attention on "
             "the references. p_gen: mean generation probability of copy models.", "",
             *_table(["variant", "entropy", "of uniform", "AER", "mean p_gen"],
-                    [[r["name"], _f((variant_diagnostics(r)["attention"] or {}).get("entropy"), "{:.3f}"),
-                      _f((variant_diagnostics(r)["attention"] or {}).get("entropy_norm"), "{:.3f}"),
-                      _f((variant_diagnostics(r)["attention"] or {}).get("aer"), "{:.4f}"),
-                      _f(variant_diagnostics(r).get("p_gen"), "{:.3f}")] for r in results]),
+                    [[r["name"], _f((diag(r)["attention"] or {}).get("entropy"), "{:.3f}"),
+                      _f((diag(r)["attention"] or {}).get("entropy_norm"), "{:.3f}"),
+                      _f((diag(r)["attention"] or {}).get("aer"), "{:.4f}"),
+                      _f(diag(r).get("p_gen"), "{:.3f}")] for r in results]),
             ""]
     heat = results[0]["heatmap"]
     out += [f"Attention on the same test sentence under each variant: {_code(heat['src'])}", ""]
@@ -345,7 +322,5 @@ def _diagnostic_sections(results: list[dict], plots: dict[str, str],
         pic = plots["heatmaps"].get(r["name"])
         out.append(f"- {r['name']}: {_code(r['heatmap']['hyp'])}"
                    + ("" if pic else " (no attention to draw)"))
-    out.append("")
-    out += [f"![attention, {name}]({pic})" for name, pic in plots["heatmaps"].items()]
-    out.append("")
+    out += ["", *(f"![attention, {name}]({pic})" for name, pic in plots["heatmaps"].items()), ""]
     return out

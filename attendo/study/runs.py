@@ -11,17 +11,14 @@ from typing import Any
 import numpy as np
 
 from .. import diagnostics as dg
-from ..config import (
-    Config,
-    load_config,
-)
+from ..config import Config, load_config
 from ..utils import atomic_write_text
 from .report import write_report
 from .spec import DONE_FILE, EVAL_FILE, HYP_FILE, Study, StudyError, load_test_set
 
 log = logging.getLogger("attendo")
 
-# -- running --------------------------------------------------------------------------------
+
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -34,8 +31,7 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _check_same_config(model_dir: Path, cfg: Config, name: str, reused: bool = False) -> None:
-    saved = load_config(model_dir / "config.yaml").to_dict()
-    diff = _config_diff(saved, cfg.to_dict())
+    diff = _config_diff(load_config(model_dir / "config.yaml").to_dict(), cfg.to_dict())
     if reused:  # another study's variant lives in its own folder; everything else must match
         diff = [d for d in diff if not d.startswith("train.out_dir:")]
     if diff:
@@ -45,33 +41,23 @@ def _check_same_config(model_dir: Path, cfg: Config, name: str, reused: bool = F
                          f"({'; '.join(diff[:5])}); {todo}")
 
 
-def _reuse_variant(study: Study, i: int, head: str) -> dict[str, Any]:
-    v = study.variants[i]
-    d = study.model_dir(v.name)
-    if not (d / DONE_FILE).exists():
-        raise StudyError(f"variant {v.name!r}: trained: {d} holds no finished study variant "
-                         f"(no {DONE_FILE}); finish that study first, or drop 'trained'")
-    _check_same_config(d, study.configs[v.name], v.name, reused=True)
-    done = json.loads((d / DONE_FILE).read_text(encoding="utf-8"))
-    log.info("%s: trained in %s (step %d), reused", head, d, done["step"])
-    return {**done, "trained": str(d)}
-
-
 def train_variant(study: Study, i: int) -> dict[str, Any]:
     """Train variant i unless it has finished; returns its study_done.json record."""
     from ..checkpoint import LAST_FILE
     from ..train import Trainer
 
     v = study.variants[i]
-    cfg = study.configs[v.name]
-    d = study.model_dir(v.name)
-    n = len(study.variants)
-    head = f"variant {i + 1}/{n} {v.name!r}"
-    if v.trained:
-        return _reuse_variant(study, i, head)
+    cfg, d = study.configs[v.name], study.model_dir(v.name)
+    head = f"variant {i + 1}/{len(study.variants)} {v.name!r}"
+    if v.trained and not (d / DONE_FILE).exists():  # d is the other study's folder
+        raise StudyError(f"variant {v.name!r}: trained: {d} holds no finished study variant "
+                         f"(no {DONE_FILE}); finish that study first, or drop 'trained'")
     if (d / DONE_FILE).exists():
-        _check_same_config(d, cfg, v.name)
+        _check_same_config(d, cfg, v.name, reused=bool(v.trained))
         done = json.loads((d / DONE_FILE).read_text(encoding="utf-8"))
+        if v.trained:
+            log.info("%s: trained in %s (step %d), reused", head, d, done["step"])
+            return {**done, "trained": str(d)}
         log.info("%s: finished earlier (step %d), not retrained", head, done["step"])
         return done
     resume = (d / LAST_FILE).exists()
@@ -86,12 +72,9 @@ def train_variant(study: Study, i: int) -> dict[str, Any]:
     (d / EVAL_FILE).unlink(missing_ok=True)
     trainer = Trainer(cfg, resume=resume)
     result = trainer.run()
-    done = {
-        "step": result["step"],
-        "reason": result["reason"],
-        "train_minutes": round(trainer.elapsed() / 60, 2),
-        "parameters": sum(p.numel() for p in trainer.model.parameters()),
-    }
+    done = {"step": result["step"], "reason": result["reason"],
+            "train_minutes": round(trainer.elapsed() / 60, 2),
+            "parameters": sum(p.numel() for p in trainer.model.parameters())}
     atomic_write_text(d / DONE_FILE, json.dumps(done, indent=2) + "\n")
     return done
 
@@ -103,10 +86,8 @@ def evaluate_variant(study: Study, i: int, src: list[str], ref: list[str],
     from ..train import pick_device
     from ..translator import Translator
 
-    v = study.variants[i]
-    d = study.model_dir(v.name)
+    v, t = study.variants[i], study.settings.test
     w = study.work_dir(v.name)
-    t = study.settings.test
     key = {"test": dataclasses.asdict(t), "n": len(src), "src_head": src[:3], "ref_head": ref[:3]}
     path = w / EVAL_FILE
     if path.exists():
@@ -116,13 +97,12 @@ def evaluate_variant(study: Study, i: int, src: list[str], ref: list[str],
             return saved
     log.info("variant %d/%d %r: evaluating on %d test sentences", i + 1, len(study.variants),
              v.name, len(src))
-    cfg = study.configs[v.name]
-    translator = Translator.from_dir(d, device=str(pick_device(cfg.train.device)))
+    translator = Translator.from_dir(study.model_dir(v.name),
+                                     device=str(pick_device(study.configs[v.name].train.device)))
     report, outs = evaluate_texts(
         translator, src, ref, beam=t.beam or None, gold=gold, gold_path=t.align_gold or None,
         align_method=t.align_method, align_threshold=t.align_threshold,
-        rare_max_count=t.rare_max_count,
-    )
+        rare_max_count=t.rare_max_count)
     w.mkdir(parents=True, exist_ok=True)
     atomic_write_text(w / HYP_FILE, "".join(o.text + "\n" for o in outs))
     o = outs[t.heatmap_sentence]
@@ -153,4 +133,3 @@ def run_study(study: Study) -> Path:
     path = write_report(study, results, src, ref)
     log.info("study report: %s", path)
     return path
-

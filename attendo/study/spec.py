@@ -127,7 +127,6 @@ class Study:
         return self.out / "report"
 
 
-# -- loading --------------------------------------------------------------------------------
 def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     """Read, override (``budget.steps=20``, ``out_dir=...``) and validate a study file; every
     variant's config is built and validated here, before anything trains."""
@@ -176,13 +175,13 @@ def _base_raw(base: Any) -> dict[str, Any]:
     if isinstance(base, dict):
         return base
     if isinstance(base, str) and base:
-        p = Path(base)
         try:
-            raw = read_yaml(p)
+            raw = read_yaml(Path(base))
         except ConfigError as e:
             raise ConfigError(f"base: {e}") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"base: {p}: expected a config mapping (data, model, train, decode)")
+            raise ConfigError(f"base: {Path(base)}: expected a config mapping (data, model, train, "
+                              "decode)")
         return raw
     raise ConfigError("base: expected a train config: a path to a YAML file, or a mapping "
                       "with data/model/train/decode sections")

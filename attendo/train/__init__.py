@@ -3,20 +3,9 @@
 A run writes everything into ``train.out_dir`` (see :mod:`attendo.checkpoint`). It can be
 killed at any moment: ``attendo train --resume DIR`` restores weights, optimizer moments,
 learning-rate schedule, RNG and the position in the batch stream from ``last.safetensors``,
-so only the steps since the last checkpoint are lost.
-
-One module per part, each readable on its own:
-
-- ``trainer.py``: :class:`Trainer`, the loop (``run``, one update ``step``, ``close``);
-- ``api.py``: :func:`train` and :func:`resume`;
-- ``data.py``: tokenizers, training and validation ids, train.init_from, guided-alignment links;
-- ``setup.py``: process, device and precision, model, optimizer, DDP, the supervised head;
-- ``objective.py``: the loss module, two-phase coverage, forward and backward of an update;
-- ``schedule.py``: the learning-rate schedule and the budgets;
-- ``validation.py``: validation, the best model and patience, checkpoints after validating;
-- ``state.py``: the counters and what goes into checkpoints and back, run clean-up;
-- ``progress.py``: train.log, metrics.jsonl (+ TensorBoard), train records and log lines;
-- ``divergence.py``: :class:`DivergenceGuard`, when training has diverged.
+so only the steps since the last checkpoint are lost. One module per concern: ``trainer``
+(the loop), ``api``, ``data``, ``setup``, ``objective``, ``schedule``, ``validation``,
+``state`` (checkpoint contents), ``progress`` (logs) and ``divergence``.
 """
 
 from __future__ import annotations
@@ -32,6 +21,6 @@ from .state import TrainerState, clear_run, remove_temporary_files
 from .trainer import Trainer
 
 __all__ = ["Trainer", "TrainerState", "StepResult", "TrainingDiverged", "DivergenceGuard",
-           "train", "train_new", "resume", "clear_run", "lr_factor", "pick_device", "resolve_precision",
-           "init_source", "remove_temporary_files", "INIT_DATA_KEYS", "Objective",
-           "CoverageSwitch"]
+           "train", "train_new", "resume", "clear_run", "lr_factor", "pick_device",
+           "resolve_precision", "init_source", "remove_temporary_files", "INIT_DATA_KEYS",
+           "Objective", "CoverageSwitch"]

@@ -26,10 +26,9 @@ def train(cfg: Config) -> Path:
 
 def train_new(cfg: Config, overwrite: bool = False) -> Path:
     """What ``attendo train CONFIG`` does: train into ``train.out_dir``, refusing a directory
-    that holds a run with a checkpoint unless ``overwrite`` (then it is cleared first). A run
-    that stopped before its first checkpoint has nothing to resume: its leftovers are cleared.
-    The directory's lock is held from before the clearing (the trainer takes it again), so a
-    directory another training is writing into is refused, not cleared under it."""
+    that holds a run with a checkpoint unless ``overwrite`` (then it is cleared first); the
+    leftovers of a run stopped before its first checkpoint are cleared. The lock is held from
+    before the clearing, so a directory another training is writing into is not cleared."""
     out = Path(cfg.train.out_dir)
     with DirLock(out) if distributed.is_rank_zero() else contextlib.nullcontext():
         leftovers = (out / "model.safetensors").exists() or (out / "checkpoints").is_dir()
@@ -47,23 +46,19 @@ def train_new(cfg: Config, overwrite: bool = False) -> Path:
 
 def resume(model_dir: str | Path, overrides: list[str] | None = None) -> Path:
     """Continue the run in ``model_dir`` from its last checkpoint. A run stopped before its
-    first checkpoint was complete (no ``last.safetensors``) has nothing to continue: it starts
-    again from step 0 with the directory's config, which is what it would have done."""
+    first checkpoint was complete (no ``last.safetensors``) starts again from step 0 with the
+    directory's config, which is what it would have done."""
     model_dir = Path(model_dir)
     check_model_dir(model_dir)  # its files are its own: a link to elsewhere is refused
     cfg = load_config(model_dir / "config.yaml", overrides)
     cfg.train.out_dir = str(model_dir)
     with DirLock(model_dir) if distributed.is_rank_zero() else contextlib.nullcontext():
-        _resume(model_dir, cfg)
+        if (model_dir / LAST_FILE).exists():
+            Trainer(cfg, resume=True).run()
+        else:
+            log.warning("%s: no checkpoint was completed; starting again from step 0",
+                        model_dir / LAST_FILE)
+            if distributed.is_rank_zero():
+                clear_run(model_dir)
+            Trainer(cfg).run()
     return model_dir
-
-
-def _resume(model_dir: Path, cfg: Config) -> None:
-    if not (model_dir / LAST_FILE).exists():
-        log.warning("%s: no checkpoint was completed; starting again from step 0",
-                    model_dir / LAST_FILE)
-        if distributed.is_rank_zero():
-            clear_run(model_dir)
-        Trainer(cfg).run()
-    else:
-        Trainer(cfg, resume=True).run()

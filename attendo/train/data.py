@@ -22,13 +22,14 @@ from ..data.prepare import (
     encode_copy,
     encode_pairs,
     load_codecs,
+    load_sources,
     save_codecs,
 )
 from ..utils import atomic_write_text
 
 log = logging.getLogger("attendo")
 
-INIT_DATA_KEYS = ("tokenizer", "joint_vocab", "lowercase")
+INIT_DATA_KEYS = ("src_type", "tokenizer", "joint_vocab", "lowercase")
 
 
 def init_source(cfg: Config) -> Path:
@@ -60,7 +61,7 @@ def init_source(cfg: Config) -> Path:
 def codecs_of(model_dir: Path, cfg: Config) -> tuple[Codec, Codec]:
     """The tokenizers and vocabularies of the model that train.init_from names."""
     try:
-        return load_codecs(model_dir, cfg.data.lowercase)
+        return load_sources(model_dir, cfg.data)
     except (OSError, ValueError) as e:
         raise ConfigError(f"train.init_from: {model_dir}: cannot read its tokenizers and "
                           f"vocabularies ({e})") from None
@@ -94,7 +95,7 @@ def load_training_data(cfg: Config, dist, out: Path, train: Corpus | None,
             dist, "training data", [len(train), train.src[:50], train.tgt[-50:]]
         )
         if resume:
-            src, tgt = load_codecs(out, cfg.data.lowercase)
+            src, tgt = load_sources(out, cfg.data)
         else:
             if dist.is_main:  # one rank trains the tokenizers, the others read them
                 src, tgt = (codecs_of(start, cfg) if start is not None
@@ -103,7 +104,7 @@ def load_training_data(cfg: Config, dist, out: Path, train: Corpus | None,
                 atomic_write_text(out / "config.yaml", cfg.to_yaml())
             distributed.barrier(dist)
             if not dist.is_main:
-                src, tgt = load_codecs(out, cfg.data.lowercase)
+                src, tgt = load_sources(out, cfg.data)
         src_ids, tgt_ids, kept = encode_pairs(train, src, tgt, cfg.data.max_len,
                                               cfg.data.max_ratio)
         dropped = len(train) - len(kept)
@@ -111,7 +112,7 @@ def load_training_data(cfg: Config, dist, out: Path, train: Corpus | None,
         raise ConfigError("no training pairs left after the length filters (data.max_len)")
     log.info(
         "train: %d pairs (%d dropped by length filters); vocab src %d, tgt %d",
-        len(src_ids), dropped, len(src.vocab), len(tgt.vocab),
+        len(src_ids), dropped, src.size, len(tgt.vocab),
     )
     valid_ids = valid_copy = None
     if valid is not None:

@@ -1,32 +1,19 @@
 """Divergence: every test that stops a training gone wrong, with its thresholds explained.
 
-A learning rate far too high need not produce a NaN. With ``train.lr=1e30`` one Adam step moves
-every weight by about 1e30; from then on the loss is ~1e32 nats per token and the validation
-perplexity e^100 (the ceiling of :func:`attendo.metrics.perplexity`), yet every number is
-finite: such a model would save, load, and decode to garbage. :class:`DivergenceGuard` holds
-every test that stops such a run, in one place:
+A learning rate far too high need not produce a NaN: after one Adam step at ``train.lr=1e30``
+the loss is ~1e32 nats per token and the validation perplexity e^100, every number finite, and
+such a model would save, load and decode to garbage. :class:`DivergenceGuard` stops such runs:
 
-per update, on numbers the trainer reads anyway at its one host synchronisation (so they cost
-the device nothing):
+- per update (on numbers the trainer reads anyway at its one host synchronisation): a
+  non-finite loss or gradient norm skips the update, ``MAX_BAD_UPDATES`` in a row stop; a loss
+  far above its running level or an absurd gradient norm stop after ``SUSTAIN`` in a row;
+- per checkpoint, before anything is written: a weight not finite or above ``WEIGHT_LIMIT``, a
+  validation perplexity that the target vocabulary rules out (``PPL_FACTOR``).
 
-- a non-finite loss or gradient norm: the update is skipped, and ``MAX_BAD_UPDATES`` in a row
-  stop training;
-- a training loss far above its running level, or a gradient norm that no working model
-  produces, for ``SUSTAIN`` updates in a row (one odd batch is noise; five in a row are not);
-
-per checkpoint, before anything is written:
-
-- a weight that is not finite, or of a magnitude no working model reaches (``WEIGHT_LIMIT``);
-- a validation perplexity that the target vocabulary rules out for a working model
-  (``PPL_FACTOR``).
-
-Each test raises :class:`TrainingDiverged`: one line that names the step, what was seen, the
-likely cause (``train.lr``) and how to go on. The trainer runs the per-update tests before it
-applies the update, and the checkpoint tests before validate-and-save writes anything, so
-``model.safetensors`` (best) and ``last.safetensors`` are never written from a diverged state;
-the checkpoints on disk are the last good ones, unchanged, and
-``attendo train --resume DIR train.lr=...`` goes on from the last of them. The tests draw no
-random numbers and change nothing that training computes: a run that does not diverge is
+Each raises :class:`TrainingDiverged` (one line: step, what was seen, ``train.lr`` as the likely
+cause, how to go on) before the update is applied or a checkpoint written, so the checkpoints
+on disk are the last good ones and ``attendo train --resume DIR train.lr=...`` goes on from
+them. The tests draw no random numbers and change nothing: a run that does not diverge is
 bit-for-bit the same with them as without them.
 """
 
@@ -39,53 +26,42 @@ from torch import nn
 
 from ..errors import AttendoError
 
-MAX_BAD_UPDATES = 5
-"""Non-finite updates in a row (each one skipped) before training stops."""
+MAX_BAD_UPDATES = 5  # non-finite updates in a row (each one skipped) before training stops
 
+# Finite but far-off updates (a loss spike or an exploded gradient) in a row before training
+# stops: one bad batch, or a short spike the optimizer recovers from, is ordinary.
 SUSTAIN = 5
-"""Finite but far-off updates (a loss spike or an exploded gradient) in a row before training
-stops. One bad batch, or a short spike that the optimizer recovers from, is ordinary."""
 
+# Weight of the past in the running loss level, an exponential average of the per-token NLL
+# over ordinary updates (time constant ~50). Far-off updates do not move it, so a run stuck at
+# a diverged loss keeps counting.
 LOSS_EMA = 0.98
-"""Weight of the past in the running loss level: an exponential average of the per-token
-training NLL over ordinary updates (time constant ~50 updates). Far-off updates do not move it,
-so a run stuck at a diverged loss keeps counting."""
 
+# An update's training NLL per target token is far off above SPIKE_FACTOR * level + SPIKE_NATS.
+# Batch noise is tens of percent: the largest ratio of a loss to this bound measured 0.39
+# (Multi30k Transformer, 1,200 updates with warm-up), 0.30 (Multi30k RNN) and 0.21 (toy dates).
+# The 2 nats keep a nearly converged run (level 0.01) going through a hard stretch; the factor
+# keeps a fresh one (level ln |V| ~ 9) going, as a spike would need 38 nats, four times worse
+# than uniform guessing. The first update sets the level. At lr=1e30 the second loss is ~1e31.
 SPIKE_FACTOR = 4.0
 SPIKE_NATS = 2.0
-"""An update's training loss (NLL per target token, without label smoothing or extra terms) is
-far off when it is above ``SPIKE_FACTOR * level + SPIKE_NATS``. Batch-to-batch noise is tens of
-percent of the level: measured, the largest ratio of an update's loss to that bound was 0.39
-on the Multi30k Transformer config (1,200 updates, its warm-up included), 0.30 on the Multi30k
-RNN config (400 updates) and 0.21 on toy dates (600 updates). The 2 nats keep a nearly
-converged run (level 0.01) from stopping on one hard stretch of batches; the factor keeps a
-fresh run from stopping at all: starting at ln |V|, about 9 for 8,000 pieces, a spike would
-need 38 nats per token, four times worse than uniform guessing. The first update sets the
-level (it is never far off itself). With ``train.lr=1e30`` the second update's loss is ~1e31."""
 
+# Gradient norm (all weights, before clipping) of an exploded update. The loss is a mean over
+# tokens, so ordinary norms stay small: at most 4.1, 2.8 and 3.2 measured on the three configs
+# above, first updates included. (lr=1e30 saturates units, norms ~8: its loss and weights stop
+# it; this test is for gradients that explode before the loss moves.)
 GRAD_NORM_LIMIT = 1e6
-"""Gradient norm (over all weights, before clipping) above which an update counts as exploded.
-The loss is a mean over tokens (or sentences), whose gradients stay small while activations do:
-measured, the largest norms of ordinary runs were 4.1 on the Multi30k Transformer config, 2.8
-on the Multi30k RNN config and 3.2 on toy dates, first updates included. (A run that
-``train.lr=1e30`` blew up has saturated units that pass little gradient, norms ~8: its loss
-and weights stop it. This test is for gradients that explode before the loss moves.)"""
 
+# Largest weight magnitude of a working model. Weights start at magnitudes of 1 or less, Adam
+# moves one by at most about lr per update, and real runs stay near 1 (measured at most 1.25,
+# 0.47 and 0.75 on the three configs). A weight of 1e4 saturates any ordinary activation, and
+# its products overflow half precision (65504).
 WEIGHT_LIMIT = 1e4
-"""Largest weight magnitude a working model can have. Weights start at magnitudes of 1 or less
-(LayerNorm gains 1, uniform or normal initialisations scaled by the layer width), and Adam moves
-a weight by at most about lr per update (1e-3 for 1e5 updates in one direction would give
-100, and real runs stay near 1: measured, at most 1.25 after 1,200
-updates of the Multi30k Transformer config, 0.47 after 400 of its RNN config, 0.75 after 600
-of toy dates). A weight of 1e4 turns any ordinary activation into a saturated one, and its
-products overflow half precision (65504)."""
 
+# Validation perplexity above PPL_FACTOR * |V_tgt| rules out a working model: uniform guessing
+# scores |V_tgt|, a fresh model about that (measured 1.8 |V| and 1.0 |V|), so ten times worse
+# means it is confidently wrong about nearly every token, however finite its numbers.
 PPL_FACTOR = 10.0
-"""Validation perplexity above ``PPL_FACTOR * |V_tgt|`` rules out a working model. Uniform
-guessing over the target vocabulary scores exactly |V_tgt|, and a freshly initialised model
-scores about that (its logits are small; measured, 1.8 |V| for the Multi30k Transformer
-config's first batch, 1.0 |V| for toy dates), so ten times worse than uniform means the model
-is confidently wrong about nearly every token: it has diverged, however finite its numbers."""
 
 
 class TrainingDiverged(ValueError, AttendoError):
@@ -94,17 +70,12 @@ class TrainingDiverged(ValueError, AttendoError):
 
 
 class DivergenceGuard:
-    """The divergence tests of one training run (see the module docstring).
-
-    ``lr`` is ``train.lr`` (named in messages as the likely cause), ``tgt_vocab_size`` the
-    target vocabulary's size (for the perplexity bound), ``out_dir`` the run directory (named
-    in the command to resume with). ``kept``, given to every test, is the step of the last
-    checkpoint written (0: none), which the message names as what is kept."""
+    """The divergence tests of one training run: ``lr`` is ``train.lr`` (the likely cause),
+    ``out_dir`` the run directory (in the command to resume with). ``kept``, given to every
+    test, is the step of the last checkpoint written (0: none)."""
 
     def __init__(self, lr: float, tgt_vocab_size: int, out_dir: str):
-        self.lr = lr
-        self.tgt_vocab_size = tgt_vocab_size
-        self.out_dir = out_dir
+        self.lr, self.tgt_vocab_size, self.out_dir = lr, tgt_vocab_size, out_dir
         self.level: float | None = None  # running per-token training NLL of ordinary updates
         self.bad_updates = 0  # non-finite updates in a row (skipped)
         self.far_off = 0  # finite updates in a row with a loss spike or an exploded gradient
@@ -112,14 +83,11 @@ class DivergenceGuard:
     def _stop(self, step: int, what: str, kept: int):
         saved = (f"The checkpoints up to step {kept} are kept, nothing later was saved" if kept
                  else "Nothing was saved (no checkpoint had been written yet)")
-        raise TrainingDiverged(
-            f"training diverged: at step {step}, {what}; likely cause: train.lr={self.lr:g} is "
-            f"too high. {saved}: lower train.lr (or add train.warmup_steps or "
-            f"train.clip_norm) and resume with `attendo train --resume {self.out_dir} "
-            "train.lr=...`"
-        )
+        raise TrainingDiverged(f"training diverged: at step {step}, {what}; likely cause: "
+                               f"train.lr={self.lr:g} is too high. {saved}: lower train.lr (or "
+                               "add train.warmup_steps or train.clip_norm) and resume with "
+                               f"`attendo train --resume {self.out_dir} train.lr=...`")
 
-    # -- per update ------------------------------------------------------------------------
     def non_finite(self, step: int, what: str, kept: int) -> int:
         """Count an update with a non-finite ``what`` ("loss" or "gradient norm"), which the
         trainer skips; stops at ``MAX_BAD_UPDATES`` in a row. Returns the count so far."""
@@ -143,18 +111,13 @@ class DivergenceGuard:
                 nll > SPIKE_FACTOR * self.level + SPIKE_NATS):
             why.append(f"a training loss of {nll:.3g} nats per token (its running level "
                        f"was {self.level:.3g})")
-        if not why:
-            self.far_off = 0
-            if nll is not None:
-                self.level = nll if self.level is None else (
-                    LOSS_EMA * self.level + (1 - LOSS_EMA) * nll)
-            return
-        self.far_off += 1
+        self.far_off = self.far_off + 1 if why else 0
+        if not why and nll is not None:
+            self.level = nll if self.level is None else LOSS_EMA * self.level + (1 - LOSS_EMA) * nll
         if self.far_off >= SUSTAIN:
             self._stop(step, f"{self.far_off} updates in a row were far off, the last with "
                              f"{' and '.join(why)}", kept)
 
-    # -- per checkpoint --------------------------------------------------------------------
     def check_weights(self, model: nn.Module, step: int, kept: int) -> None:
         """Every weight finite and below ``WEIGHT_LIMIT`` in magnitude (one host sync)."""
         named = [(n, p) for n, p in model.named_parameters() if p.numel()]
@@ -176,7 +139,3 @@ class DivergenceGuard:
             self._stop(step, f"validation perplexity is {ppl:.3g}, above {limit:g} ("
                              f"{PPL_FACTOR:g} x the {self.tgt_vocab_size}-entry target "
                              "vocabulary; uniform guessing scores its size)", kept)
-
-
-__all__ = ["DivergenceGuard", "TrainingDiverged", "MAX_BAD_UPDATES", "SUSTAIN",
-           "GRAD_NORM_LIMIT", "WEIGHT_LIMIT", "PPL_FACTOR", "SPIKE_FACTOR", "SPIKE_NATS"]

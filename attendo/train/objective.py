@@ -4,8 +4,8 @@ update's micro-batches."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -15,31 +15,24 @@ from ..model.seq2seq import Seq2Seq
 
 
 class Objective(torch.nn.Module):
-    """The training objective as a forward().
-
-    Returns (loss, nll, n_tokens, coverage loss or None, alignment cross-entropy or None,
-    aligned target pieces or None); see :meth:`Seq2Seq.losses`."""
+    """The training objective as a forward(): :meth:`Seq2Seq.losses` (loss, nll, coverage loss,
+    tokens, alignment cross-entropy, aligned target pieces)."""
 
     def __init__(self, model: Seq2Seq, label_smoothing: float, coverage_loss: float = 0.0,
                  align_weight: float = 0.0):
         super().__init__()
-        self.model = model
-        self.label_smoothing = label_smoothing
-        self.coverage_loss = coverage_loss
-        self.align_weight = align_weight  # train.guided_alignment.weight
+        self.model, self.label_smoothing = model, label_smoothing
+        self.coverage_loss, self.align_weight = coverage_loss, align_weight
 
     def forward(self, src, src_lens, tgt_in, tgt_out, src_ext=None, align=None):
-        return self.model.losses(
-            src, src_lens, tgt_in, tgt_out, Vocab.PAD, self.label_smoothing,
-            self.coverage_loss, src_ext, align, self.align_weight,
-        )
+        return self.model.losses(src, src_lens, tgt_in, tgt_out, Vocab.PAD, self.label_smoothing,
+                                 self.coverage_loss, src_ext, align, self.align_weight)
 
 
 class CoverageSwitch:
     """Two-phase coverage (See et al. 2017, sec. 3): before train.coverage_from_step no
-    coverage loss and no change to the coverage weights (still 0, so the model is one
-    without coverage); from that update on, the coverage loss as configured. The objective
-    is switched once, when the phase changes."""
+    coverage loss and no change to the coverage weights (still 0, so the model is one without
+    coverage); from that update on, the coverage loss as configured."""
 
     def __init__(self, objective: Objective, model: Seq2Seq, weight: float, from_step: int,
                  zero: bool):
@@ -59,15 +52,14 @@ class CoverageSwitch:
             self.objective.coverage_loss = 0.0 if phase_one else self.weight
 
     def drop_gradients(self) -> None:
-        """In phase one, after the backward pass: the optimizer skips the coverage weights,
-        so they stay exactly 0."""
+        """In phase one, after the backward pass: the coverage weights stay exactly 0."""
         if self.phase_one:
             for p in self.params:
                 p.grad = None
 
 
 def forward_backward(loss_module: torch.nn.Module, batches: Sequence[Batch], denom: float,
-                     device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager],
+                     device: torch.device, autocast: Callable[[], AbstractContextManager],
                      scaler, distributed: bool) -> tuple[torch.Tensor, int, bool, bool]:
     """Gradients of the summed loss of ``batches`` divided by ``denom``; returns the sums
     (loss, nll, coverage, alignment cross-entropy, aligned target pieces) as one float64
@@ -78,17 +70,12 @@ def forward_backward(loss_module: torch.nn.Module, batches: Sequence[Batch], den
     has_cov = has_align = False
     for i, batch in enumerate(batches):
         batch = batch.to(device, non_blocking=True)
-        last = i == len(batches) - 1
-        sync = contextlib.nullcontext()
-        if distributed and not last:
-            sync = loss_module.no_sync()  # all-reduce once, after the last micro-batch
-        with sync:
+        defer = distributed and i < len(batches) - 1  # DDP: all-reduce after the last only
+        with loss_module.no_sync() if defer else nullcontext():
             with autocast():
-                parts = loss_module(
-                    batch.src, batch.src_lens, batch.tgt_in, batch.loss_target, batch.src_ext,
-                    batch.align,
-                )
-                loss, nll, cov, n = parts[:4]
+                parts = loss_module(batch.src, batch.src_lens, batch.tgt_in, batch.loss_target,
+                                    batch.src_ext, batch.align)
+                loss, nll, cov = parts[:3]
             scaled = loss / denom
             (scaler.scale(scaled) if scaler else scaled).backward()
         sums[0] += loss.detach()

@@ -23,8 +23,7 @@ class RunLog:
     on ranks other than 0 both are off."""
 
     def __init__(self, out: Path, is_main: bool):
-        self.out, self.is_main = out, is_main
-        self.tb = None
+        self.out, self.is_main, self.tb = out, is_main, None
         self.handler: logging.Handler | None = None
         if is_main:
             self.handler = logging.FileHandler(out / "train.log")
@@ -32,13 +31,12 @@ class RunLog:
             log.addHandler(self.handler)
 
     def open_tensorboard(self) -> None:
-        if not self.is_main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard is optional
-            return
-        self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        if self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except Exception:  # tensorboard is optional
+                return
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
 
     def metric(self, record: dict[str, Any]) -> None:
         if not self.is_main:
@@ -47,7 +45,7 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for k, v in record.items():
-                if isinstance(v, int | float) and k not in ("step",):
+                if isinstance(v, int | float) and k != "step":
                     self.tb.add_scalar(f"{record['type']}/{k}", v, record["step"])
 
     def close(self) -> None:
@@ -84,21 +82,20 @@ class Window:
         self.reset()
 
     def reset(self) -> None:
-        self.loss = self.nll = 0.0
+        self.loss = self.nll = self.lr = 0.0
         self.cov: float | None = None
         self.align: list[float] | None = None  # summed alignment CE, aligned target pieces
         self.tokens, self.t0 = 0, time.time()
-        self.lr = 0.0
 
     def add(self, r: StepResult) -> None:
-        self.loss, self.nll, self.tokens = self.loss + r.loss, self.nll + r.nll, self.tokens + r.tokens
+        self.loss, self.nll = self.loss + r.loss, self.nll + r.nll
+        self.tokens += r.tokens
         self.lr = r.lr
         if r.cov is not None:
             self.cov = (self.cov or 0.0) + r.cov
         if r.align is not None:
-            self.align = self.align or [0.0, 0.0]
-            self.align[0] += r.align[0]
-            self.align[1] += r.align[1]
+            a = self.align or [0.0, 0.0]
+            self.align = [a[0] + r.align[0], a[1] + r.align[1]]
 
     def record(self, step: int, epoch: int, elapsed_s: float, device: torch.device) -> dict:
         dt = max(time.time() - self.t0, 1e-9)
@@ -119,19 +116,14 @@ class Window:
 def show(rec: dict, bar, tc, seconds_left: float | None) -> None:
     """A train record on the progress bar, or as a log line when train.progress is off;
     ``seconds_left`` of train.max_minutes when that is the only budget."""
-    lr = rec["lr"]
-    post = dict(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.1f}",
-                lr=f"{lr:.2e}", tok_s=f"{rec['tok_per_s']:.0f}")
-    if "cov_loss" in rec:
-        post["cov"] = f"{rec['cov_loss']:.4f}"
-    if "align_loss" in rec:
-        post["align"] = f"{rec['align_loss']:.4f}"
+    post = dict(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.1f}", lr=f"{rec['lr']:.2e}",
+                tok_s=f"{rec['tok_per_s']:.0f}")
+    extra = [k for k in ("cov_loss", "align_loss") if k in rec]
+    post.update({k.removesuffix("_loss"): f"{rec[k]:.4f}" for k in extra})
     if seconds_left is not None:  # tqdm has no total to estimate from
         post["eta"] = time.strftime("%H:%M:%S", time.gmtime(seconds_left))
     bar.set_postfix(post)
     if not tc.progress:
-        cov_text = f"  cov_loss {rec['cov_loss']:.4f}" if "cov_loss" in rec else ""
-        if "align_loss" in rec:
-            cov_text += f"  align_loss {rec['align_loss']:.4f}"
-        log.info("step %d  loss %.3f  ppl %.2f%s  lr %.2e  %.0f tok/s",
-                 rec["step"], rec["loss"], rec["ppl"], cov_text, lr, rec["tok_per_s"])
+        log.info("step %d  loss %.3f  ppl %.2f%s  lr %.2e  %.0f tok/s", rec["step"], rec["loss"],
+                 rec["ppl"], "".join(f"  {k} {rec[k]:.4f}" for k in extra), rec["lr"],
+                 rec["tok_per_s"])

@@ -25,8 +25,8 @@ def set_lr(tc, state, optimizer: torch.optim.Optimizer) -> float:
     """Set and return the learning rate of the next update (``state.step + 1``): the schedule
     times the reduce-on-plateau scale (not below train.min_lr after warm-up on plateau)."""
     lr = tc.lr * lr_factor(tc, state.step + 1) * state.lr_scale
-    if tc.schedule == "plateau":
-        lr = max(lr, tc.min_lr) if state.step >= tc.warmup_steps else lr
+    if tc.schedule == "plateau" and state.step >= tc.warmup_steps:
+        lr = max(lr, tc.min_lr)
     for g in optimizer.param_groups:
         g["lr"] = lr
     return lr
@@ -38,11 +38,9 @@ def stop_reason(tc, state, elapsed: Callable[[], float], dist, device: torch.dev
         return f"reached train.max_steps={tc.max_steps}"
     if tc.max_epochs and state.epoch >= tc.max_epochs:
         return f"reached train.max_epochs={tc.max_epochs}"
-    if tc.max_minutes:
-        # clocks differ slightly between ranks: stop all of them when any one is out of time
-        out = distributed.any_true(dist, elapsed() >= tc.max_minutes * 60, device)
-        if out:
-            return f"reached train.max_minutes={tc.max_minutes}"
+    # clocks differ slightly between ranks: stop all of them when any one is out of time
+    if tc.max_minutes and distributed.any_true(dist, elapsed() >= tc.max_minutes * 60, device):
+        return f"reached train.max_minutes={tc.max_minutes}"
     if tc.patience and state.bad_valids >= tc.patience:
         return f"early stopping: no improvement in {tc.patience} validations"
     return None

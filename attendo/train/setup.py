@@ -1,7 +1,6 @@
 """A run's machinery, built once: the process (threads, seed, device, process group), the
-model (new, resumed or initialised from train.init_from), the optimizer, and what each
-training process adds (its dropout stream, DistributedDataParallel, the head that guided
-alignment supervises)."""
+model (new, resumed or from train.init_from), the optimizer, each rank's dropout stream, DDP
+and the head that guided alignment supervises."""
 
 from __future__ import annotations
 
@@ -61,10 +60,8 @@ def build_training_model(cfg: Config, n_src: int, n_tgt: int, out: Path,
     """A new model, one sized by the checkpoint to resume (its weights are loaded with the
     optimizer), or one initialised from ``start`` (train.init_from) on ``device``."""
     if resume:  # sizes in config.yaml checked against the checkpoint before allocating
-        model: Seq2Seq = build_model_for_weights(
-            out / LAST_FILE, cfg.model, n_src, n_tgt, out / "config.yaml", training=True,
-            device=device,
-        )
+        model: Seq2Seq = build_model_for_weights(out / LAST_FILE, cfg.model, n_src, n_tgt,
+                                                 out / "config.yaml", training=True, device=device)
     else:
         model = build_model(cfg.model, n_src, n_tgt, training=True, device=device)
         if start is not None:
@@ -75,9 +72,8 @@ def build_training_model(cfg: Config, n_src: int, n_tgt: int, out: Path,
                 for name, p in model.named_parameters():
                     if name in new and id(p) in coverage:
                         p.zero_()
-            log.info("initialised from %s%s", weights,
-                     f"; new to this model (kept as initialised): {', '.join(new)}"
-                     if new else "")
+            added = f"; new to this model (kept as initialised): {', '.join(new)}" if new else ""
+            log.info("initialised from %s%s", weights, added)
     model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %s parameters on %s (%s)", f"{n_params:,}", device, cfg.train.precision)
@@ -86,12 +82,10 @@ def build_training_model(cfg: Config, n_src: int, n_tgt: int, out: Path,
 
 def make_optimizer(tc, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     opt_cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-    # fused: one kernel per parameter group instead of ~10 small ops per tensor
-    # (the per-tensor loop was ~8% of a CPU Transformer step)
-    return opt_cls(
-        model.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
-        fused=device.type in ("cpu", "cuda"),
-    )
+    # fused: one kernel per parameter group instead of ~10 small ops per tensor (the
+    # per-tensor loop was ~8% of a CPU Transformer step)
+    return opt_cls(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
+                   weight_decay=tc.weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
 def reseed_rank(tc, dist, step: int) -> None:
@@ -104,10 +98,9 @@ def supervise_head(model: Seq2Seq, ga) -> None:
     """Guided alignment on a multi-head decoder: the (layer, head) train.guided_alignment
     names (the decoder's attention layer by default), which then takes the explicit-weights
     path in forward(). One attention distribution per step (an RNN) needs no choice."""
-    heads = model.attention_heads
-    if heads is None:
+    if model.attention_heads is None:
         return
-    layers, n_heads = heads
+    layers, n_heads = model.attention_heads
     layer = model.decoder.attn_layer if ga.layer is None else ga.layer
     model.decoder.align_head = (layer % layers, ga.head % n_heads)
 
@@ -118,5 +111,4 @@ def wrap_ddp(module: torch.nn.Module, dist, device: torch.device) -> torch.nn.Mo
         return module
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    ids = [device.index] if device.type == "cuda" else None
-    return DDP(module, device_ids=ids)
+    return DDP(module, device_ids=[device.index] if device.type == "cuda" else None)

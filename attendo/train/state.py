@@ -69,9 +69,8 @@ def save_checkpoints(out: Path, model: torch.nn.Module, meta: dict[str, Any], be
 def save_state(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                state: TrainerState, elapsed_s: float) -> None:
     """``last.safetensors``: weights, optimizer, RNG and the counters, for ``--resume``."""
-    trainer_state = dict(state.__dict__)
-    trainer_state["elapsed_s"] = elapsed_s
-    save_training_state(out / LAST_FILE, model, optimizer, trainer_state)
+    save_training_state(out / LAST_FILE, model, optimizer,
+                        {**state.__dict__, "elapsed_s": elapsed_s})
 
 
 def truncate_metrics(out: Path, step: int) -> None:
@@ -93,11 +92,9 @@ def truncate_metrics(out: Path, step: int) -> None:
 
 def save_resumed_config(out: Path, cfg: Config) -> None:
     """Overrides given with ``--resume`` become the run's config.yaml once the checkpoint
-    has loaded under them, so a later resume (or a translation) without them goes on as
-    this one does, as OpenNMT-py's and fairseq's checkpoints keep the options they last
-    ran with."""
-    path = out / "config.yaml"
-    text = cfg.to_yaml()
+    has loaded under them, so a later resume (or a translation) goes on as this one does (as
+    OpenNMT-py's and fairseq's checkpoints keep the options they last ran with)."""
+    path, text = out / "config.yaml", cfg.to_yaml()
     if path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
         log.info("%s: rewritten with this resume's overrides", path)
@@ -116,7 +113,5 @@ def clear_run(out: Path) -> None:
 def remove_temporary_files(out: Path) -> None:
     """Delete ``.NAME.PID.HEX.tmp`` files that a killed atomic write left behind (rank 0
     only: no other process writes into a run directory while it trains)."""
-    for d in (out, out / CKPT_DIR):
-        if d.is_dir():
-            for tmp in d.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+    for tmp in [*out.glob(".*.tmp"), *(out / CKPT_DIR).glob(".*.tmp")]:
+        tmp.unlink(missing_ok=True)

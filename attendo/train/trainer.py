@@ -23,19 +23,12 @@ from ..data.prepare import load_corpora, load_eval_corpora
 from ..data.vocab import Vocab
 from ..model.size import check_model_size
 from ..utils import DirLock, stop_point
-from . import setup
+from . import setup, state
 from .data import init_source, load_training_data
 from .divergence import DivergenceGuard
 from .objective import CoverageSwitch, Objective, forward_backward
 from .progress import RunLog, StepResult, Window, show
 from .schedule import set_lr, stop_reason
-from .state import (
-    TrainerState,
-    load_state,
-    remove_temporary_files,
-    save_resumed_config,
-    truncate_metrics,
-)
 from .validation import Validation
 
 log = logging.getLogger("attendo")
@@ -52,8 +45,8 @@ class Trainer(Validation):
         tc = cfg.train
         self.dist, self.device = setup.start_process(tc)
         self.amp_dtype, needs_scaler = setup.resolve_precision(tc.precision, self.device)
-        # a model that cannot fit is refused before any file is written or tokenizer trained
-        # (with the smallest vocabularies; build_model checks again with the real ones)
+        # a model that cannot fit is refused before any file is written (with the smallest
+        # vocabularies; build_model checks again with the real ones)
         n = len(Vocab.SPECIALS)
         check_model_size(cfg.model, n, n, training=True, device=self.device, at_least=True)
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
@@ -64,9 +57,8 @@ class Trainer(Validation):
         # touches the first one's files; released by close (or when this process ends)
         self._lock = DirLock(self.dir).acquire() if self.dist.is_main else None
         if self.dist.is_main:
-            remove_temporary_files(self.dir)  # left by a write that a kill interrupted
-        # a prepared (memory-mapped) corpus, or None: the training text is read into memory
-        self.prepared_dir = prepared_dir(cfg)
+            state.remove_temporary_files(self.dir)  # left by a write that a kill interrupted
+        self.prepared_dir = prepared_dir(cfg)  # memory-mapped corpus, or None: text in memory
         if self.prepared_dir is None:
             train, self.valid, self.test = load_corpora(cfg.data, seed=tc.seed)
         else:
@@ -82,50 +74,43 @@ class Trainer(Validation):
     def _setup(self, cfg: Config, train, resume: bool) -> None:
         tc = cfg.train
         distributed.check_agreement(self.dist, "config", cfg.to_dict())
-        # fine-tuning: the checked model directory whose tokenizers and weights this run takes
-        start = init_source(cfg) if tc.init_from and not resume else None
+        start = init_source(cfg) if tc.init_from and not resume else None  # fine-tuning
         data = load_training_data(cfg, self.dist, self.dir, train, self.valid, self.prepared_dir,
                                   resume, start)
         self.src, self.tgt = data.src, data.tgt
         self.valid_ids, self.valid_copy = data.valid_ids, data.valid_copy
-        self.model = setup.build_training_model(cfg, len(self.src.vocab), len(self.tgt.vocab),
+        self.model = setup.build_training_model(cfg, self.src.size, len(self.tgt.vocab),
                                                 self.dir, self.device, resume, start)
         self.optimizer = setup.make_optimizer(tc, self.model, self.device)
-        self.state = TrainerState()
+        self.state = state.TrainerState()
         if resume:
-            self.state = load_state(self.dir / LAST_FILE, self.model, self.optimizer)
+            self.state = state.load_state(self.dir / LAST_FILE, self.model, self.optimizer)
             log.info("resumed from %s at step %d", self.dir / LAST_FILE, self.state.step)
             if self.dist.is_main:
-                truncate_metrics(self.dir, self.state.step)
-                save_resumed_config(self.dir, cfg)
+                state.truncate_metrics(self.dir, self.state.step)
+                state.save_resumed_config(self.dir, cfg)
         setup.reseed_rank(tc, self.dist, self.state.step)
         ga = tc.guided_alignment
         if data.align is not None:
             setup.supervise_head(self.model, ga)
-        # the objective itself (what DDP wraps, when it does) and its two coverage phases
         self.objective = Objective(self.model, tc.label_smoothing, tc.coverage_loss,
                                    ga.weight if data.align is not None else 0.0)
         self.coverage = CoverageSwitch(self.objective, self.model, tc.coverage_loss,
                                        tc.coverage_from_step, zero=not resume)
         self.loss_module = setup.wrap_ddp(self.objective, self.dist, self.device)
-        self.stream = BatchStream(
-            data.src_ids, data.tgt_ids, tc.batch_size, tc.batch_type, tc.seed,
-            epoch=self.state.epoch, offset=self.state.offset, rank=self.dist.rank,
-            world_size=self.dist.world_size, copy=data.copy, align=data.align,
-        )
-        self.batches = iterate_batches(
-            self.stream, tc.num_workers, pin_memory=self.device.type == "cuda"
-        )
+        self.stream = BatchStream(data.src_ids, data.tgt_ids, tc.batch_size, tc.batch_type,
+                                  tc.seed, epoch=self.state.epoch, offset=self.state.offset,
+                                  rank=self.dist.rank, world_size=self.dist.world_size,
+                                  copy=data.copy, align=data.align)
+        self.batches = iterate_batches(self.stream, tc.num_workers,
+                                       pin_memory=self.device.type == "cuda")
         self.run_log.open_tensorboard()
         # last.safetensors is written right after a validation, so a resumed step was validated
         self.last_valid_step: int | None = self.state.step if resume else None
-        # summed coverage loss of the last train_step (None: the model has no coverage)
+        # of the last train_step: summed coverage loss (None: no coverage), and summed
+        # alignment cross-entropy and aligned target pieces (None: no guided alignment)
         self.step_cov: float | None = None
-        # summed alignment cross-entropy and aligned target pieces of the last train_step
-        # (None: no guided alignment)
         self.step_align: tuple[float, float] | None = None
-        # every test that stops a diverging run (non-finite or absurd losses, gradients,
-        # weights, validation perplexity), with its thresholds: attendo/train/divergence.py
         self.guard = DivergenceGuard(tc.lr, len(self.tgt.vocab), str(self.dir))
 
     def elapsed(self) -> float:
@@ -140,7 +125,6 @@ class Trainer(Validation):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    # -- one update --------------------------------------------------------------------
     def step(self) -> StepResult:
         """One optimizer update on the next train.accum_steps batches, at the scheduled
         learning rate; advances the step, token and data-position counters."""
@@ -155,19 +139,15 @@ class Trainer(Validation):
 
     def train_step(self, batches) -> tuple[float, float, int]:
         """One optimizer update over ``batches`` (accum_steps micro-batches on this rank), at
-        the learning rate already set; returns (summed loss, summed nll, target tokens).
-
-        The summed loss is divided by the token (or sentence) count of the whole effective
-        batch, over all micro-batches and all ranks, so N processes x B x accumulation gives the
-        same gradient as one process accumulating the same batches.
-        """
-        tc = self.cfg.train
-        if not isinstance(batches, list | tuple):
-            batches = [batches]
+        the learning rate already set; returns (summed loss, summed nll, target tokens). The
+        summed loss is divided by the token (or sentence) count of the whole effective batch,
+        over all micro-batches and ranks, so N processes x B x accumulation gives the same
+        gradient as one process accumulating the same batches."""
+        tc, step = self.cfg.train, self.state.step + 1
         local = sum(b.n_tgt_tokens if tc.normalization == "tokens" else b.size for b in batches)
         # DDP averages gradients over ranks, so each rank divides by (global count / world)
         denom = distributed.all_sum(self.dist, float(local), self.device) / self.dist.world_size
-        self.coverage.enter(self.state.step + 1)
+        self.coverage.enter(step)
         self.optimizer.zero_grad(set_to_none=True)
         sums, total_n, has_cov, has_align = forward_backward(
             self.loss_module, batches, denom, self.device, self._autocast, self.scaler,
@@ -177,9 +157,7 @@ class Trainer(Validation):
             self.scaler.unscale_(self.optimizer)
         # the gradient norm (clipped to train.clip_norm when set) is the same on every rank
         # after DDP's all-reduce, so all ranks agree on skipping a non-finite update
-        norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), tc.clip_norm or math.inf
-        )
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_norm or math.inf)
         # the one host synchronisation of an update: the logged sums and the finiteness check
         check = torch.cat([sums, norm.reshape(1).to(sums)])
         loss_sum, nll_sum, cov_sum, align_sum, n_aligned, norm_value = check.tolist()
@@ -190,16 +168,14 @@ class Trainer(Validation):
             # never apply a non-finite update (it would turn every weight into NaN); stop when
             # it keeps happening. The grad scaler (fp16) skips and rescales by itself.
             what = "gradient norm" if math.isfinite(loss_sum) else "loss"
-            in_a_row = self.guard.non_finite(self.state.step + 1, what, self.kept_step())
-            log.warning("step %d: non-finite %s (%s); update skipped (%d in a row)",
-                        self.state.step + 1, what, loss_sum if what == "loss" else norm_value,
-                        in_a_row)
+            in_a_row = self.guard.non_finite(step, what, self.kept_step())
+            log.warning("step %d: non-finite %s (%s); update skipped (%d in a row)", step, what,
+                        loss_sum if what == "loss" else norm_value, in_a_row)
             self.optimizer.zero_grad(set_to_none=True)
             return 0.0, 0.0, 0
         # finite but diverging (a loss spike, an exploded gradient): stop before applying it.
         # Distributed ranks see different batches, so they decide on the shared norm alone.
-        self.guard.update(self.state.step + 1,
-                          None if self.dist.enabled else nll_sum / max(total_n, 1),
+        self.guard.update(step, None if self.dist.enabled else nll_sum / max(total_n, 1),
                           norm_value, self.kept_step())
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -208,19 +184,13 @@ class Trainer(Validation):
             self.optimizer.step()
         return loss_sum, nll_sum, total_n
 
-    # -- the loop ----------------------------------------------------------------------
-    def _done(self) -> str | None:
-        return stop_reason(self.cfg.train, self.state, self.elapsed, self.dist, self.device)
-
     def run(self) -> dict[str, Any]:
         tc, st = self.cfg.train, self.state
         self.model.train()
-        reason = self._done()
-        bar = tqdm(total=tc.max_steps or None, initial=st.step, unit="step",
-                   disable=not (tc.progress and self.dist.is_main), dynamic_ncols=True,
-                   desc="train")
-        window = Window()
-        clean = False
+        reason = stop_reason(tc, st, self.elapsed, self.dist, self.device)
+        bar = tqdm(total=tc.max_steps or None, initial=st.step, unit="step", desc="train",
+                   disable=not (tc.progress and self.dist.is_main), dynamic_ncols=True)
+        window, clean = Window(), False
         try:
             while reason is None:
                 window.add(self.step())
@@ -236,7 +206,7 @@ class Trainer(Validation):
                     self.validate_and_save()
                     window.t0 = time.time()  # validation time is not training throughput
                 stop_point("update", st.step)  # tests only: ATTENDO_STOP_AT=update:N
-                reason = self._done()
+                reason = stop_reason(tc, st, self.elapsed, self.dist, self.device)
             if self.last_valid_step != st.step:
                 self.validate_and_save()
             log.info("training finished at step %d: %s", st.step, reason)

@@ -28,8 +28,8 @@ def track_best(tc, st: TrainerState, rec: dict[str, Any]) -> tuple[bool, float |
         metric = None
     improved = False
     if metric is not None:
-        better = (lambda a, b: a > b) if tc.early_stopping_metric == "bleu" else (lambda a, b: a < b)
-        improved = st.best is None or better(metric, st.best)
+        higher = tc.early_stopping_metric == "bleu"
+        improved = st.best is None or (metric > st.best if higher else metric < st.best)
         if improved:
             st.best, st.bad_valids, st.plateau_bad = metric, 0, 0
         else:
@@ -44,8 +44,7 @@ def track_best(tc, st: TrainerState, rec: dict[str, Any]) -> tuple[bool, float |
 
 class Validation:
     """The trainer's validation and checkpoint methods, mixed into
-    :class:`~attendo.train.trainer.Trainer` (they use its model, data, state, guard, run log
-    and process group)."""
+    :class:`~attendo.train.trainer.Trainer`."""
 
     def validate(self) -> dict[str, Any]:
         """Dev loss/perplexity and greedy BLEU (on up to valid_max_sents sentences)."""
@@ -54,9 +53,8 @@ class Validation:
         if self.valid_ids is None:
             return rec
         t = time.time()
-        model = self.model
-        nll, n = metrics.corpus_nll(model, *self.valid_ids, batch_size=64, device=self.device,
-                                    copy=self.valid_copy)
+        nll, n = metrics.corpus_nll(self.model, *self.valid_ids, batch_size=64,
+                                    device=self.device, copy=self.valid_copy)
         rec["loss"] = nll / max(n, 1)
         rec["ppl"] = metrics.perplexity(nll, n)
         # a perplexity no working model has stops training here, before decoding garbage
@@ -64,45 +62,41 @@ class Validation:
         valid = self.valid
         if tc.valid_bleu and valid is not None:
             k = min(tc.valid_max_sents, len(valid))
-            translator = Translator(model, self.src, self.tgt, self.cfg)
+            translator = Translator(self.model, self.src, self.tgt, self.cfg)
             hyps = [t.text for t in translator.translate(valid.src[:k], beam=1)]
             rec["bleu"] = metrics.bleu(hyps, valid.tgt[:k]).score
             rec["example"] = {"src": valid.src[0], "ref": valid.tgt[0], "hyp": hyps[0]}
-        model.train()
+        self.model.train()
         rec["valid_s"] = round(time.time() - t, 2)
         return rec
 
     def validate_and_save(self) -> None:
-        """Rank 0 validates and writes checkpoints; the others wait, then adopt its counters
-        (best, patience, plateau) so every rank stops and decays the lr together."""
+        """Rank 0 validates, tracks the best, logs and writes the checkpoints and the state;
+        the others wait, then adopt its counters (best, patience, plateau) so every rank stops
+        and decays the lr together."""
         # a model with non-finite or exploded weights is never validated, saved or made "best"
         # (DivergenceGuard.check_weights); on every rank: they hold the same weights
-        self.guard.check_weights(self.model, self.state.step, self.kept_step())
-        dist = self.dist
-        if dist.is_main:
-            self._validate_and_save()
-        self.last_valid_step = self.state.step
-        distributed.barrier(dist)
-        if dist.enabled:
-            shared = distributed.broadcast(dist, {k: getattr(self.state, k) for k in SHARED})
-            for k, v in shared.items():
-                setattr(self.state, k, v)
-
-    def _validate_and_save(self) -> None:
-        """Rank 0: validate, track the best, log, write the checkpoints and the state."""
         tc, st = self.cfg.train, self.state
-        rec = self.validate()
-        rec["elapsed_s"] = round(self.elapsed(), 2)
-        improved, metric = track_best(tc, st, rec)
-        rec["best"] = improved
-        st.history.append({k: v for k, v in rec.items() if k != "example"})
-        self.run_log.metric(rec)
-        if "ppl" in rec:
-            msg = f"valid step {st.step}: ppl {rec['ppl']:.2f}"
-            if "bleu" in rec:
-                msg += f"  bleu {rec['bleu']:.2f}  | {rec['example']['hyp']}"
-            log.info(msg + ("  (best)" if improved else ""))
-        meta = {"step": st.step, "elapsed_s": rec["elapsed_s"], "valid": st.history[-1]}
-        best = improved or (metric is None and tc.early_stopping_metric not in rec)
-        save_checkpoints(self.dir, self.model, meta, best, tc.keep_last)
-        save_state(self.dir, self.model, self.optimizer, st, self.elapsed())
+        self.guard.check_weights(self.model, st.step, self.kept_step())
+        if self.dist.is_main:
+            rec = self.validate()
+            rec["elapsed_s"] = round(self.elapsed(), 2)
+            improved, metric = track_best(tc, st, rec)
+            rec["best"] = improved
+            st.history.append({k: v for k, v in rec.items() if k != "example"})
+            self.run_log.metric(rec)
+            if "ppl" in rec:
+                msg = f"valid step {st.step}: ppl {rec['ppl']:.2f}"
+                if "bleu" in rec:
+                    msg += f"  bleu {rec['bleu']:.2f}  | {rec['example']['hyp']}"
+                log.info(msg + ("  (best)" if improved else ""))
+            meta = {"step": st.step, "elapsed_s": rec["elapsed_s"], "valid": st.history[-1]}
+            best = improved or (metric is None and tc.early_stopping_metric not in rec)
+            save_checkpoints(self.dir, self.model, meta, best, tc.keep_last)
+            save_state(self.dir, self.model, self.optimizer, st, self.elapsed())
+        self.last_valid_step = st.step
+        distributed.barrier(self.dist)
+        if self.dist.enabled:
+            shared = distributed.broadcast(self.dist, {k: getattr(st, k) for k in SHARED})
+            for k, v in shared.items():
+                setattr(st, k, v)
