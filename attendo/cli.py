@@ -15,12 +15,8 @@ log = logging.getLogger("attendo")
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
 def cmd_demo(args) -> int:
@@ -57,10 +53,8 @@ def cmd_train(args) -> int:
 
 
 def read_input(path: str | None) -> list[str]:
-    """Sentences from a file or stdin, by the same rules (see :func:`read_lines`): a
-    byte-order mark at the start of a line (stdin may be files joined with cat) and surrounding
-    whitespace are dropped; invalid UTF-8 and control characters other than tab are an error
-    naming the file (or ``<stdin>``) and line."""
+    """Sentences from a file or stdin (``<stdin>`` in errors), by the rules of :func:`read_lines`
+    (stdin may be files joined with cat: a byte-order mark may start any line)."""
     from .data.corpus import read_lines
 
     if path and path != "-":
@@ -198,14 +192,7 @@ def _attend_images(args, translator) -> int:
 
 
 def cmd_attend(args) -> int:
-    from .attend import (
-        attend,
-        check_options,
-        draw_pictures,
-        explorer_html,
-        read_gold,
-        read_targets,
-    )
+    from .attend import attend, check_options, draw_pictures, explorer_html, read_gold, read_targets
     from .translator import Translator
     from .utils import atomic_write_text
 
@@ -247,17 +234,14 @@ def cmd_serve(args) -> int:
     try:
         from .server import ServeLimits, serve
     except ImportError as e:
-        raise CLIError(
-            f"attendo serve needs FastAPI and uvicorn (missing: {e.name}); install them with "
-            "pip install 'attendo[serve]'"
-        ) from None
+        raise CLIError(f"attendo serve needs FastAPI and uvicorn (missing: {e.name}); install "
+                       "them with pip install 'attendo[serve]'") from None
     limits = ServeLimits(
         max_body_bytes=args.max_body_kb * 1024, max_sentences=args.max_sentences,
         max_chars=args.max_chars, max_tokens=args.max_tokens, max_beam=args.max_beam,
         timeout_s=args.timeout, read_timeout_s=args.read_timeout,
         max_response_bytes=args.max_response_kb * 1024, header_timeout_s=args.header_timeout,
-        keep_alive_s=args.keep_alive, max_connections=args.max_connections,
-    )
+        keep_alive_s=args.keep_alive, max_connections=args.max_connections)
     try:
         limits.validate()
     except ValueError as e:
@@ -381,19 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except AttendoError as e:  # a user error; any other exception is a bug: traceback
-        print(f"attendo {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        problem = str(e)
     except OSError as e:  # IsADirectoryError, PermissionError, FileNotFoundError, a full disk...
-        print(f"attendo {args.command}: error: {os_error_text(e)}", file=sys.stderr)
-        return 2
+        problem = os_error_text(e)
     except RuntimeError as e:  # torch.OutOfMemoryError is one; any other is a bug: traceback
         if not is_out_of_memory(e):
             raise
-        print(f"attendo {args.command}: error: {out_of_memory_text(e)}", file=sys.stderr)
-        return 2
+        problem = out_of_memory_text(e)
     except KeyboardInterrupt:
         print(f"attendo {args.command}: interrupted", file=sys.stderr)
         return 130
+    print(f"attendo {args.command}: error: {problem}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

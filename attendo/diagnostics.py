@@ -13,7 +13,8 @@ Pure functions on text, token lists and numpy arrays, so each can be tested with
   the share that the output reproduces, and of those it carries over, the share the reference
   has too; and the share of output tokens that are ``<unk>``.
 - **Attention**: entropy of the attention rows; alignment error rate, precision and recall
-  (Och & Ney 2003) against gold links (:mod:`attendo.gold`, whose names are re-exported here).
+  (Och & Ney 2003) against gold links (:mod:`attendo.gold`; its file and AER names are
+  re-exported here).
 """
 
 from __future__ import annotations
@@ -31,12 +32,8 @@ from .gold import (  # noqa: F401  (re-exported: gold files and AER are diagnost
     GoldAlignment,
     aer,
     aer_counts,
-    attention_to_words,
     check_gold,
     format_alignment_line,
-    links_from_attention,
-    parse_alignment_line,
-    parse_pharaoh_line,
     precision_recall,
     read_gold_alignments,
     word_groups,
@@ -268,8 +265,8 @@ def attention_localization(samples: Iterable[tuple[np.ndarray, np.ndarray, np.nd
 
 
 # -- the table ------------------------------------------------------------------------------
-def _num(x, fmt: str = "{:.2f}", none: str = "-") -> str:
-    return none if x is None else fmt.format(x)
+def _num(x, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
 
 
 def format_diagnostics(d: dict) -> str:

@@ -67,6 +67,8 @@ def evaluate(
         diagnostics=diagnostics, gold=gold, gold_path=align_gold, align_method=align_method,
         align_threshold=align_threshold, rare_max_count=rare_max_count,
     )
+    if translator.cfg.data.src_type == "image":  # reading text off images: CER
+        report["cer"] = round(metrics.char_error_rate([o.text for o in outs], ref), 2)
     if (translator.cfg.data.src_type == "image" and diagnostics and boxes.is_file()
             and translator.model.has_attention):
         report["diagnostics"]["attention"]["localization"] = image_localization(
@@ -214,6 +216,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"BLEU  {r['bleu']:6.2f}   {r['bleu_signature']}",
         f"chrF  {r['chrf']:6.2f}   {r['chrf_signature']}",
         f"exact {100 * r.get('exact_match', 0):6.2f}%  of outputs equal their reference",
+        *([f"CER   {r['cer']:6.2f}%  characters edited"] if "cer" in r else []),
         f"ppl   {r['ppl']:8.3f} (teacher-forced on the references)",
     ]
     if r.get("diagnostics"):

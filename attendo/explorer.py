@@ -92,7 +92,7 @@ def sentence_record(source: str, t, self_attention: np.ndarray | None = None,
 
     t: a Translation (its n-best in ``t.nbest``); self_attention: encoder self-attention
     (L, H, S, S) or None. merge: label words instead of pieces (weights merged as in
-    :func:`attendo.viz.merge_attention`). Per-head cross-attention is kept for the best
+    :func:`attendo.viz.merge_matrix`). Per-head cross-attention is kept for the best
     hypothesis only, to keep files of many sentences small.
     alignment: word links of the best hypothesis (source word, word of ``t.text``), kept as
     its ``links`` when it has attention to draw them on; kinds: the (source, target)

@@ -1,17 +1,14 @@
 """Gold word alignments and scores against them (Och & Ney 2003): gold files in two formats
 (:data:`GOLD_FORMATS`): *pharaoh*, 0-based ``i-j`` sure and ``i?j`` possible; *talp* (RWTH,
 Och & Ney), 1-based ``i-j`` sure and ``ipj`` possible; in both, i indexes the source side and
-j the target. Pieces grouped into whitespace words, links read off word-level attention, and
-alignment error rate, precision and recall. Pure functions, re-exported by
-:mod:`attendo.diagnostics`."""
+j the target. Pieces grouped into whitespace words, and alignment error rate, precision and
+recall. Pure functions, re-exported by :mod:`attendo.diagnostics`."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from .errors import AttendoError
 from .utils import open_text
@@ -56,11 +53,6 @@ def parse_alignment_line(line: str, where: str, fmt: str = "pharaoh") -> GoldAli
         if sep == "-":
             gold.sure.add(link)
     return gold
-
-
-def parse_pharaoh_line(line: str, where: str) -> GoldAlignment:
-    """:func:`parse_alignment_line` in the 0-based Pharaoh format."""
-    return parse_alignment_line(line, where, "pharaoh")
 
 
 def format_alignment_line(sure: Iterable[tuple[int, int]],
@@ -130,31 +122,6 @@ def word_groups(pieces: Sequence[str], kind: str) -> list[list[int]]:
         else:
             groups[-1].append(i)
     return groups
-
-
-def attention_to_words(attn: np.ndarray, src_groups: Sequence[Sequence[int]],
-                       tgt_groups: Sequence[Sequence[int]]) -> np.ndarray:
-    """Word-level attention (T_words, S_words) from piece-level (T, S): a source word gets
-    the sum of its pieces' weights, an output word the mean over its pieces' rows."""
-    a = np.asarray(attn, dtype=np.float64)
-    cols = np.stack([a[:, list(g)].sum(1) for g in src_groups], 1)  # (T, S_words)
-    return np.stack([cols[list(g)].mean(0) for g in tgt_groups], 0)  # (T_words, S_words)
-
-
-def links_from_attention(attn_words: np.ndarray, method: str = "argmax",
-                         threshold: float = 0.5) -> set[tuple[int, int]]:
-    """Alignment links (source word i, target word j) read off word-level attention
-    (T_words, S_words): ``argmax``, the most attended source word of each target word;
-    ``threshold``, every pair whose weight is at least ``threshold``."""
-    a = np.asarray(attn_words)
-    if a.size == 0:
-        return set()
-    if method == "argmax":
-        return {(int(i), j) for j, i in enumerate(a.argmax(1))}
-    if method == "threshold":
-        js, is_ = np.nonzero(a >= threshold)
-        return {(int(i), int(j)) for j, i in zip(js, is_)}
-    raise ValueError(f"alignment method {method!r}: expected 'argmax' or 'threshold'")
 
 
 def aer_counts(links: set[tuple[int, int]], gold: GoldAlignment) -> tuple[int, int, int, int]:

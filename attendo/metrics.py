@@ -76,6 +76,21 @@ def chrf_with_signature(hyps: list[str], refs: list[str]):
 
 
 @torch.no_grad()
+def char_error_rate(hyps: list[str], refs: list[str]) -> float:
+    """CER in %: the characters' edit distance (insertions, deletions, substitutions) summed
+    over the sentences, divided by the number of reference characters."""
+    edits = 0
+    for h, r in zip(hyps, refs):
+        prev = list(range(len(r) + 1))  # Levenshtein, one row at a time
+        for i, hc in enumerate(h, 1):
+            cur = [i]
+            for j, rc in enumerate(r, 1):
+                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (hc != rc)))
+            prev = cur
+        edits += prev[-1]
+    return 100.0 * edits / max(1, sum(len(r) for r in refs))
+
+
 def corpus_nll(model, src_ids: list[list[int]], tgt_ids: list[list[int]], batch_size: int = 64,
                device: torch.device | str = "cpu", copy: list | None = None) -> tuple[float, int]:
     """Summed teacher-forced NLL (nats) over all target tokens (incl. EOS), and their count; a

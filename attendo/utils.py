@@ -95,10 +95,10 @@ def open_binary(path: str | Path) -> BinaryIO:
     return gzip.open(path, "rb") if gz else open(path, "rb")  # type: ignore[return-value]
 
 
-def open_text(path: str | Path, errors: str = "strict") -> TextIO:
+def open_text(path: str | Path) -> TextIO:
     """Open a UTF-8 text file, plain or gzip, for reading. ``newline="\\n"`` keeps a lone
     ``\\r`` from breaking lines, so line numbers agree with ``wc -l`` and the corpus readers."""
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors=errors, newline="\n")
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="\n")
 
 
 # -- one training per directory -------------------------------------------------------------

@@ -6,10 +6,9 @@
   strip for coverage (the attention each source token received in total, Tu et al. 2016).
 - :func:`plot_attention_grid`: every layer (rows) and head (columns) of a Transformer's
   cross-attention (L, H, T, S) or encoder self-attention (L, H, S, S).
-- Word alignments over a heatmap (``alignment=``, :class:`LinkSet`): gold sure links as solid
-  squares, gold possible links as dashed squares, links read off the attention as dots.
-  A word link (source word i, target word j) marks every (target piece, source piece) cell
-  of those words (:func:`link_cells`, the piece rule of :mod:`attendo.align`).
+- Word alignments over a heatmap (``alignment=``, :class:`LinkSet`): a word link (source word
+  i, target word j) marks every (target piece, source piece) cell of those words
+  (:func:`link_cells`, the piece rule of :mod:`attendo.align`).
 
 Figure sizes come from :func:`heatmap_figsize` and :func:`grid_figsize`; a PNG is exactly
 ``figsize * dpi`` pixels (no tight bounding box), so callers know what they get.
@@ -75,19 +74,13 @@ def merge_matrix(m: np.ndarray, row_groups: list[list[int]] | None,
     return m
 
 
-def merge_attention(attn: np.ndarray, src: list[str], tgt: list[str]):
-    """Word-level attention: sum over a source word's pieces, mean over an output word's."""
-    src_words, src_groups = merge_subwords(src)
-    tgt_words, tgt_groups = merge_subwords(tgt)
-    return merge_matrix(attn, tgt_groups, src_groups), src_words, tgt_words
-
-
 # -- word alignments over a heatmap --------------------------------------------------------
 
 LINK_KINDS = ("sure", "possible", "model")
 # how each kind is drawn: edge colour, line style, line width; "model" is a dot
 LINK_STYLE = {"sure": ("#ff2020", "-", 2.0), "possible": ("#ff2020", "--", 1.5),
               "model": ("#111111", "-", 0.8)}
+_DOT = {"marker": "o", "linestyle": "", "markersize": 5, "markerfacecolor": "white"}
 LINK_LABELS = {"sure": "gold sure", "possible": "gold possible", "model": "attention links"}
 
 
@@ -143,27 +136,18 @@ def link_cells(links: Iterable[tuple[int, int]], src_groups: Sequence[Sequence[i
     return cells
 
 
-def merge_cells(cells: Iterable[tuple[int, int]], row_groups: Sequence[Sequence[int]],
-                col_groups: Sequence[Sequence[int]]) -> set[tuple[int, int]]:
-    """Piece cells -> cells of merged tokens (:func:`merge_subwords` groups): a merged cell
-    is marked when any of its pieces' cells is."""
-    row_of = {p: k for k, g in enumerate(row_groups) for p in g}
-    col_of = {p: k for k, g in enumerate(col_groups) for p in g}
-    return {(row_of[r], col_of[c]) for r, c in cells}
-
-
 def alignment_cells(alignment: Sequence[LinkSet], src_tokens: Sequence[str],
                     tgt_tokens: Sequence[str], kinds: tuple[str, str] | None = None,
                     merge: bool = False) -> list[tuple[LinkSet, set[tuple[int, int]]]]:
     """Each link set with its cells on the heatmap of ``src_tokens`` x ``tgt_tokens`` (pieces;
-    merged into words as :func:`merge_subwords` does when ``merge``)."""
+    merged into words as :func:`merge_subwords` does when ``merge``: a merged cell is marked
+    when any of its pieces' cells is)."""
     sg, tg = alignment_groups(src_tokens, tgt_tokens, kinds)
+    out = [(ls, link_cells(ls.links, sg, tg)) for ls in alignment]
     if merge:
-        rows, cols = merge_subwords(tgt_tokens)[1], merge_subwords(src_tokens)[1]
-    out = []
-    for ls in alignment:
-        cells = link_cells(ls.links, sg, tg)
-        out.append((ls, merge_cells(cells, rows, cols) if merge else cells))
+        row_of = {p: k for k, g in enumerate(merge_subwords(tgt_tokens)[1]) for p in g}
+        col_of = {p: k for k, g in enumerate(merge_subwords(src_tokens)[1]) for p in g}
+        out = [(ls, {(row_of[r], col_of[c]) for r, c in cells}) for ls, cells in out]
     return out
 
 
@@ -178,9 +162,7 @@ def draw_alignment(ax, overlay: Sequence[tuple[LinkSet, set[tuple[int, int]]]]) 
         color, style, width = LINK_STYLE[ls.kind]
         for r, c in sorted(cells):
             if ls.kind == "model":  # a marker in points: round whatever the cells' aspect
-                (a,) = ax.plot([c], [r], linestyle="", marker="o", markersize=5,
-                               markerfacecolor="white", markeredgecolor=color,
-                               markeredgewidth=width)
+                (a,) = ax.plot([c], [r], **_DOT, markeredgecolor=color, markeredgewidth=width)
             else:
                 h = 0.5 if ls.kind == "sure" else 0.34  # possible: inset, inside a sure square
                 a = Rectangle((c - h, r - h), 2 * h, 2 * h, fill=False, edgecolor=color,
@@ -197,20 +179,17 @@ def _link_legend(fig, overlay: Sequence[tuple[LinkSet, set]]) -> None:
     handles = []
     for ls, _ in overlay:
         color, style, width = LINK_STYLE[ls.kind]
-        if ls.kind == "model":
-            handles.append(Line2D([], [], marker="o", linestyle="", markersize=5,
-                                  markerfacecolor="white", markeredgecolor=color,
-                                  markeredgewidth=width, label=ls.label))
-        else:
-            handles.append(Patch(fill=False, edgecolor=color, linestyle=style, linewidth=width,
-                                 label=ls.label))
+        handles.append(
+            Line2D([], [], **_DOT, markeredgecolor=color, markeredgewidth=width, label=ls.label)
+            if ls.kind == "model" else
+            Patch(fill=False, edgecolor=color, linestyle=style, linewidth=width, label=ls.label))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
                    fontsize=7, frameon=False)
 
 
-def heatmap_figsize(n_src: int, n_tgt: int, n_strips: int = 0, coverage: bool = False
-                    ) -> tuple[float, float]:
+def heatmap_figsize(n_src: int, n_tgt: int, n_strips: int = 0,
+                    coverage: bool = False) -> tuple[float, float]:
     """Inches (width, height) of :func:`plot_attention`'s figure."""
     w = max(4.0, 0.45 * n_src + 2.0) + 0.5 * n_strips
     h = max(3.0, 0.4 * n_tgt + 1.5) + (0.5 if coverage else 0.0)
@@ -235,27 +214,17 @@ def _save(fig, path: str | Path, dpi: int) -> Path:
 def _check(m: np.ndarray, rows: Sequence[str], cols: Sequence[str], what: str) -> np.ndarray:
     m = np.asarray(m, dtype=float)
     if m.shape[-2:] != (len(rows), len(cols)):
-        raise ValueError(
-            f"{what} shape {m.shape} does not match {len(rows)} rows x {len(cols)} columns of tokens"
-        )
+        raise ValueError(f"{what} shape {m.shape} does not match {len(rows)} rows x "
+                         f"{len(cols)} columns of tokens")
     return m
 
 
-def plot_attention(
-    attn: np.ndarray,
-    src_tokens: list[str],
-    tgt_tokens: list[str],
-    path: str | Path,
-    title: str = "",
-    merge: bool = False,
-    dpi: int = 100,
-    strips: dict[str, np.ndarray] | None = None,
-    coverage: np.ndarray | None = None,
-    row_name: str = "output",
-    col_name: str = "source",
-    alignment: Sequence[LinkSet] | None = None,
-    kinds: tuple[str, str] | None = None,
-) -> Path:
+def plot_attention(attn: np.ndarray, src_tokens: list[str], tgt_tokens: list[str],
+                   path: str | Path, title: str = "", merge: bool = False, dpi: int = 100,
+                   strips: dict[str, np.ndarray] | None = None,
+                   coverage: np.ndarray | None = None, row_name: str = "output",
+                   col_name: str = "source", alignment: Sequence[LinkSet] | None = None,
+                   kinds: tuple[str, str] | None = None) -> Path:
     """Write a PNG heatmap of attn (len(tgt_tokens), len(src_tokens)); returns the path.
 
     strips: per-output-token values in [0, 1], e.g. {"p_gen": (T,)}, drawn as columns right of
@@ -278,13 +247,12 @@ def plot_attention(
         cov = _check(np.asarray(coverage)[:, : len(src_tokens)], tgt_tokens, src_tokens, "coverage")
         total = cov[-1] + attn[-1] if len(cov) else np.zeros(len(src_tokens))
     if merge:
-        src_words, src_groups = merge_subwords(src_tokens)
-        tgt_words, tgt_groups = merge_subwords(tgt_tokens)
+        src_tokens, src_groups = merge_subwords(src_tokens)
+        tgt_tokens, tgt_groups = merge_subwords(tgt_tokens)
         attn = merge_matrix(attn, tgt_groups, src_groups)
         strips = {k: np.array([v[g].mean() for g in tgt_groups]) for k, v in strips.items()}
         if total is not None:
             total = np.array([total[g].sum() for g in src_groups])
-        src_tokens, tgt_tokens = src_words, tgt_words
     S, T = len(src_tokens), len(tgt_tokens)
     w, h = heatmap_figsize(S, T, len(strips), total is not None)
     fig = plt.figure(figsize=(w, h), dpi=dpi, layout="constrained")
@@ -330,19 +298,10 @@ def plot_attention(
     return _save(fig, path, dpi)
 
 
-def plot_attention_grid(
-    weights: np.ndarray,
-    row_tokens: list[str],
-    col_tokens: list[str],
-    path: str | Path,
-    title: str = "",
-    merge: bool = False,
-    dpi: int = 100,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    row_name: str = "output",
-    col_name: str = "source",
-) -> Path:
+def plot_attention_grid(weights: np.ndarray, row_tokens: list[str], col_tokens: list[str],
+                        path: str | Path, title: str = "", merge: bool = False, dpi: int = 100,
+                        layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
+                        row_name: str = "output", col_name: str = "source") -> Path:
     """Write one PNG with a heatmap per layer (rows of panels) and head (columns of panels).
 
     weights: (L, H, R, C), e.g. cross-attention (L, H, T, S) or encoder self-attention
@@ -460,8 +419,7 @@ def plot_image_attention(pixels: np.ndarray, attn: np.ndarray, grid: tuple[int, 
     if attn.shape != (len(tgt_tokens), rows * cols):
         raise ValueError(f"attention shape {attn.shape} does not match {len(tgt_tokens)} "
                          f"tokens x {rows}x{cols} regions")
-    img = pixels.transpose(1, 2, 0)  # (H, W, C)
-    img = img[..., 0] if img.shape[-1] == 1 else img
+    img = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)  # (H, W[, C])
     H, W = img.shape[:2]
     n = len(tgt_tokens)
     nr, nc = -(-n // per_row), min(n, per_row)

@@ -15,6 +15,7 @@ from attendo import diagnostics as dg
 from attendo.cli import main
 from attendo.config import config_from_dict
 from attendo.data.toy import toy_task
+from attendo.gold import parse_alignment_line
 
 WA_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "word_alignment_dev"
 
@@ -43,7 +44,7 @@ def test_talp_is_one_based_with_p_for_possible(tmp_path):
         with pytest.raises(dg.AlignmentFileError, match=rf"{p}:2: bad link .*'ipj'.*talp"):
             dg.read_gold_alignments(p, "talp")
     with pytest.raises(dg.AlignmentFileError, match="'i\\?j'"):  # 'p' is not Pharaoh
-        dg.parse_alignment_line("3p2", "x:1", "pharaoh")
+        parse_alignment_line("3p2", "x:1", "pharaoh")
 
 
 def test_rwth_dev_gold_reads_german_first():
@@ -260,7 +261,7 @@ def _align(capsys, *args) -> tuple[int, str, str]:
 def _pharaoh_ok(lines, src, tgt):
     assert len(lines) == len(src)
     for line, s, t in zip(lines, src, tgt):
-        g = dg.parse_pharaoh_line(line, "out")
+        g = parse_alignment_line(line, "out")
         assert g.sure == g.possible and all(
             i < len(s.split()) and j < len(t.split()) for i, j in g.sure)
 
@@ -311,8 +312,8 @@ def test_cli_aligns_pairs_and_scores_them(reverse_model, capsys, tmp_path):
     assert float(stdout4.split()[1]) < 0.15
     lines = out.read_text(encoding="utf-8").splitlines()
     _pharaoh_ok(lines, reverse_model["src"], reverse_model["tgt"])
-    assert all(len({j for _, j in dg.parse_pharaoh_line(x, "out").sure}) ==
-               len(dg.parse_pharaoh_line(x, "out").sure) for x in lines)
+    assert all(len({j for _, j in parse_alignment_line(x, "out").sure}) ==
+               len(parse_alignment_line(x, "out").sure) for x in lines)
 
 
 def test_cli_aligns_its_own_translations(reverse_model, capsys, tmp_path):

@@ -17,8 +17,8 @@ from attendo.checkpoint import ModelFileError
 from attendo.config import ConfigError
 from attendo.data.batching import collate
 from attendo.data.vocab import Vocab
-from attendo.model import DecoderState
 from attendo.model.coverage import coverage_loss
+from attendo.model.interfaces import DecoderState
 from attendo.search import beam_search, block_repeats, coverage_penalty, greedy_search
 from attendo.train import Trainer
 from attendo.translator import Translator

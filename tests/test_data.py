@@ -12,30 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from attendo.data import (
-    MULTI30K_FILES,
-    Batch,
-    BatchStream,
+from attendo.data.batch import Batch, collate
+from attendo.data.batching import BatchStream, make_batches
+from attendo.data.corpus import CorpusError, length_filter, read_lines, read_parallel
+from attendo.data.download import MULTI30K_FILES, DownloadError, fetch_multi30k
+from attendo.data.tokenizers import (
     CharTokenizer,
-    CorpusError,
-    DownloadError,
     SentencePieceTokenizer,
-    Vocab,
     WordTokenizer,
     build_vocab,
-    collate,
-    date_task,
-    fetch_multi30k,
-    length_filter,
     load_tokenizer,
-    make_batches,
-    read_lines,
-    read_parallel,
     save_tokenizer,
-    split_toy,
-    toy_task,
     train_tokenizer,
 )
+from attendo.data.toy import date_task, split_toy, toy_task
+from attendo.data.vocab import Vocab
 from attendo.utils import atomic_write_text, open_text
 
 SHARED_MULTI30K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"

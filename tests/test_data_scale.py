@@ -16,8 +16,9 @@ from attendo import cli
 from attendo.config import config_from_dict
 from attendo.data import chunked
 from attendo.data.batching import BatchStream, make_batches
-from attendo.data.binarized import PreparedCorpus, StalePreparation, prepare
+from attendo.data.binarized import prepare
 from attendo.data.corpus import CorpusError, read_parallel
+from attendo.data.memmap import PreparedCorpus, StalePreparation
 from attendo.data.prepare import build_codecs, encode_pairs, load_corpora
 from attendo.data.toy import toy_task
 from attendo.train import Trainer, resume

@@ -9,7 +9,8 @@ import torch
 from conftest import ATTENTIONS, make_model, path_atol, random_batch
 
 from attendo.data.vocab import Vocab
-from attendo.model import DecoderState, RNNDecoderState
+from attendo.model.decoders import RNNDecoderState
+from attendo.model.interfaces import DecoderState
 
 V = 13
 GRID = list(itertools.product(ATTENTIONS, ("bahdanau", "luong"), ("gru", "lstm")))

@@ -11,9 +11,11 @@ import yaml
 from conftest import toy_raw
 
 from attendo import diagnostics as dg
+from attendo.align import pick_links, piece_links, word_weights
 from attendo.cli import main
 from attendo.data.toy import toy_task
 from attendo.data.vocab import Vocab
+from attendo.gold import parse_alignment_line
 
 
 # -- AER --------------------------------------------------------------------------------------
@@ -60,7 +62,7 @@ def test_bad_gold_line_names_file_line_and_what_was_expected(tmp_path, bad):
 
 
 def test_gold_links_must_fit_the_test_set(tmp_path):
-    g = [dg.parse_pharaoh_line("0-0 1-1", "f:1"), dg.parse_pharaoh_line("0-3", "f:2")]
+    g = [parse_alignment_line("0-0 1-1", "f:1"), parse_alignment_line("0-3", "f:2")]
     g[0].line, g[1].line = 1, 2
     dg.check_gold(g, "gold.txt", [2, 2], [2, 4])  # fits
     with pytest.raises(dg.AlignmentFileError, match=r"gold.txt:2: link 0-3 is outside"):
@@ -70,11 +72,13 @@ def test_gold_links_must_fit_the_test_set(tmp_path):
 
 
 def test_links_from_attention():
+    """Word links (source word, target word) read off word-level weights, as attendo.align
+    picks them."""
     a = np.array([[0.7, 0.2, 0.1], [0.1, 0.45, 0.45], [0.0, 0.4, 0.6]])  # (T_words, S_words)
-    assert dg.links_from_attention(a, "argmax") == {(0, 0), (1, 1), (2, 2)}
-    assert dg.links_from_attention(a, "threshold", 0.4) == {(0, 0), (1, 1), (2, 1), (1, 2), (2, 2)}
+    assert pick_links(a, "argmax", 0.5) == {(0, 0), (1, 1), (2, 2)}
+    assert pick_links(a, "threshold", 0.4) == {(0, 0), (1, 1), (2, 1), (1, 2), (2, 2)}
     with pytest.raises(ValueError, match="argmax"):
-        dg.links_from_attention(a, "union")
+        piece_links(a, 3, "union")
 
 
 def test_word_groups_and_word_level_attention():
@@ -82,7 +86,7 @@ def test_word_groups_and_word_level_attention():
     assert dg.word_groups(["a", "b", "\u2581", "c"], "char") == [[0, 1], [3]]
     assert dg.word_groups(["x", "y"], "word") == [[0], [1]]
     attn = np.array([[0.5, 0.25, 0.25], [0.0, 0.5, 0.5], [1.0, 0.0, 0.0]])  # 3 pieces x 3 pieces
-    w = dg.attention_to_words(attn, src_groups=[[0], [1, 2]], tgt_groups=[[0, 1], [2]])
+    w = word_weights(attn, src_groups=[[0], [1, 2]], tgt_groups=[[0, 1], [2]])
     assert w.shape == (2, 2)
     np.testing.assert_allclose(w, [[0.25, 0.75], [1.0, 0.0]])
     np.testing.assert_allclose(w.sum(1), 1.0)  # rows stay distributions

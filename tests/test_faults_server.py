@@ -23,14 +23,13 @@ import attendo  # noqa: E402
 from attendo import server  # noqa: E402
 from attendo.data.corpus import clean_text  # noqa: E402
 from attendo.server import (  # noqa: E402
-    REQUEST_KEYS,
     RequestError,
     ServeLimits,
-    TranslateRequest,
     create_app,
     estimate_response_bytes,
     parse_request,
 )
+from attendo.server.limits import REQUEST_KEYS, TranslateRequest  # noqa: E402
 
 READ_TIMEOUT = 2.0
 LIMITS = ServeLimits(max_body_bytes=64 * 1024, max_sentences=4, max_chars=300, max_tokens=20,

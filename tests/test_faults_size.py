@@ -24,7 +24,8 @@ import attendo.model.seq2seq as seq2seq
 import attendo.model.size as size
 from attendo.checkpoint import ModelFileError
 from attendo.cli import main
-from attendo.config import MAX_LAYERS, ConfigError, ModelConfig, load_config
+from attendo.config import ConfigError, ModelConfig, load_config
+from attendo.config.sections import MAX_LAYERS
 from attendo.data.prepare import load_codecs
 from attendo.model.size import available_memory, check_model_size, estimate_size
 

@@ -36,7 +36,7 @@ import attendo
 from attendo.checkpoint import MODEL_FILE, read_safetensors, save_weights
 from attendo.cli import main
 from attendo.config import config_from_dict
-from attendo.model import DecoderState
+from attendo.model.interfaces import DecoderState
 from attendo.search import beam_search, greedy_search
 from attendo.train import Trainer
 from attendo.train.divergence import (

@@ -17,10 +17,11 @@ from attendo import align
 from attendo import diagnostics as dg
 from attendo.config import ConfigError, config_from_dict, load_config
 from attendo.data.batching import collate
-from attendo.data.binarized import prepared_dir
+from attendo.data.memmap import prepared_dir
 from attendo.data.prepare import load_corpora
 from attendo.data.toy import toy_task
 from attendo.data.vocab import Vocab
+from attendo.gold import parse_alignment_line
 from attendo.model.seq2seq import alignment_loss
 
 # -- the loss -------------------------------------------------------------------------------
@@ -226,7 +227,7 @@ def _aer(model_dir: Path, layer=None, head=None, method="argmax") -> float:
     from attendo.translator import Translator
 
     src, tgt = toy_task("reverse", 40, seed=7, max_len=6)
-    gold = [dg.parse_pharaoh_line(x, "gold") for x in _anti_diagonal(src)]
+    gold = [parse_alignment_line(x, "gold") for x in _anti_diagonal(src)]
     links = align.align_pairs(Translator.from_dir(model_dir), src, tgt, method=method,
                               layer=layer, head=head)
     r = align.score(links, gold)

@@ -86,7 +86,7 @@ def test_evaluate_on_the_image_list(image_model, digits, tmp_path, capsys):
     assert main(["evaluate", "--model", str(image_model), "--src", str(digits / "test.tsv"),
                  "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["sentences"] == 8 and 0 <= r["exact_match"] <= 1
+    assert r["sentences"] == 8 and 0 <= r["exact_match"] <= 1 and r["cer"] >= 0
     assert "rare_words" not in r["diagnostics"]
     assert r["diagnostics"]["attention"]["entropy"] is not None
     loc = r["diagnostics"]["attention"]["localization"]  # test.boxes.jsonl is beside test.tsv
@@ -164,3 +164,12 @@ def test_localization_counts_peaks_and_mass_inside_boxes():
     r = attention_localization([(attn, centres, boxes)])
     assert r["symbols"] == 2 and r["peak_in_box"] == 0.5 and r["mass_in_box"] == 0.55
     assert [p["position"] for p in r["by_position"]] == ["1", "2"]
+
+
+def test_character_error_rate():
+    from attendo.metrics import char_error_rate
+
+    assert char_error_rate(["3141", "27"], ["3141", "27"]) == 0.0
+    # a substitution and a missing character over 4 + 2 reference characters; an extra one
+    assert char_error_rate(["3941", "2"], ["3141", "27"]) == 100 * 2 / 6
+    assert char_error_rate(["31415"], ["3141"]) == 25.0

@@ -10,13 +10,14 @@ import torch
 from conftest import make_model
 
 import attendo.search as search
-from attendo.model import DECODERS, ENCODERS, Decoder, Encoder
 from attendo.model import coverage as cov_
 from attendo.model.attention import scaled_dot
 from attendo.model.copy import extra_words, p_gen_info, unk_extended
 from attendo.model.decoders import RNNDecoder
 from attendo.model.encoders import RNNEncoder
+from attendo.model.interfaces import Decoder, Encoder
 from attendo.model.multihead import MultiHeadAttention
+from attendo.model.seq2seq import DECODERS, ENCODERS
 from attendo.model.transformer import TransformerDecoder, TransformerEncoder
 
 

@@ -15,7 +15,7 @@ from attendo.config import Config, DataConfig
 from attendo.data.prepare import Codec
 from attendo.data.tokenizers import WordTokenizer
 from attendo.data.vocab import Vocab
-from attendo.model import DecoderState
+from attendo.model.interfaces import DecoderState
 from attendo.search import beam_search, greedy_search, length_penalty
 from attendo.translator import Translator, max_output_lengths
 

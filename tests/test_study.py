@@ -13,7 +13,8 @@ from conftest import toy_raw
 
 from attendo.cli import main
 from attendo.config import ConfigError
-from attendo.study import StudyError, load_study, measured_facts, run_study
+from attendo.study import StudyError, load_study, run_study
+from attendo.study.report import measured_facts
 
 
 def study_raw(out: Path) -> dict:

@@ -23,7 +23,8 @@ from attendo.checkpoint import (
 from attendo.config import ConfigError, TrainConfig
 from attendo.data.corpus import CorpusError
 from attendo.data.vocab import Vocab
-from attendo.train import Trainer, lr_factor, resume
+from attendo.train import Trainer, resume
+from attendo.train.schedule import lr_factor
 
 V = 13
 

@@ -14,20 +14,16 @@ from attendo.checkpoint import load_weights, save_weights
 from attendo.config import ConfigError, ModelConfig, config_from_dict
 from attendo.data.prepare import load_corpora
 from attendo.data.vocab import Vocab
-from attendo.model import (
-    CNNEncoder,
-    DecoderState,
-    LearnedPositions,
-    MultiHeadAttention,
-    RNNDecoder,
-    RNNEncoder,
-    SinusoidalPositions,
-    TransformerDecoder,
-    TransformerDecoderState,
-    TransformerEncoder,
-    build_model,
-)
+from attendo.model import build_model
+from attendo.model.cnn import CNNEncoder
+from attendo.model.decoders import RNNDecoder
+from attendo.model.encoders import RNNEncoder
+from attendo.model.interfaces import DecoderState
+from attendo.model.multihead import MultiHeadAttention
+from attendo.model.positions import LearnedPositions, SinusoidalPositions
 from attendo.model.seq2seq import Seq2Seq, _init_uniform
+from attendo.model.transformer import TransformerDecoder, TransformerEncoder
+from attendo.model.transformer_fast import TransformerDecoderState
 from attendo.search import beam_search, greedy_search
 from attendo.train import Trainer
 from attendo.translator import Translator

@@ -19,7 +19,7 @@ from attendo.viz import (
     draw_translation,
     grid_figsize,
     heatmap_figsize,
-    merge_attention,
+    merge_matrix,
     merge_subwords,
     plot_attention,
     plot_attention_grid,
@@ -70,7 +70,8 @@ def test_merged_attention_rows_still_sum_to_one():
     src = ["\u2581ein", "\u2581Fahr", "rad", "."]
     tgt = ["\u2581a", "\u2581bi", "ke", ".", "</s>"]
     attn = rng.dirichlet(np.ones(len(src)), size=len(tgt))
-    merged, src_words, tgt_words = merge_attention(attn, src, tgt)
+    (src_words, src_groups), (tgt_words, tgt_groups) = merge_subwords(src), merge_subwords(tgt)
+    merged = merge_matrix(attn, tgt_groups, src_groups)  # as plot_attention and the explorer do
     assert src_words == ["ein", "Fahrrad."] and tgt_words == ["a", "bike.", "</s>"]
     assert merged.shape == (3, 2)
     np.testing.assert_allclose(merged.sum(1), 1.0)

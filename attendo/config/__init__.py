@@ -22,14 +22,7 @@ from typing import Any
 
 import yaml
 
-from .sections import (  # noqa: F401  (all re-exported)
-    MAX_LAYERS,
-    DataConfig,
-    DecodeConfig,
-    GuidedAlignmentConfig,
-    ModelConfig,
-    TrainConfig,
-)
+from .sections import DataConfig, DecodeConfig, ModelConfig, TrainConfig
 from .strict import (
     ConfigError,
     OverrideError,

@@ -43,15 +43,13 @@ from ..config import DataConfig
 from ..utils import atomic_write_text
 from .chunked import ChunkRunner, chunk_tasks, encode_chunk, init_encoder, scan_chunk
 from .corpus import MAX_REPORTED_PROBLEMS, CorpusError, parse_pair
-from .memmap import (  # noqa: F401  (PreparedCorpus, StalePreparation, prepared_dir: re-exported)
+from .memmap import (
     FORMAT_VERSION,
     MANIFEST,
     PREP_KEYS,
-    PreparedCorpus,
     StalePreparation,
     check_fresh,
     file_stamp,
-    prepared_dir,
     read_manifest,
 )
 from .prepare import Codec, CorpusFiles, make_tokenizer, save_codecs, train_files

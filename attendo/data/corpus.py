@@ -149,6 +149,11 @@ class ReadReport:
     def summary(self) -> str:
         return f"{self.n_pairs} pairs read, {self.n_skipped} skipped"
 
+    def skip(self, e: CorpusError) -> None:
+        self.n_skipped += 1
+        if len(self.problems) < MAX_REPORTED_PROBLEMS:
+            self.problems.append(str(e))
+
 
 def raw_lines(path: Path, stream: BinaryIO | None = None) -> Iterator[bytes]:
     """The lines of ``path`` (or of ``stream``, which ``path`` then only names) as bytes
@@ -271,9 +276,7 @@ def read_parallel(src: str | Path, tgt: str | Path | None = None, *, skip_bad: b
             if not skip_bad:
                 first_error = e
                 continue
-            report.n_skipped += 1
-            if len(report.problems) < MAX_REPORTED_PROBLEMS:
-                report.problems.append(str(e))
+            report.skip(e)
             continue
         src_lines.append(s)
         tgt_lines.append(t)

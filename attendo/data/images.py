@@ -31,18 +31,8 @@ import numpy as np
 import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, UnidentifiedImageError
 
-from attendo.data.corpus import (
-    MAX_REPORTED_PROBLEMS,
-    CorpusError,
-    ReadReport,
-    TextError,
-    _decode,
-    _strip,
-    check_text,
-    raw_lines,
-    read_lines,
-)
-from attendo.errors import AttendoError, UsageError
+from ..errors import AttendoError, UsageError
+from .corpus import CorpusError, ReadReport, TextError, _decode, clean_text, raw_lines, read_lines
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "dev", "test")
@@ -137,9 +127,7 @@ def read_image_tsv(path: str | Path, skip_bad: bool = False
         except CorpusError as e:
             if not skip_bad:
                 raise
-            report.n_skipped += 1
-            if len(report.problems) < MAX_REPORTED_PROBLEMS:
-                report.problems.append(str(e))
+            report.skip(e)
             continue
         images.append(image)
         texts.append(text)
@@ -166,18 +154,16 @@ def _image_line(raw: bytes, path: Path, lineno: int, jsonl: bool) -> tuple[str, 
             raise CorpusError(path, lineno, 'expected a JSON object with the strings "image" '
                               'and "text"')
         image, text = obj["image"], obj["text"]
-        try:
-            check_text(image)
-            check_text(text)
-        except TextError as e:
-            raise CorpusError(path, lineno, e.problem) from None
     else:
         cols = line.split("\t")
         if len(cols) != 2:
             raise CorpusError(path, lineno, f"found {len(cols)} tab-separated columns, expected "
                               "exactly 2 (image<TAB>text)")
         image, text = cols
-    image, text = _strip(image), _strip(text)
+    try:  # a TSV line is checked already (_decode), JSON strings may hold escaped controls
+        image, text = clean_text(image), clean_text(text)
+    except TextError as e:
+        raise CorpusError(path, lineno, e.problem) from None
     if not text:
         raise CorpusError(path, lineno, "empty text, expected the image's text")
     if not image.lower().endswith(IMAGE_EXTS):
@@ -237,15 +223,11 @@ def make_digits(out: str | Path, n_train: int = 6000, n_dev: int = 500, n_test: 
         text = "".join(str(digits.target[g]) for g in idx)
         return img, text, {"boxes": boxes, "glyphs": idx.tolist()}
 
-    def make(root: Path) -> dict:
-        for k, split in enumerate(SPLITS):
-            rng = np.random.default_rng([seed, k])
-            _write_split(root, split, (line(rng, pools[split]) for _ in range(counts[split])))
-        return {"data": "UCI optdigits (sklearn.datasets.load_digits), CC BY 4.0",
-                "sklearn": sklearn.__version__, "pillow": PIL.__version__,
-                "glyphs_per_pool": {s: len(p) for s, p in pools.items()}}
-
-    return _write_dataset(out, "digits", args, counts, make)
+    source = {"data": "UCI optdigits (sklearn.datasets.load_digits), CC BY 4.0",
+              "sklearn": sklearn.__version__, "pillow": PIL.__version__,
+              "glyphs_per_pool": {s: len(p) for s, p in pools.items()}}
+    return _write_dataset(out, "digits", args, counts, source, lambda split, rng: (
+        line(rng, pools[split]) for _ in range(counts[split])))
 
 
 def make_textlines(out: str | Path, text_file: str | Path, n_train: int = 4000, n_dev: int = 300,
@@ -300,17 +282,13 @@ def make_textlines(out: str | Path, text_file: str | Path, n_train: int = 4000, 
             img, boxes = _render_line(rng, text, fonts[font][1], height)
             yield img, text, {"boxes": boxes, "font": font}
 
-    def make(root: Path) -> dict:
-        for k, split in enumerate(SPLITS):
-            _write_split(root, split, samples(split, np.random.default_rng([seed, k])))
-        with open(text_file, "rb") as f:
-            sha = hashlib.file_digest(f, "sha256").hexdigest()
-        return {"text_file": str(text_file), "lines": len(lines), "sha256": sha,
-                "sentences": {s: len(p) for s, p in pools.items()}, "pillow": PIL.__version__,
-                "fonts": {"train": seen, "dev": seen, "test": held + seen},
-                "held_out_fonts": held, "font_files": {n: str(p) for n, (_, p) in fonts.items()}}
-
-    return _write_dataset(out, "textlines", args, counts, make)
+    with open(text_file, "rb") as f:
+        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    source = {"text_file": str(text_file), "lines": len(lines), "sha256": sha,
+              "sentences": {s: len(p) for s, p in pools.items()}, "pillow": PIL.__version__,
+              "fonts": {"train": seen, "dev": seen, "test": held + seen},
+              "held_out_fonts": held, "font_files": {n: str(p) for n, (_, p) in fonts.items()}}
+    return _write_dataset(out, "textlines", args, counts, source, samples)
 
 
 def _cut(text: str, max_chars: int) -> str:
@@ -415,10 +393,10 @@ def _write_split(root: Path, split: str, samples: Iterable[tuple[np.ndarray, str
     (root / f"{split}.boxes.jsonl").write_text("".join(boxes), encoding="utf-8")
 
 
-def _write_dataset(out: str | Path, kind: str, args: dict, counts: dict,
-                   make: Callable[[Path], dict]) -> dict:
-    """Run ``make(folder)`` (it fills the folder and returns the manifest's ``source``) in a
-    temporary sibling ``OUT.tmp-XXXX``, add the manifest, then put the folder in place of
+def _write_dataset(out: str | Path, kind: str, args: dict, counts: dict, source: dict,
+                   samples: Callable[[str, np.random.Generator], Iterable]) -> dict:
+    """Write each split's ``samples(split, rng)`` (rng seeded by the seed and the split's index)
+    and the manifest in a temporary sibling ``OUT.tmp-XXXX``, then put the folder in place of
     ``out``, replacing one this module made (and nothing else). Returns the manifest."""
     out = Path(out)
     if out.exists() or out.is_symlink():
@@ -435,8 +413,10 @@ def _write_dataset(out: str | Path, kind: str, args: dict, counts: dict,
     old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
     tmp.mkdir()
     try:
+        for k, split in enumerate(SPLITS):
+            _write_split(tmp, split, samples(split, np.random.default_rng([args["seed"], k])))
         manifest = {"made_by": MADE_BY, "kind": kind, "counts": counts, "seed": args["seed"],
-                    "arguments": args, "source": make(tmp), "attendo": _version()}
+                    "arguments": args, "source": source, "attendo": _version()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
         if out.exists():

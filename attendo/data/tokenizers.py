@@ -230,10 +230,10 @@ def load_tokenizer(directory: str | Path, prefix: str) -> Tokenizer:
         raise ModelFileError(f"{where}: unusable {kind} tokenizer: {e}") from None
 
 
-def _short(value: object, limit: int = 80) -> str:
-    """repr of a value from a file, cut to ``limit`` characters for one-line messages."""
+def _short(value: object) -> str:
+    """repr of a value from a file, cut to 80 characters for one-line messages."""
     r = repr(value)
-    return r if len(r) <= limit else r[: limit - 3] + "..."
+    return r if len(r) <= 80 else r[:77] + "..."
 
 
 def build_vocab(tok: Tokenizer, texts: list[str], max_size: int | None = None,

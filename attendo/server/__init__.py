@@ -42,16 +42,8 @@ from ..align import translation_links
 from ..explorer import explorer_page, model_summary, sentence_records
 from ..viz import LinkSet
 from .batcher import MicroBatcher
-from .limits import (  # noqa: F401  (all re-exported)
-    REQUEST_KEYS,
-    RequestError,
-    ServeLimits,
-    TranslateRequest,
-    estimate_response_bytes,
-    parse_request,
-    size_error,
-)
-from .protocol import GuardedH11Protocol, server_config  # noqa: F401
+from .limits import RequestError, ServeLimits, estimate_response_bytes, parse_request, size_error
+from .protocol import server_config
 
 log = logging.getLogger("attendo")
 

@@ -28,10 +28,9 @@ Running it again skips finished variants (``study_done.json``) and their evaluat
 its interpretation section is left for a person to write.
 """
 
-from .report import bootstrap_against_first, measured_facts, write_report
-from .runs import evaluate_variant, run_study, train_variant
-from .spec import Study, StudyError, describe, load_study, load_test_set
+from .report import bootstrap_against_first
+from .runs import run_study
+from .spec import Study, StudyError, describe, load_study
 
-__all__ = ["Study", "StudyError", "bootstrap_against_first", "describe", "evaluate_variant",
-           "load_study", "load_test_set", "measured_facts", "run_study", "train_variant",
-           "write_report"]
+__all__ = ["Study", "StudyError", "bootstrap_against_first", "describe", "load_study",
+           "run_study"]

@@ -11,16 +11,10 @@ so only the steps since the last checkpoint are lost. One module per concern: ``
 from __future__ import annotations
 
 from .api import resume, train, train_new
-from .data import INIT_DATA_KEYS, init_source
-from .divergence import DivergenceGuard, TrainingDiverged
-from .objective import CoverageSwitch, Objective
-from .progress import StepResult
-from .schedule import lr_factor
-from .setup import pick_device, resolve_precision
-from .state import TrainerState, clear_run, remove_temporary_files
+from .divergence import TrainingDiverged
+from .setup import pick_device
+from .state import clear_run
 from .trainer import Trainer
 
-__all__ = ["Trainer", "TrainerState", "StepResult", "TrainingDiverged", "DivergenceGuard",
-           "train", "train_new", "resume", "clear_run", "lr_factor", "pick_device",
-           "resolve_precision", "init_source", "remove_temporary_files", "INIT_DATA_KEYS",
-           "Objective", "CoverageSwitch"]
+__all__ = ["Trainer", "TrainingDiverged", "train", "train_new", "resume", "clear_run",
+           "pick_device"]

@@ -14,7 +14,8 @@ import yaml
 from .. import distributed
 from ..checkpoint import DECODING_FILES, MODEL_FILE, ModelFileError, check_model_dir
 from ..config import Config, ConfigError
-from ..data.binarized import PreparedCorpus, StalePreparation, ensure_prepared
+from ..data.binarized import ensure_prepared
+from ..data.memmap import PreparedCorpus, StalePreparation
 from ..data.prepare import (
     Codec,
     Corpus,

@@ -18,7 +18,7 @@ from .. import distributed
 from ..checkpoint import LAST_FILE
 from ..config import Config
 from ..data.batching import BatchStream, iterate_batches
-from ..data.binarized import prepared_dir
+from ..data.memmap import prepared_dir
 from ..data.prepare import load_corpora, load_eval_corpora
 from ..data.vocab import Vocab
 from ..model.size import check_model_size
