@@ -186,7 +186,7 @@ def raw_lines(path: Path, stream: BinaryIO | None = None) -> Iterator[bytes]:
                               f"({e or type(e).__name__})") from None
 
 
-def _decode(raw: bytes, path: Path, lineno: int, hint: str = "") -> str:
+def decode_line(raw: bytes, path: Path, lineno: int, hint: str = "") -> str:
     """One line decoded as UTF-8 and checked (see the module docstring), else a
     :class:`CorpusError` locating the bad byte or character."""
     try:
@@ -228,13 +228,13 @@ def parse_pair(raw_src: bytes, raw_tgt: bytes | None, src: Path, tgt: Path | Non
                max_chars: int | None, hint: str = _SKIP_HINT) -> tuple[str, str]:
     """Turn one raw line (TSV when ``tgt`` is None) or a pair of raw lines into clean text."""
     if tgt is None:
-        cols = _decode(raw_src, src, lineno, hint).split("\t")
+        cols = decode_line(raw_src, src, lineno, hint).split("\t")
         if len(cols) != 2:
             raise CorpusError(src, lineno, f"found {len(cols)} tab-separated columns, expected "
                               f"exactly 2 (source<TAB>target; {hint})")
         s, t = cols
     else:
-        s, t = _decode(raw_src, src, lineno, hint), _decode(raw_tgt, tgt, lineno, hint)
+        s, t = decode_line(raw_src, src, lineno, hint), decode_line(raw_tgt, tgt, lineno, hint)
     s, t = _strip(s), _strip(t)
     _check_text(s, "source", src, lineno, max_chars, hint)
     _check_text(t, "target", tgt or src, lineno, max_chars, hint)
@@ -308,7 +308,7 @@ def read_lines(path: str | Path, *, max_chars: int | None = None,
     path = Path(path)
     lines: list[str] = []
     for lineno, raw in enumerate(raw_lines(path, stream), start=1):
-        text = _strip(_decode(raw, path, lineno))
+        text = _strip(decode_line(raw, path, lineno))
         if max_chars is not None and len(text) > max_chars:
             raise CorpusError(path, lineno, f"line has {len(text)} characters, more than the "
                               f"limit of {max_chars} (expected one sentence per line)")

@@ -32,7 +32,15 @@ import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, UnidentifiedImageError
 
 from ..errors import AttendoError, UsageError
-from .corpus import CorpusError, ReadReport, TextError, _decode, clean_text, raw_lines, read_lines
+from .corpus import (
+    CorpusError,
+    ReadReport,
+    TextError,
+    clean_text,
+    decode_line,
+    raw_lines,
+    read_lines,
+)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "dev", "test")
@@ -143,14 +151,15 @@ def read_image_tsv(path: str | Path, skip_bad: bool = False
 
 def _image_line(raw: bytes, path: Path, lineno: int, jsonl: bool) -> tuple[str, str]:
     """One line of :func:`read_image_tsv` as (image path, text), or a :class:`CorpusError`."""
-    line = _decode(raw, path, lineno)
+    line = decode_line(raw, path, lineno)
     if jsonl:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise CorpusError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno}); "
                               'expected {"image": PATH, "text": TEXT}') from None
-        if not (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ("image", "text"))):
+        keys = ("image", "text")
+        if not (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in keys)):
             raise CorpusError(path, lineno, 'expected a JSON object with the strings "image" '
                               'and "text"')
         image, text = obj["image"], obj["text"]
@@ -160,7 +169,7 @@ def _image_line(raw: bytes, path: Path, lineno: int, jsonl: bool) -> tuple[str, 
             raise CorpusError(path, lineno, f"found {len(cols)} tab-separated columns, expected "
                               "exactly 2 (image<TAB>text)")
         image, text = cols
-    try:  # a TSV line is checked already (_decode), JSON strings may hold escaped controls
+    try:  # a TSV line is checked already (decode_line), JSON strings may hold escaped controls
         image, text = clean_text(image), clean_text(text)
     except TextError as e:
         raise CorpusError(path, lineno, e.problem) from None
