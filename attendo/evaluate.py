@@ -49,14 +49,14 @@ def evaluate(
     empty or bad line, an empty file or different line counts are a CorpusError naming the
     file and line). An image model reads ``src_path`` as a list of ``image<TAB>text`` lines
     (``ref_path`` None), as in training."""
-    if translator.cfg.data.src_type == "image":
+    image = translator.cfg.data.src_type == "image"
+    if image:
         if ref_path is not None:
             raise UsageError("an image model is evaluated on one list of image<TAB>text "
                              "lines (--src LIST), without --ref")
         from .data.images import read_image_tsv
 
         src, ref, _ = read_image_tsv(src_path)
-        boxes = Path(src_path).with_suffix(".boxes.jsonl")
     elif ref_path is None:
         raise UsageError("give the references (--ref FILE), one line per source line")
     else:
@@ -67,12 +67,12 @@ def evaluate(
         diagnostics=diagnostics, gold=gold, gold_path=align_gold, align_method=align_method,
         align_threshold=align_threshold, rare_max_count=rare_max_count,
     )
-    if translator.cfg.data.src_type == "image":  # reading text off images: CER
+    if image:  # reading text off images: CER, and where attention looked (given the boxes)
         report["cer"] = round(metrics.char_error_rate([o.text for o in outs], ref), 2)
-    if (translator.cfg.data.src_type == "image" and diagnostics and boxes.is_file()
-            and translator.model.has_attention):
-        report["diagnostics"]["attention"]["localization"] = image_localization(
-            translator, src, ref, boxes)
+        boxes = Path(src_path).with_suffix(".boxes.jsonl")
+        if diagnostics and boxes.is_file() and translator.model.has_attention:
+            report["diagnostics"]["attention"]["localization"] = image_localization(
+                translator, src, ref, boxes)
     ref_name = None if ref_path is None else str(ref_path)
     return {"src": str(src_path), "ref": ref_name, **report}, [o.text for o in outs]
 

@@ -34,8 +34,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from .interfaces import Encoder, EncoderOutput
 from .positions import SinusoidalPositions, mean_pool
 
-IMAGE_RNNS = ("none", "rows", "columns")
-
 
 class ImageEncoder(Encoder):
     """CNN (+ 2-D positions, + optional row or column RNN) -> regions (B, W'·H', D)."""
@@ -88,7 +86,7 @@ class ImageEncoder(Encoder):
         cols = self.pos(W).to(g.dtype)  # (W', D/2)
         g = g + torch.cat([rows[:, None, :].expand(H, W, -1), cols[None].expand(H, W, -1)], -1)
         g = self.drop(g)
-        lens = (~col_pad).sum(1)  # (B,) W'_b
+        lens = self.region_lengths(src_lens)  # (B,) W'_b
         if self.rnn_kind == "rows":  # BiLSTM along each row: (B*H', W', D)
             seq = g.reshape(B * H, W, D)
             packed = pack_padded_sequence(seq, lens.repeat_interleave(H).cpu(), batch_first=True,
