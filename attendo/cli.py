@@ -62,62 +62,89 @@ def read_input(path: str | None) -> list[str]:
     return read_lines("<stdin>", max_chars=None, stream=sys.stdin.buffer)
 
 
-def _sentence_arguments(sentences: list[str]) -> list[str]:
-    """Sentences given as command-line arguments, by the rule of files
-    (:func:`attendo.data.corpus.clean_text`); an error names the argument, counted from 1."""
-    from .data.corpus import TextError, clean_text
+def write_output(path: str | None, text: str) -> None:
+    """``text`` to the file ``path`` (atomically) or to stdout."""
+    from .utils import atomic_write_text
 
-    out = []
-    for i, text in enumerate(sentences, start=1):
-        try:
-            out.append(clean_text(text))
-        except TextError as e:
-            raise e.located(f"sentence argument {i}") from None
-    return out
+    if path:
+        atomic_write_text(path, text)
+    else:
+        sys.stdout.write(text)
+
+
+def load_models(args):
+    """The Translator of ``--model DIR [DIR ...]`` (several: an ensemble) and the decoding
+    keywords of --replace-unk and --unk-dict."""
+    from .translator import Translator
+    from .unk import decode_options
+
+    # "--model A B key=value": nargs="+" also takes the dotted overrides that follow
+    given = args.model
+    args.model = [m for m in given if "=" not in m or Path(m).exists()]
+    args.overrides = [m for m in given if m not in args.model] + list(args.overrides)
+    if len(args.model) > 1 and args.checkpoint:
+        raise CLIError("--checkpoint names one weights file; an ensemble (several --model "
+                       "directories) uses each directory's model.safetensors")
+    opts = decode_options(args.replace_unk, args.unk_dict)
+    translator = Translator.ensemble(args.model, [args.checkpoint] * len(args.model),
+                                     device=args.device, overrides=args.overrides)
+    return translator, opts
 
 
 def cmd_translate(args) -> int:
-    from .translator import Translator
-    from .utils import atomic_write_text
+    from .data.corpus import read_requests
+    from .search import Sampling
+    from .translator import nbest_lines
 
     check_decode_flags(args)
-    check_output_path(args.output, "--output")
-    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device,
-                                     overrides=args.overrides)
-    check_n_best(args.n_best, args.beam, translator.cfg.decode.beam_size)
+    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.n_samples,
+                        args.seed) if args.sample else None
+    translator, opts = load_models(args)
+    n_best = sampling.n if sampling else args.n_best
+    if not sampling:
+        check_n_best(args.n_best, args.beam, translator.cfg.decode.beam_size)
     if args.image and args.input:
         raise CLIError("give images as --image FILE ... or as a list in --input, not both")
+    if args.image and args.input_format != "text":
+        raise CLIError("--input-format tsv/jsonl is for text input, not --image")
     texts = list(args.image) if args.image else read_input(args.input)
+    texts, rules = read_requests(texts, args.input_format, args.input or "<stdin>")
     out = translator.translate(
         texts, beam=args.beam, n_best=args.n_best, batch_size=args.batch_size,
-        length_penalty=args.length_penalty,
+        length_penalty=args.length_penalty, sampling=sampling, **rules, **opts,
     )
-    lines = []
-    for i, t in enumerate(out):
-        if args.n_best > 1:
-            hyps = t.nbest or [t] * args.n_best  # an empty input still gets n lines
-            lines.extend(f"{i} ||| {h.text} ||| {h.score:.4f}" for h in hyps)
-        else:
-            lines.append(t.text)
-    text = "".join(line + "\n" for line in lines)
-    if args.output:
-        atomic_write_text(args.output, text)
-    else:
-        sys.stdout.write(text)
+    write_output(args.output, nbest_lines(out, n_best))
+    return 0
+
+
+def cmd_score(args) -> int:
+    """Forced decoding (:mod:`attendo.scoring`): per pair '<log_prob>\\t<tokens>' (or, with
+    --json, its :meth:`~attendo.scoring.Scored.to_dict`); a summary on stderr."""
+    from .scoring import check_pairs, format_scores, score_pairs, summary
+    from .translator import Translator
+
+    check_decode_flags(args)
+    if args.src == args.tgt == "-":
+        raise CLIError("--src and --tgt cannot both be stdin (-)")
+    src, tgt = read_input(args.src), read_input(args.tgt)
+    check_pairs(src, tgt, args.src, args.tgt)
+    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device,
+                                     overrides=args.overrides)
+    scored = score_pairs(translator, src, tgt, batch_size=args.batch_size)
+    write_output(args.output, format_scores(scored, args.json))
+    print(summary(scored), file=sys.stderr)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, format_report
-    from .translator import Translator
     from .utils import atomic_write_text
 
     check_decode_flags(args)
-    check_output_path(args.output, "--output")
-    translator = Translator.from_dir(args.model, weights=args.checkpoint, device=args.device,
-                                     overrides=args.overrides)
+    translator, opts = load_models(args)
     if args.align_gold and not translator.model.has_attention:
-        raise CLIError(f"{args.model}: --align-gold needs attention, and this model has none")
+        raise CLIError(f"{' '.join(args.model)}: --align-gold needs attention, and this model "
+                       "has none")
     if not 0.0 < args.align_threshold <= 1.0:
         raise CLIError(f"--align-threshold must be in (0, 1], got {args.align_threshold}")
     if args.rare_max_count < 0:
@@ -126,7 +153,7 @@ def cmd_evaluate(args) -> int:
                             batch_size=args.batch_size, length_penalty=args.length_penalty,
                             diagnostics=not args.no_diagnostics, align_gold=args.align_gold,
                             align_method=args.align_method, align_threshold=args.align_threshold,
-                            rare_max_count=args.rare_max_count)
+                            rare_max_count=args.rare_max_count, decode_opts=opts)
     if args.output:
         atomic_write_text(args.output, "".join(h + "\n" for h in hyps))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -152,11 +179,7 @@ def cmd_align(args) -> int:
                     gold_format=args.gold_format, beam=args.beam, batch_size=args.batch_size)
     if r.hyps is not None and args.hyp_output:  # the translations the links refer to
         atomic_write_text(args.hyp_output, "".join(t + "\n" for t in r.hyps))
-    text = "".join(line + "\n" for line in r.lines)
-    if args.output:
-        atomic_write_text(args.output, text)
-    else:
-        sys.stdout.write(text)
+    write_output(args.output, "".join(line + "\n" for line in r.lines))
     if r.score is not None:
         print(format_score(r.score), file=sys.stdout if args.output else sys.stderr)
     return 0
@@ -193,6 +216,7 @@ def _attend_images(args, translator) -> int:
 
 def cmd_attend(args) -> int:
     from .attend import attend, check_options, draw_pictures, explorer_html, read_gold, read_targets
+    from .data.corpus import clean_arguments
     from .translator import Translator
     from .utils import atomic_write_text
 
@@ -204,7 +228,7 @@ def cmd_attend(args) -> int:
         raise CLIError(f"{args.model}: this model has no attention (model.attention: none)")
     if translator.cfg.data.src_type == "image":
         return _attend_images(args, translator)
-    texts = read_input(args.input) if args.input else _sentence_arguments(args.sentences)
+    texts = read_input(args.input) if args.input else clean_arguments(args.sentences)
     if not texts:
         raise CLIError("give sentences as arguments or --input FILE")
     refs = read_targets(args.tgt, len(texts)) if args.tgt else None
@@ -236,16 +260,7 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise CLIError(f"attendo serve needs FastAPI and uvicorn (missing: {e.name}); install "
                        "them with pip install 'attendo[serve]'") from None
-    limits = ServeLimits(
-        max_body_bytes=args.max_body_kb * 1024, max_sentences=args.max_sentences,
-        max_chars=args.max_chars, max_tokens=args.max_tokens, max_beam=args.max_beam,
-        timeout_s=args.timeout, read_timeout_s=args.read_timeout,
-        max_response_bytes=args.max_response_kb * 1024, header_timeout_s=args.header_timeout,
-        keep_alive_s=args.keep_alive, max_connections=args.max_connections)
-    try:
-        limits.validate()
-    except ValueError as e:
-        raise CLIError(f"limits: {e}") from None
+    limits = ServeLimits.from_args(args)
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise CLIError("--max-batch must be >= 1 and --max-wait-ms >= 0")
     serve(args.model, args.host, args.port, args.device, args.threads, args.max_batch,
@@ -347,8 +362,8 @@ def build_parser():
     """The parser of every subcommand (:mod:`attendo.cli_args`), dispatching to this module."""
     from .cli_args import build_parser as build
 
-    names = ("demo", "train", "translate", "evaluate", "align", "align_prior", "attend",
-             "serve", "average", "study", "export", "data")
+    names = ("demo", "train", "translate", "score", "evaluate", "align", "align_prior",
+             "attend", "serve", "average", "study", "export", "data")
     return build({name: globals()[f"cmd_{name}"] for name in names})
 
 

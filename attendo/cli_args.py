@@ -24,7 +24,9 @@ def check_output_path(path: str | None, flag: str) -> None:
 
 
 def check_decode_flags(args) -> None:
-    """Numbers given on the command line for decoding, checked before the model loads."""
+    """Numbers given on the command line for decoding, and an --output that is a directory,
+    checked before the model loads."""
+    check_output_path(getattr(args, "output", None), "--output")
     for flag in ("beam", "batch_size", "n_best"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
@@ -69,8 +71,13 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="start over in a used out_dir")
     t.set_defaults(func=handlers["train"])
 
-    def decode_args(q):
-        q.add_argument("--model", required=True, help="model directory")
+    def decode_args(q, ensemble: bool = False):
+        if ensemble:
+            q.add_argument("--model", required=True, nargs="+", metavar="DIR",
+                           help="model directory; several: an ensemble (their probabilities "
+                                "averaged at each step; one target vocabulary)")
+        else:
+            q.add_argument("--model", required=True, help="model directory")
         q.add_argument("--checkpoint", help="weights file (default MODEL/model.safetensors)")
         q.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy)")
         q.add_argument("--batch-size", type=int, default=None, help="sentences per batch")
@@ -79,18 +86,59 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         q.add_argument("overrides", nargs="*",
                        help="decode settings, e.g. decode.block_ngram_repeat=3 "
                             "decode.coverage_penalty=0.2")
+        if ensemble:
+            q.add_argument("--replace-unk", action="store_true",
+                           help="write the attended source word for each <unk> (Luong et al. "
+                                "2015)")
+            q.add_argument("--unk-dict", metavar="FILE",
+                           help="with --replace-unk: 'source target [prob]' lines; a dictionary "
+                                "word replaces the attended one")
 
     tr = sub.add_parser("translate", help="translate stdin to stdout, or --input/--output")
-    decode_args(tr)
+    decode_args(tr, ensemble=True)
     tr.add_argument("--input", "-i", help="input file (default stdin); for an image model, "
                     "one image path per line")
+    tr.add_argument("--input-format", choices=["text", "tsv", "jsonl"], default="text",
+                    help="text: one source per line; tsv: 'source TAB prefix' (the output "
+                         "starts with prefix); jsonl: {\"src\": ..., \"prefix\": ..., "
+                         "\"constraints\": [words or phrases the output must contain]}")
+    tr.add_argument("--sample", action="store_true",
+                    help="draw outputs instead of searching (see --temperature, --top-k, "
+                         "--top-p, --n-samples, --seed)")
+    tr.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    tr.add_argument("--top-k", type=int, default=0, help="sample from the k most probable "
+                    "tokens (0: all)")
+    tr.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: from the "
+                    "smallest set of tokens whose probability reaches p (1: all)")
+    tr.add_argument("--n-samples", type=int, default=1, help="samples per sentence (printed "
+                    "as with --n-best)")
+    tr.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same "
+                    "input and batch size: same samples)")
     tr.add_argument("--image", nargs="+", metavar="FILE", help="image model: these images")
     tr.add_argument("--output", "-o", help="output file (default stdout)")
     tr.add_argument("--n-best", type=int, default=1, help="print N best as 'i ||| text ||| score'")
     tr.set_defaults(func=handlers["translate"])
 
+    sc = sub.add_parser("score", help="log-probabilities of given translations (forced "
+                        "decoding, teacher-forced like the training loss)")
+    sc.add_argument("--model", required=True, help="model directory")
+    sc.add_argument("--checkpoint", help="weights file (default MODEL/model.safetensors)")
+    sc.add_argument("--src", required=True, help="source sentences, one per line (- for "
+                    "stdin); for an image model, one image path per line")
+    sc.add_argument("--tgt", required=True, help="translations to score, line by line with --src")
+    sc.add_argument("--output", "-o", help="output file (default stdout)")
+    sc.add_argument("--json", action="store_true",
+                    help="one JSON object per pair (src_tokens, tgt_tokens, token_log_probs, "
+                         "log_prob) instead of '<log_prob> TAB <tokens>' lines")
+    sc.add_argument("--batch-size", type=int, default=None,
+                    help="pairs per batch (default decode.batch_size)")
+    sc.add_argument("--device", default="cpu")
+    sc.add_argument("overrides", nargs="*", help="decode settings, e.g. "
+                    "decode.max_input_tokens=200 (sources are cut there, as for translation)")
+    sc.set_defaults(func=handlers["score"])
+
     e = sub.add_parser("evaluate", help="BLEU, chrF, perplexity and diagnostics on a test set")
-    decode_args(e)
+    decode_args(e, ensemble=True)
     e.add_argument("--src", required=True, help="source file; for an image model, a list of "
                    "image<TAB>text lines (as in training)")
     e.add_argument("--ref", help="reference file, line by line with --src (text models)")
@@ -189,7 +237,9 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     a.set_defaults(func=handlers["attend"])
 
     sv = sub.add_parser("serve", help="HTTP translation server with the live explorer page")
-    sv.add_argument("--model", required=True, help="model directory")
+    sv.add_argument("--model", required=True, nargs="+", metavar="DIR",
+                    help="model directory; several: an ensemble (their probabilities "
+                         "averaged at each step; one target vocabulary)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--device", default="cpu")
@@ -201,7 +251,10 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     sv.add_argument("--max-sentences", type=int, default=64, help="sentences per request")
     sv.add_argument("--max-chars", type=int, default=2000, help="characters per sentence")
     sv.add_argument("--max-tokens", type=int, default=256, help="source pieces per sentence")
-    sv.add_argument("--max-beam", type=int, default=10)
+    sv.add_argument("--max-beam", type=int, default=10,
+                    help="beam size, and samples per sentence (sampling.n)")
+    sv.add_argument("--max-constraints", type=int, default=16,
+                    help="lexical constraints per sentence")
     sv.add_argument("--max-body-kb", type=int, default=256, help="request body size")
     sv.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     sv.add_argument("--read-timeout", type=float, default=10.0,

@@ -42,13 +42,15 @@ def evaluate(
     align_method: str = "argmax",
     align_threshold: float = 0.5,
     rare_max_count: int = RARE_MAX_COUNT,
+    decode_opts: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Score a model on a parallel test set; returns the report and the hypotheses.
 
     The files are read by :func:`~attendo.data.corpus.read_parallel` (no pair is skipped: an
     empty or bad line, an empty file or different line counts are a CorpusError naming the
     file and line). An image model reads ``src_path`` as a list of ``image<TAB>text`` lines
-    (``ref_path`` None), as in training."""
+    (``ref_path`` None), as in training. ``decode_opts``: more keyword arguments of
+    :meth:`Translator.translate` (e.g. ``replace_unk``, ``unk_dict``)."""
     image = translator.cfg.data.src_type == "image"
     if image:
         if ref_path is not None:
@@ -65,7 +67,7 @@ def evaluate(
     report, outs = evaluate_texts(
         translator, src, ref, beam=beam, batch_size=batch_size, length_penalty=length_penalty,
         diagnostics=diagnostics, gold=gold, gold_path=align_gold, align_method=align_method,
-        align_threshold=align_threshold, rare_max_count=rare_max_count,
+        align_threshold=align_threshold, rare_max_count=rare_max_count, decode_opts=decode_opts,
     )
     if image:  # reading text off images: CER, and where attention looked (given the boxes)
         report["cer"] = round(metrics.char_error_rate([o.text for o in outs], ref), 2)
@@ -90,6 +92,7 @@ def evaluate_texts(
     align_method: str = "argmax",
     align_threshold: float = 0.5,
     rare_max_count: int = RARE_MAX_COUNT,
+    decode_opts: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[Translation]]:
     """:func:`evaluate` on sentences in memory; returns the report and the translations
     (with attention when ``diagnostics``)."""
@@ -102,7 +105,8 @@ def evaluate_texts(
                       [len(r.split()) for r in ref])
     t = time.time()
     out = translator.translate(src, beam=beam, batch_size=batch_size,
-                               length_penalty=length_penalty, return_attention=diagnostics)
+                               length_penalty=length_penalty, return_attention=diagnostics,
+                               **(decode_opts or {}))
     decode_s = time.time() - t
     hyps = [o.text for o in out]
     b, b_sig = metrics.bleu_with_signature(hyps, ref)
@@ -112,8 +116,11 @@ def evaluate_texts(
     copy = None
     if translator.model.copies:  # a pointer-generator scores extended ids
         copy = encode_copy(corpus, translator.src, translator.tgt, kept)
-    nll, n = metrics.corpus_nll(translator.model, src_ids, tgt_ids, device=translator.device,
-                                copy=copy)
+    ppl = None  # an ensemble has no one loss: no perplexity
+    if hasattr(translator.model, "loss"):
+        nll, n = metrics.corpus_nll(translator.model, src_ids, tgt_ids,
+                                    device=translator.device, copy=copy)
+        ppl = round(metrics.perplexity(nll, n), 3)
     report: dict[str, Any] = {
         "sentences": len(src),
         "beam": beam or translator.cfg.decode.beam_size,
@@ -123,10 +130,12 @@ def evaluate_texts(
         "chrf": round(c.score, 2),
         "chrf_signature": c_sig,
         "exact_match": round(sum(h == r for h, r in zip(hyps, ref)) / len(ref), 4),
-        "ppl": round(metrics.perplexity(nll, n), 3),
+        "ppl": ppl,
         "decode_s": round(decode_s, 2),
         "sents_per_s": round(len(src) / max(decode_s, 1e-9), 1),
     }
+    if (decode_opts or {}).get("replace_unk"):  # <unk> written by the model, then replaced
+        report["unk_replaced"] = sum(o.unk_replaced for o in out)
     if diagnostics:
         report["diagnostics"] = diagnose(
             translator, src, ref, out, gold=gold, align_method=align_method,
@@ -217,7 +226,10 @@ def format_report(r: dict[str, Any]) -> str:
         f"chrF  {r['chrf']:6.2f}   {r['chrf_signature']}",
         f"exact {100 * r.get('exact_match', 0):6.2f}%  of outputs equal their reference",
         *([f"CER   {r['cer']:6.2f}%  characters edited"] if "cer" in r else []),
-        f"ppl   {r['ppl']:8.3f} (teacher-forced on the references)",
+        f"ppl   {r['ppl']:8.3f} (teacher-forced on the references)" if r["ppl"] is not None
+        else "ppl      -     (an ensemble: no single model to score the references with)",
+        *([f"unk   {r['unk_replaced']:6d}   <unk> replaced by attended source words"]
+          if "unk_replaced" in r else []),
     ]
     if r.get("diagnostics"):
         lines += ["", dg.format_diagnostics(r["diagnostics"])]

@@ -11,6 +11,9 @@ Two decode-time options work with any attention model, trained with coverage or 
   which favours outputs that attended to every source word.
 - ``block_ngram_repeat`` n: a hypothesis may not contain the same n-gram twice (the next
   token that would repeat one gets probability 0; EOS is never blocked).
+
+``rules`` (:class:`attendo.constraints.OutputRules`) force a target prefix and lexical
+constraints in all three searches; :func:`sample_search` draws outputs instead of searching.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .constraints import OutputRules
+from .errors import UsageError
 from .model.coverage import coverage_penalty
 
 
@@ -31,6 +36,49 @@ class Hypothesis:
     log_prob: float  # sum of token log-probabilities
     attn: Tensor | None = None  # (len(tokens), S) attention of each output token
     info: dict[str, Tensor] = field(default_factory=dict)  # other per-step tensors, e.g. p_gen
+
+
+@dataclass
+class Sampling:
+    """Draw each output token instead of searching: from softmax(logits / temperature),
+    restricted to the ``top_k`` most probable tokens (0: all) and to the smallest set whose
+    probability reaches ``top_p`` (nucleus sampling; 1: all); ``n`` samples per sentence,
+    reproducible by ``seed`` for the same inputs and batch size."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise UsageError(f"sampling temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0 or self.n < 1:
+            raise UsageError(f"need top_k >= 0 and n >= 1, got {self.top_k} and {self.n}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    def filter(self, lp: Tensor) -> Tensor:
+        """Log-probabilities lp (N, V) -> the logits to draw from (N, V): tempered, with -inf
+        outside the top-k and outside the nucleus."""
+        # the best token at 0 first: however small the temperature, it stays finite
+        logits = (lp - lp.max(-1, keepdim=True).values) / self.temperature
+        if self.top_k and self.top_k < logits.size(-1):
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # (N, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1:
+            probs, order = logits.softmax(-1).sort(-1, descending=True)  # (N, V)
+            before = probs.cumsum(-1) - probs  # mass of the more probable tokens
+            drop = before >= self.top_p
+            drop[:, 0] = False  # the most probable token always stays
+            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        return logits
+
+    def draw(self, lp: Tensor, generator: torch.Generator) -> Tensor:
+        """One token id per row (N,)."""
+        probs = self.filter(lp).float().softmax(-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 def length_penalty(length: int | Tensor, alpha: float):
@@ -68,13 +116,16 @@ def impossible_if_invalid(lp: Tensor) -> Tensor:
 @torch.no_grad()
 def greedy_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: Tensor | int,
                   return_info: bool = True, block_ngram_repeat: int = 0,
-                  coverage_penalty: float = 0.0) -> list[Hypothesis]:
-    """Pick the most probable token at each step. max_lens: (B,) or int, output length caps.
+                  coverage_penalty: float = 0.0, rules: OutputRules | None = None,
+                  pick=None) -> list[Hypothesis]:
+    """Pick the most probable token at each step (or ``pick(lp (N, V)) -> (N,)``'s choice).
+    max_lens: (B,) or int, output length caps.
 
     block_ngram_repeat and coverage_penalty: see the module docstring (the penalty does not
     change greedy choices, only the reported score)."""
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)
+    caps = torch.tensor(max_lens, device=device)
     need_info = return_info or bool(coverage_penalty)
     alive = list(range(batch_size))  # original sentence of each live row
     y = torch.full((batch_size,), bos, dtype=torch.long, device=device)
@@ -85,11 +136,11 @@ def greedy_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens:
     out: list[Hypothesis | None] = [None] * batch_size
     for t in range(max(max_lens)):
         lp, state, info = decoder.step(y, state, need_info=need_info)
-        lp = impossible_if_invalid(lp)  # (n, V)
-        if block_ngram_repeat:
-            lp = block_repeats(lp, hist, block_ngram_repeat, eos)
-        best_lp, y = lp.max(-1)  # (n,)
-        logp = logp + best_lp
+        rows = None if rules is None else torch.tensor(alive, device=device)
+        lp = _filter(impossible_if_invalid(lp), hist, block_ngram_repeat, eos, rules, rows,
+                     caps, t)  # (n, V)
+        y = lp.argmax(-1) if pick is None else pick(lp)  # (n,)
+        logp = logp + lp.gather(1, y.unsqueeze(1)).squeeze(1)
         hist = torch.cat([hist, y.unsqueeze(1)], 1)
         if return_info:
             hist_info = _append_info(hist_info, info)
@@ -114,6 +165,34 @@ def greedy_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens:
             attn_sum = None if attn_sum is None else attn_sum[idx]
             alive = [alive[r] for r in keep]
     return out  # type: ignore[return-value]
+
+
+def _filter(lp: Tensor, hist: Tensor, ngram: int, eos: int, rules: OutputRules | None,
+            row_sent: Tensor | None, caps: Tensor, t: int) -> Tensor:
+    """The step's log-probabilities lp (N, V) less what n-gram blocking and ``rules`` forbid;
+    row_sent (N,) is each row's sentence, caps (B,) the length caps."""
+    blocked = block_repeats(lp, hist, ngram, eos) if ngram else lp
+    if rules is None:
+        return blocked
+    return rules.apply(blocked, hist, row_sent, caps[row_sent] - t, eos, raw=lp)
+
+
+@torch.no_grad()
+def sample_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: Tensor | int,
+                  sampling: Sampling, return_info: bool = True, block_ngram_repeat: int = 0,
+                  rules: OutputRules | None = None) -> list[list[Hypothesis]]:
+    """``sampling.n`` drawn outputs per sentence, most probable first; each scored by its
+    log-probability under the model (not the tempered or truncated distribution)."""
+    n = sampling.n
+    device = _device(state)
+    caps = torch.tensor(_caps(max_lens, batch_size), device=device).repeat_interleave(n)
+    if rules is not None:
+        rules = rules.repeat(n)
+    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    hyps = greedy_search(decoder, state.repeat_rows(n), batch_size * n, bos, eos, caps,
+                         return_info, block_ngram_repeat, rules=rules,
+                         pick=lambda lp: sampling.draw(lp, generator))
+    return [sorted(hyps[b * n : (b + 1) * n], key=lambda h: -h.score) for b in range(batch_size)]
 
 
 def _finished(tokens: list[int], log_prob: float, alpha: float, cov: float,
@@ -157,7 +236,8 @@ STOP_RULES = ("first_k", "exact")  # decode.stop_rule
 def beam_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: Tensor | int,
                 beam_size: int = 5, n_best: int = 1, alpha: float = 0.0, return_info: bool = True,
                 block_ngram_repeat: int = 0, coverage_penalty: float = 0.0,
-                early_stop: bool = True, stop_rule: str = "first_k") -> list[list[Hypothesis]]:
+                early_stop: bool = True, stop_rule: str = "first_k",
+                rules: OutputRules | None = None) -> list[list[Hypothesis]]:
     """Batched beam search keeping ``beam_size`` live hypotheses per sentence; returns the
     ``n_best`` best finished ones per sentence, best first.
 
@@ -173,7 +253,9 @@ def beam_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: T
     the bound (or the cap), so the result is never worse by model score (without penalties,
     CTranslate2's rule); with ``early_stop=False`` too, every sentence runs to its cap (a slow
     reference). ``alpha`` must be finite and >= 0, else lp shrinks with length and the bound
-    fails. block_ngram_repeat and coverage_penalty: see the module docstring.
+    fails. block_ngram_repeat and coverage_penalty: see the module docstring. With lexical
+    constraints in ``rules`` the live beam is chosen by dynamic beam allocation (see
+    :mod:`attendo.constraints`).
     """
     if not (math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"length penalty (alpha) must be a finite number >= 0, got {alpha}: "
@@ -184,6 +266,7 @@ def beam_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: T
     k, at_k = beam_size, stop_rule == "first_k"
     device = _device(state)
     max_lens = _caps(max_lens, batch_size)
+    caps = torch.tensor(max_lens, device=device)
     need_info = return_info or bool(coverage_penalty)
     state = state.repeat_rows(k)  # row b * k + j: beam j of sentence b
     # live rows are (sentence, beam) pairs; only beam 0 starts alive so the k copies don't tie
@@ -198,15 +281,18 @@ def beam_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: T
 
     for t in range(max(max_lens)):
         lp, state, info = decoder.step(y, state, need_info=need_info)  # (n*k, V)
-        lp = impossible_if_invalid(lp)
-        if block_ngram_repeat:
-            lp = block_repeats(lp, hist, block_ngram_repeat, eos)
+        rows = None if rules is None else torch.tensor(sent, device=device).repeat_interleave(k)
+        lp = _filter(impossible_if_invalid(lp), hist, block_ngram_repeat, eos, rules, rows,
+                     caps, t)
         step_sum = None
         if coverage_penalty and "attn" in info:
             step_sum = info["attn"] if attn_sum is None else attn_sum + info["attn"]  # (N, S)
         n, V = len(sent), lp.size(-1)
         cand = lp.view(n, k, V).add_(scores.unsqueeze(-1)).view(n, k * V)  # lp is step's own
         top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=-1)  # (n, 2k)
+        dba = rules is not None and rules.has_constraints
+        if dba:  # (n, M) with each row's next constraint ids and best id
+            top_scores, top_idx = rules.widen(cand, top_scores, top_idx, hist, rows, k)
         top_beam, top_tok = top_idx // V, top_idx % V
         is_eos = top_tok == eos
         # finish EOS candidates ranked within the first k (and not from a dead beam)
@@ -222,7 +308,11 @@ def beam_search(decoder, state, batch_size: int, bos: int, eos: int, max_lens: T
                 hist[r].tolist() + [eos], float(top_scores[g, j]), alpha,
                 _penalty(step_sum, state, r, coverage_penalty), full))
         # the best k non-EOS candidates stay alive
-        scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=-1)  # (n, k)
+        if dba:
+            pick = rules.allocate(top_scores, top_idx, hist, rows, k, V, is_eos)  # (n, k)
+            scores = top_scores.masked_fill(is_eos, float("-inf")).gather(1, pick)
+        else:
+            scores, pick = top_scores.masked_fill(is_eos, float("-inf")).topk(k, dim=-1)
         new_rows = src_rows.gather(1, pick).view(-1)  # (n*k,)
         y = top_tok.gather(1, pick).view(-1)
         hist = torch.cat([hist.index_select(0, new_rows), y.unsqueeze(1)], 1)

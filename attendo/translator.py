@@ -12,7 +12,6 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,17 @@ from .checkpoint import (
     load_weights,
 )
 from .config import Config, ConfigError, DecodeConfig, load_config
+from .constraints import OutputRules, continuation_pieces, encode_rules
 from .data.batching import collate, make_batches
 from .data.corpus import clean_texts
 from .data.prepare import Codec, ImageCodec, copy_ids, load_sources
 from .data.vocab import Vocab
 from .errors import UsageError
 from .model.seq2seq import Seq2Seq
-from .search import Hypothesis, beam_search, greedy_search
+from .search import Sampling, beam_search, greedy_search, sample_search
+from .translation import Translation, nbest_lines, to_translation
+
+__all__ = ["Translation", "Translator", "load", "nbest_lines", "max_output_lengths"]
 
 log = logging.getLogger("attendo")
 
@@ -40,51 +43,6 @@ log = logging.getLogger("attendo")
 # translation_links(translator, translation, src_text), installed by attendo/__init__.py so
 # that decoding imports nothing from the layers above it (align reads translations)
 word_links: Callable[..., Iterable[tuple[int, int]] | None] | None = None
-
-
-@dataclass
-class Translation:
-    text: str  # detokenized output
-    src_tokens: list[str]  # source pieces the model saw
-    tgt_tokens: list[str]  # output pieces, with "</s>" last when the model ended the sentence
-    score: float  # search score (length-normalised log-probability)
-    log_prob: float
-    attention: np.ndarray | None = None  # (len(tgt_tokens), len(src_tokens)), rows sum to 1
-    info: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. p_gen: (len(tgt_tokens),)
-    nbest: list[Translation] = field(default_factory=list)  # all n-best, best first (incl. this)
-    # copy models: p_gen of each output token (len(tgt_tokens),), 1 = generated, 0 = copied
-    p_gen: np.ndarray | None = None
-    # coverage models: coverage before each output token (len(tgt_tokens), len(src_tokens))
-    coverage: np.ndarray | None = None
-    # return_alignment: (source word, output word) links, 0-based whitespace words of the input
-    # and of ``text`` (argmax of attention, see attendo.align); None when not asked for
-    alignment: list[tuple[int, int]] | None = None
-
-    def to_dict(self, with_attention: bool = True) -> dict:
-        """A JSON-ready dict (``json.dumps(..., allow_nan=False)`` works): a score that is not
-        finite (a model that gives no finite score, see :func:`attendo.search.beam_search`)
-        is None, as in the server's answers."""
-        d = {
-            "text": self.text,
-            "score": _finite_or_none(self.score),
-            "src_tokens": self.src_tokens,
-            "tgt_tokens": self.tgt_tokens,
-        }
-        if with_attention and self.attention is not None:
-            d["attention"] = np.round(self.attention, 4).tolist()
-        if self.p_gen is not None:
-            d["p_gen"] = np.round(self.p_gen, 4).tolist()
-        if with_attention and self.coverage is not None:
-            d["coverage"] = np.round(self.coverage, 4).tolist()
-        if self.alignment is not None:
-            d["alignment"] = [list(x) for x in self.alignment]
-        if self.nbest and len(self.nbest) > 1:
-            d["nbest"] = [{"text": h.text, "score": _finite_or_none(h.score)} for h in self.nbest]
-        return d
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 def max_output_lengths(src_lens: torch.Tensor, cfg: DecodeConfig) -> torch.Tensor:
@@ -162,59 +120,30 @@ class Translator:
         load_weights(weights, model, str(model_dir / "config.yaml"))
         return cls(model.to(device), src, tgt, cfg)  # the translator owns this model
 
-    def _hyp_to_translation(
-        self, h: Hypothesis, src_pieces: list[str], n_src: int, oovs: list[str] | None = None
-    ) -> Translation:
-        """``n_src``: the source's memory positions (its pieces, or an image's regions)."""
-        ids = h.tokens
-        ended = bool(ids) and ids[-1] == Vocab.EOS
-        body = ids[:-1] if ended else ids
-        if oovs is None:
-            pieces = self.tgt.vocab.decode(body, strip=False)
-            text = self.tgt.tokenizer.decode(self.tgt.vocab.decode(body))
-        else:
-            pieces, text = self._decode_copy(body, oovs)
-        tokens = pieces + (["</s>"] if ended else [])
-        attn = None if h.attn is None else h.attn[: len(tokens), :n_src].float().cpu().numpy()
-        # per-head attention (T, L, H, S) and coverage (T, S) are trimmed to the real source
-        # length like attention
-        info = {
-            k: (v[: len(tokens), ..., :n_src] if k in ("attn_heads", "coverage")
-                else v[: len(tokens)])
-            .float().cpu().numpy()
-            for k, v in h.info.items()
-        }
-        return Translation(
-            text,
-            src_pieces,
-            tokens,
-            h.score,
-            h.log_prob,
-            attn,
-            info,
-            p_gen=info.get("p_gen"),
-            coverage=info.get("coverage"),
-        )
+    @classmethod
+    def ensemble(cls, model_dirs: list[str | Path], weights: list[str | Path | None] | None = None,
+                 device: str = "cpu", overrides: list[str] | None = None) -> Translator:
+        """Decode with several models at once, their probabilities averaged at each step
+        (:class:`attendo.model.ensemble.Ensemble`; any mix of architectures sharing the
+        source and target vocabularies). The first model's decode settings apply; one model
+        directory gives a plain Translator."""
+        from .model.ensemble import Ensemble, check_compatible
 
-    def _decode_copy(self, body: list[int], oovs: list[str]) -> tuple[list[str], str]:
-        """Output pieces and text of a copy model: id V + k is the source-only piece oovs[k],
-        written verbatim."""
-        vocab, V = self.tgt.vocab, len(self.tgt.vocab)
-        unk = Vocab.SPECIALS[Vocab.UNK]
-        pieces = [vocab.itos[i] if i < V else (oovs[i - V] if i - V < len(oovs) else unk)
-                  for i in body]
-        kept = []  # what vocab.decode(strip=True) keeps: stop at EOS, drop PAD/BOS
-        for i, piece in zip(body, pieces):
-            if i == Vocab.EOS:
-                break
-            if i not in (Vocab.PAD, Vocab.BOS):
-                kept.append(piece)
-        text = self.tgt.tokenizer.decode(kept)
-        if any(i >= V for i in body) and self.tgt.tokenizer.kind in ("bpe", "unigram"):
-            # sentencepiece writes pieces it does not know as they are, word-boundary mark
-            # included: turn the marks of copied pieces into spaces
-            text = " ".join(text.replace("\u2581", " ").split())
-        return pieces, text
+        weights = weights or [None] * len(model_dirs)
+        members = [cls.from_dir(d, w, device, overrides)
+                   for d, w in zip(model_dirs, weights, strict=True)]
+        if len(members) == 1:
+            return members[0]
+        check_compatible([str(d) for d in model_dirs], [(m.src, m.tgt) for m in members])
+        first = members[0]
+        return cls(Ensemble([m.model for m in members]), first.src, first.tgt, first.cfg)
+
+    def score(self, src_texts: list[str], tgt_texts: list[str], batch_size: int | None = None):
+        """Log-probabilities of given translations (forced decoding), per sentence and per
+        piece: :func:`attendo.scoring.score_pairs`."""
+        from .scoring import score_pairs
+
+        return score_pairs(self, src_texts, tgt_texts, batch_size=batch_size)
 
     @torch.inference_mode()
     def translate(
@@ -228,6 +157,12 @@ class Translator:
         coverage_penalty: float | None = None,
         block_ngram_repeat: int | None = None,
         return_alignment: bool = False,
+        *,
+        prefixes: list[str | None] | None = None,
+        constraints: list[list[str] | None] | None = None,
+        sampling: Sampling | None = None,
+        replace_unk: bool = False,
+        unk_dict: dict[str, str] | None = None,
     ) -> list[Translation]:
         """Translate sentences; empty input gives empty output; over-long input is truncated
         to decode.max_input_tokens pieces (with a warning). Options left None come from
@@ -239,11 +174,19 @@ class Translator:
         (:func:`attendo.data.corpus.clean_text`): a byte-order mark and surrounding whitespace
         are dropped (whitespace-only text translates to ``""``); a control character is a
         :class:`~attendo.data.corpus.TextError` (a ValueError) naming ``texts[i]`` and the
-        character's position."""
-        texts = clean_texts(texts, "texts")
+        character's position.
+
+        Per sentence (lists as long as ``texts``, None entries for none): ``prefixes``, target
+        text the output starts with verbatim; ``constraints``, words or phrases that must each
+        appear in the output (see :mod:`attendo.constraints`). ``sampling`` draws
+        ``sampling.n`` outputs (the n-best) instead of searching. ``replace_unk`` writes the
+        attended source word (or its ``unk_dict`` translation) for each ``<unk>``."""
+        texts = self._clean(texts)
+        opts = dict(prefixes=prefixes, constraints=constraints, sampling=sampling,
+                    replace_unk=replace_unk, unk_dict=unk_dict)
         if return_alignment:
             out = self.translate(texts, beam, n_best, True, length_penalty, batch_size,
-                                 coverage_penalty, block_ngram_repeat)
+                                 coverage_penalty, block_ngram_repeat, **opts)
             for text, t in zip(texts, out):
                 t.alignment = sorted(word_links(self, t, text) or ())
             return out
@@ -254,6 +197,12 @@ class Translator:
         ngram = cfg.block_ngram_repeat if block_ngram_repeat is None else block_ngram_repeat
         if beam < 1 or n_best < 1 or n_best > beam:
             raise UsageError(f"need 1 <= n_best ({n_best}) <= beam ({beam})")
+        if replace_unk and not self.model.has_attention:
+            raise UsageError("replace_unk needs attention, and this model has none")
+        unk_dict = (unk_dict or {}) if replace_unk else None
+        rules_ids = encode_rules(self.tgt, len(texts), prefixes, constraints)
+        if sampling is not None and rules_ids[1] is not None:
+            raise UsageError("lexical constraints need beam search; sampling cannot keep them")
         pieces, ids = self._sources(texts)
         results: list[Translation | None] = [None] * len(texts)
         todo = [i for i, x in enumerate(ids) if x]
@@ -272,21 +221,29 @@ class Translator:
                 copy = [copy_ids(pieces[r], None, self.tgt.vocab) for r in rows]
             batch = collate([ids[r] for r in rows], None, rows, copy=copy).to(self.device)
             caps = max_output_lengths(batch.src_lens, cfg)
-            opts = dict(return_info=return_attention, block_ngram_repeat=ngram,
-                        coverage_penalty=beta)
+            rules = None
+            if rules_ids != (None, None):
+                rules = OutputRules(*[None if x is None else [x[r] for r in rows]
+                                      for x in rules_ids], batch.size, self.device,
+                                    continuation_pieces(self.tgt))
+                caps = caps + rules.extra_length()
+            opts = dict(return_info=return_attention or replace_unk, block_ngram_repeat=ngram,
+                        rules=rules)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
                 state = model.start(batch.src, batch.src_lens, batch.src_ext, batch.n_ext)
+                args = (model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps)
                 n_src = (~state.src_pad_mask).sum(1).tolist()  # memory positions per row
-                if beam == 1:
-                    hyps = [[h] for h in greedy_search(
-                        model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps, **opts)]
-                else:
-                    hyps = beam_search(
-                        model.decoder, state, batch.size, Vocab.BOS, Vocab.EOS, caps,
-                        beam_size=beam, n_best=n_best, alpha=alpha, stop_rule=cfg.stop_rule, **opts)
+                if sampling is not None:
+                    hyps = sample_search(*args, sampling, **opts)
+                elif beam == 1 and (rules is None or not rules.has_constraints):
+                    hyps = [[h] for h in greedy_search(*args, coverage_penalty=beta, **opts)]
+                else:  # constraints with beam 1: a beam of one, with its allocation
+                    hyps = beam_search(*args, beam_size=beam, n_best=n_best, alpha=alpha,
+                                       stop_rule=cfg.stop_rule, coverage_penalty=beta, **opts)
             for b, (r, hs) in enumerate(zip(rows, hyps)):
                 oovs = None if batch.src_oovs is None else batch.src_oovs[b]
-                ts = [self._hyp_to_translation(h, pieces[r], n_src[b], oovs) for h in hs]
+                ts = [to_translation(h, self.tgt, pieces[r], n_src[b], oovs, unk_dict)
+                      for h in hs]
                 ts[0].nbest = ts
                 results[r] = ts[0]
                 garbage += not math.isfinite(ts[0].score)
@@ -296,12 +253,21 @@ class Translator:
                         "so its output is meaningless", garbage, len(todo))
         return results  # type: ignore[return-value]
 
+    def _clean(self, texts: list) -> list:
+        """:func:`clean_texts` of the inputs; an image model also takes PIL images and arrays
+        (only paths are cleaned)."""
+        if not isinstance(self.src, ImageCodec) or isinstance(texts, str):
+            return clean_texts(texts, "texts")
+        paths = clean_texts([t for t in texts if isinstance(t, str)], "image paths")
+        return [paths.pop(0) if isinstance(t, str) else t for t in texts]
+
     def _sources(self, texts: list[str]) -> tuple[list[list[str]], list]:
         """Per input, the source pieces a Translation shows and what the encoder reads: the
         pieces' ids, the pieces cut at decode.max_input_tokens (with a warning); for an image
         model (``texts`` are image paths) no pieces and the images."""
         if isinstance(self.src, ImageCodec):
-            return [[] for _ in texts], [self.src.encode(t) for t in texts]
+            return [[] for _ in texts], [self.src.encode(t, f"texts[{i}]")
+                                         for i, t in enumerate(texts)]
         limit = self.cfg.decode.max_input_tokens
         pieces = [self.src.pieces(t) for t in texts]
         for i, p in enumerate(pieces):

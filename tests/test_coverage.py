@@ -160,6 +160,61 @@ def test_losses_add_lambda_times_coverage_loss():
     assert plain.losses(src, src_lens, tgt_in, tgt_out, Vocab.PAD).cov is None
 
 
+def test_doubly_stochastic_form_is_hand_computed_and_needs_no_coverage_vector():
+    """Show, Attend and Tell's form of the coverage loss: sum over real source positions of
+    (1 - total attention)^2, measured from the attention of any attention model."""
+    src, src_lens, tgt_in = _data()
+    tgt_out = tgt_in.roll(-1, 1)
+    tgt_out[1, 3:] = Vocab.PAD
+    for model in (make_model(V, attention="general"), _cov_model("additive")):
+        with torch.no_grad():
+            p = model.losses(src, src_lens, tgt_in, tgt_out, Vocab.PAD, coverage_weight=0.5,
+                             coverage_form="doubly_stochastic")
+            p0 = model.losses(src, src_lens, tgt_in, tgt_out, Vocab.PAD,
+                              coverage_form="doubly_stochastic")
+            _, info = model(src, src_lens, tgt_in)
+        keep = tgt_out != Vocab.PAD
+        want = 0.0
+        for b in range(len(src_lens)):
+            total = info["attn"][b][keep[b]].sum(0)[: int(src_lens[b])]  # (S_b,)
+            want += float(((1 - total) ** 2).sum())
+        assert float(p.cov) == pytest.approx(want, rel=1e-5)
+        assert float(p.loss) == pytest.approx(float(p0.loss) + 0.5 * want, rel=1e-5)
+
+
+def test_doubly_stochastic_loss_is_zero_when_each_position_is_seen_once():
+    from attendo.model.coverage import doubly_stochastic_loss
+
+    attn = torch.eye(3).unsqueeze(0)  # (1, T=3, S=3): step i looks at position i only
+    keep = torch.ones(1, 3, dtype=torch.bool)
+    assert float(doubly_stochastic_loss(attn, keep, torch.zeros(1, 3, dtype=torch.bool))) == 0
+    pad = torch.tensor([[False, False, True]])  # position 2 is padding: not counted
+    assert float(doubly_stochastic_loss(attn[:, :2], keep[:, :2], pad)) == 0
+    assert float(doubly_stochastic_loss(attn[:, :1], keep[:, :1], pad)) == 1.0  # j=1 unseen
+
+
+@pytest.mark.parametrize("style", ["bahdanau", "luong"])
+def test_an_open_context_gate_is_the_model_without_one(style):
+    """model.context_gate: beta = sigmoid(w . query + b) scales the context; fully open it is
+    the model without the gate, closed the decoder sees no context."""
+    src, src_lens, tgt_in = _data()
+    torch.manual_seed(0)
+    plain = make_model(V, attention="additive", attention_style=style)
+    gated = make_model(V, attention="additive", attention_style=style, context_gate=True)
+    missing = gated.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["decoder.gate.bias", "decoder.gate.weight"]
+    with torch.no_grad():
+        gated.decoder.gate.weight.zero_()
+        gated.decoder.gate.bias.fill_(50.0)  # beta = 1
+        a, _ = plain(src, src_lens, tgt_in)
+        b, _ = gated(src, src_lens, tgt_in)
+        torch.testing.assert_close(a, b)
+        gated.decoder.gate.bias.fill_(-50.0)  # beta = 0: the context is gone
+        state = gated.start(src, src_lens)
+        ctx, _ = gated.decoder._attend(state.h[:, -1], state)
+    assert float(ctx.abs().max()) < 1e-20
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -289,6 +344,11 @@ def test_block_ngram_repeat_prevents_repeats_in_greedy_and_beam(n):
         (("model.attention=none", "model.coverage=true"), "model.coverage"),
         (("model.decoder=transformer", "model.coverage=true"), "model.coverage"),
         (("train.coverage_loss=1.0",), "train.coverage_loss"),
+        (("train.coverage_loss_form=sum",), "train.coverage_loss_form"),
+        (("model.attention=none", "train.coverage_loss=1.0",
+          "train.coverage_loss_form=doubly_stochastic"), "train.coverage_loss"),
+        (("model.decoder=transformer", "model.context_gate=true"), "model.context_gate"),
+        (("model.attention=none", "model.context_gate=true"), "model.context_gate"),
         (("model.coverage=true", "train.coverage_loss=-1"), "train.coverage_loss"),
         (("decode.coverage_penalty=-0.2",), "decode.coverage_penalty"),
         (("decode.block_ngram_repeat=-1",), "decode.block_ngram_repeat"),

@@ -113,6 +113,23 @@ def test_resume_continues_an_image_run(digits, tmp_path):
     assert max(steps) == 12
 
 
+def test_show_attend_and_tell_options_train_and_log_the_penalty(digits, tmp_path):
+    """The gate beta on the context and the doubly stochastic penalty (coverage's loss in Show,
+    Attend and Tell's form) are config keys of the same model path."""
+    cfg = image_config(tmp_path / "c.yaml", digits, tmp_path / "m", context_gate=True)
+    assert main(["train", str(cfg), "train.max_steps=6", "train.coverage_loss=1.0",
+                 "train.coverage_loss_form=doubly_stochastic"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "m/metrics.jsonl").open()]
+    cov = [r["cov_loss"] for r in recs if r["type"] == "train"]
+    assert cov and all(c > 0 for c in cov)
+    t = Translator.from_dir(tmp_path / "m")
+    assert t.model.decoder.gate is not None
+    images = sorted(digits.rglob("*.png"))[:2]
+    assert len(images) == 2
+    out = t.translate([str(p) for p in images], return_attention=True)
+    assert all(o.attention is not None for o in out)
+
+
 def test_bad_images_are_named(image_model, tmp_path):
     tr = Translator.from_dir(image_model)
     fake = tmp_path / "fake.png"
@@ -173,3 +190,22 @@ def test_character_error_rate():
     # a substitution and a missing character over 4 + 2 reference characters; an extra one
     assert char_error_rate(["3941", "2"], ["3141", "27"]) == 100 * 2 / 6
     assert char_error_rate(["31415"], ["3141"]) == 25.0
+
+
+def test_python_api_takes_pil_images_and_arrays(image_model, digits):
+    """A path, the PIL image and its array give the same output; a wrong object is named."""
+    from attendo.errors import UsageError
+
+    t = Translator.from_dir(image_model)
+    path = sorted(digits.rglob("*.png"))[0]
+    with PILImage.open(path) as im:
+        pil = im.copy()
+    arr = np.asarray(pil.convert("L"))
+    out = t.translate([str(path), pil, arr, np.stack([arr] * 3, -1)], beam=2,
+                      return_attention=True)
+    assert len({o.text for o in out}) == 1
+    np.testing.assert_allclose(out[0].attention, out[1].attention)
+    with pytest.raises(UsageError, match=r"texts\[1\]: expected a uint8 array"):
+        t.translate([str(path), arr.astype(float)])
+    with pytest.raises(UsageError, match=r"texts\[0\]: expected an image file's path"):
+        t.translate([3])

@@ -50,11 +50,17 @@ class Config:
                 "train.coverage_from_step: needs model.coverage: true (it is when the coverage "
                 "mechanism and its loss start)"
             )
-        if self.train.coverage_loss > 0 and not m.coverage:
+        if self.train.coverage_loss > 0 and self.train.coverage_loss_form == "min" \
+                and not m.coverage:
             raise ConfigError(
                 "train.coverage_loss: needs model.coverage: true (the loss is on the coverage "
-                "vector the decoder carries)"
+                "vector the decoder carries), or train.coverage_loss_form: doubly_stochastic"
             )
+        if self.train.coverage_loss > 0 and m.attention == "none" and m.decoder == "rnn":
+            raise ConfigError("train.coverage_loss: needs attention (model.attention: none)")
+        if m.context_gate and (m.decoder != "rnn" or m.attention == "none"):
+            raise ConfigError("model.context_gate: gates the RNN decoder's attention context; "
+                              "needs model.decoder: rnn and an attention")
         if self.train.guided_alignment.file:
             self._validate_guided_alignment()
         self._validate_images()

@@ -129,6 +129,9 @@ class ModelConfig:
     # coverage vector fed to the attention scorer (Tu et al. 2016; See et al. 2017; RNN decoder)
     coverage: bool = False
     copy: bool = False  # pointer-generator: copy source words, incl. unknown ones (See et al. 2017)
+    # Show, Attend and Tell's gate on the context, c_i * sigmoid(w . query + b) (Xu et al. 2015,
+    # sec. 4.2.1): the decoder can turn its look at the source down (RNN decoder with attention)
+    context_gate: bool = False
     # attention weights of every attention in the model: softmax, or the sparse sparsemax
     # (Martins & Astudillo 2016) / entmax15 (Peters et al. 2019), which give exact zeros
     attention_normalizer: Literal["softmax", "sparsemax", "entmax15"] = "softmax"
@@ -347,8 +350,12 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement (0 = never)
     keep_last: int = 3  # step checkpoints kept besides best and last (0 = keep all)
     progress: bool = True  # tqdm progress bar
-    # lambda of the coverage loss sum_j min(a_ij, cov_ij) (See et al. 2017); needs model.coverage
+    # lambda of the coverage loss, in the form coverage_loss_form names
     coverage_loss: float = 0.0
+    # min: sum_i sum_j min(a_ij, cov_ij) (See et al. 2017; needs model.coverage);
+    # doubly_stochastic: sum_j (1 - sum_i a_ij)^2, every source position (image region) looked
+    # at once over the output (Xu et al. 2015, eq. 14; any attention model)
+    coverage_loss_form: Literal["min", "doubly_stochastic"] = "min"
     # See et al.'s two-phase recipe: before this update the model trains as if it had no
     # coverage (the coverage weights, which start at 0, stay at 0 and the coverage loss is off);
     # from it on both are on. 0 = coverage from the first update

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import re
 import zlib
 from collections.abc import Iterator
@@ -119,6 +120,49 @@ def clean_text(text: str) -> str:
     ``""``); a control character or a lone surrogate is a :class:`TextError`."""
     check_text(text)
     return _strip(text)
+
+
+def clean_arguments(sentences: list[str]) -> list[str]:
+    """Sentences given as command-line arguments, by the rule of files (:func:`clean_text`);
+    an error names the argument, counted from 1."""
+    out = []
+    for i, text in enumerate(sentences, start=1):
+        try:
+            out.append(clean_text(text))
+        except TextError as e:
+            raise e.located(f"sentence argument {i}") from None
+    return out
+
+
+def read_requests(lines: list[str], fmt: str, where: str) -> tuple[list[str], dict]:
+    """Sources and per-sentence ``prefixes`` / ``constraints`` (Translator.translate's
+    keywords) from input lines: ``text`` one source per line; ``tsv`` 'source TAB prefix';
+    ``jsonl`` {"src": ..., "prefix": ..., "constraints": [...]}. Errors name ``where:line``."""
+    if fmt == "text":
+        return lines, {}
+    if fmt == "tsv":
+        cols = [line.split("\t") for line in lines]
+        for n, c in enumerate(cols, start=1):
+            if len(c) > 2:
+                raise CorpusError(where, n, f"expected 'source TAB prefix', got {len(c)} columns")
+        return [c[0] for c in cols], {"prefixes": [c[1] if len(c) > 1 else None for c in cols]}
+    srcs, pre, cons = [], [], []
+    for n, line in enumerate(lines, start=1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(where, n, f"not JSON ({e.msg})") from None
+        c = obj.get("constraints") if isinstance(obj, dict) else None
+        if not (isinstance(obj, dict) and isinstance(obj.get("src"), str)
+                and set(obj) <= {"src", "prefix", "constraints"}
+                and isinstance(obj.get("prefix", ""), str | None)
+                and (c is None or isinstance(c, list) and all(isinstance(x, str) for x in c))):
+            raise CorpusError(where, n, 'expected {"src": text, "prefix": text (optional), '
+                              '"constraints": [text, ...] (optional)} and no other key')
+        srcs.append(obj["src"])
+        pre.append(obj.get("prefix"))
+        cons.append(c)
+    return srcs, {"prefixes": pre, "constraints": cons}
 
 
 def clean_texts(texts: list[str], what: str = "texts") -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import secrets
 import shutil
@@ -74,8 +75,8 @@ def load_image(path: str | Path, height: int, channels: int = 1, max_width: int 
                          f"max_pixels >= 1, got {channels}, {height}, {max_width}, {max_pixels}")
     path = Path(path)
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "file not found"
-        raise CorpusError(path, None, f"{what}, expected an image file")
+        raise CorpusError(path, None, ("is a directory" if path.is_dir() else "file not found")
+                          + ", expected an image file")
     opened = False
     try:
         with warnings.catch_warnings():
@@ -101,6 +102,11 @@ def load_image(path: str | Path, height: int, channels: int = 1, max_width: int 
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         problem = "truncated or corrupt image data" if opened else "cannot open"
         raise CorpusError(path, None, f"{problem} ({e}); expected a complete image file") from None
+    return to_pixels(im, height, channels, max_width)
+
+
+def to_pixels(im: Image.Image, height: int, channels: int, max_width: int) -> np.ndarray:
+    """A decoded image (PIL) as uint8 (channels, height, W), see :func:`load_image`."""
     if im.mode.startswith("I;16"):  # 16-bit gray: keep the high byte (convert() would clip)
         im = Image.fromarray((np.asarray(im) >> 8).astype(np.uint8))
     if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
@@ -125,9 +131,7 @@ def read_image_tsv(path: str | Path, skip_bad: bool = False
     report)."""
     path = Path(path)
     jsonl = path.name.lower().removesuffix(".gz").endswith(".jsonl")
-    images: list[str] = []
-    texts: list[str] = []
-    report = ReadReport(n_pairs=0, n_skipped=0)
+    images, texts, report = [], [], ReadReport(n_pairs=0, n_skipped=0)
     lineno = 0
     for lineno, raw in enumerate(raw_lines(path), start=1):
         try:
@@ -158,8 +162,8 @@ def _image_line(raw: bytes, path: Path, lineno: int, jsonl: bool) -> tuple[str, 
         except json.JSONDecodeError as e:
             raise CorpusError(path, lineno, f"invalid JSON ({e.msg} at column {e.colno}); "
                               'expected {"image": PATH, "text": TEXT}') from None
-        keys = ("image", "text")
-        if not (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in keys)):
+        if not (isinstance(obj, dict) and all(isinstance(obj.get(k), str) for k in ("image",
+                                                                                  "text"))):
             raise CorpusError(path, lineno, 'expected a JSON object with the strings "image" '
                               'and "text"')
         image, text = obj["image"], obj["text"]
@@ -279,9 +283,9 @@ def make_textlines(out: str | Path, text_file: str | Path, n_train: int = 4000, 
         held = [n for n, (fam, _) in fonts.items() if fam == first]
     seen = [n for n in fonts if n not in held]
     if not seen:
-        families = len({fam for fam, _ in fonts.values()})
-        raise AttendoError(f"found {families} font families with a glyph for every character of "
-                           f"{text_file}, expected two or more (one is held out for testing)")
+        raise AttendoError(f"found {len({fam for fam, _ in fonts.values()})} font families with "
+                           f"a glyph for every character of {text_file}, expected two or more "
+                           "(one is held out for testing)")
 
     def samples(split: str, rng: np.random.Generator) -> Iterable[tuple[np.ndarray, str, dict]]:
         for i in range(counts[split]):
@@ -291,8 +295,7 @@ def make_textlines(out: str | Path, text_file: str | Path, n_train: int = 4000, 
             img, boxes = _render_line(rng, text, fonts[font][1], height)
             yield img, text, {"boxes": boxes, "font": font}
 
-    with open(text_file, "rb") as f:
-        sha = hashlib.file_digest(f, "sha256").hexdigest()
+    sha = hashlib.sha256(Path(text_file).read_bytes()).hexdigest()
     source = {"text_file": str(text_file), "lines": len(lines), "sha256": sha,
               "sentences": {s: len(p) for s, p in pools.items()}, "pillow": PIL.__version__,
               "fonts": {"train": seen, "dev": seen, "test": held + seen},
@@ -441,9 +444,7 @@ def _write_dataset(out: str | Path, kind: str, args: dict, counts: dict, source:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
-        return version("attendo")
-    except PackageNotFoundError:  # run from a source tree that is not installed
+        return importlib.metadata.version("attendo")
+    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
         return "unknown"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
+from ..errors import UsageError
 from .batch import CopyIds, Image
 from .corpus import CorpusError, length_filter, read_parallel
 from .tokenizers import (
@@ -80,10 +81,26 @@ class ImageCodec:
         """The source size an encoder is built for: the number of channels."""
         return self.channels
 
-    def encode(self, path: str) -> Image:
-        from .images import load_image
+    def encode(self, image, what: str = "image") -> Image:
+        """An image file's path, a PIL image, or a uint8 array (H, W) gray, (H, W, 3) RGB or
+        (H, W, 4) RGBA -> Image; anything else is a UsageError naming ``what``."""
+        import numpy as np
+        from PIL import Image as PILImage
 
-        return Image(load_image(path, self.height, self.channels, self.max_width))
+        from .images import load_image, to_pixels
+
+        if isinstance(image, str | Path):
+            return Image(load_image(image, self.height, self.channels, self.max_width))
+        if isinstance(image, np.ndarray):
+            if not (image.dtype == np.uint8 and image.size and (
+                    image.ndim == 2 or image.ndim == 3 and image.shape[2] in (3, 4))):
+                raise UsageError(f"{what}: expected a uint8 array (H, W), (H, W, 3) or "
+                                 f"(H, W, 4), got {image.dtype} {image.shape}")
+            image = PILImage.fromarray(image)
+        if not isinstance(image, PILImage.Image) or 0 in image.size:
+            raise UsageError(f"{what}: expected an image file's path, a PIL image or a uint8 "
+                             f"array, got {type(image).__name__} {getattr(image, 'size', '')}")
+        return Image(to_pixels(image, self.height, self.channels, self.max_width))
 
 
 def copy_ids(src_pieces: list[str], tgt_pieces: list[str] | None, tgt_vocab: Vocab) -> CopyIds:

@@ -6,8 +6,10 @@ that it can learn to look elsewhere: inside the additive tanh, e_ij = v_a^T tanh
 W_2 h_j + w_c cov_ij) with a learned vector w_c (See et al. 2017, eq. 11); the other scorers
 have no hidden layer to put it in, so a learned scalar is added, e_ij = f(s_i, h_j) + w_c cov_ij.
 w_c starts at 0, so a model starts as if it had no coverage (See et al.'s phase two). The
-loss is ``train.coverage_loss`` (lambda) times sum_i sum_j min(a_ij, cov_ij) (eq. 12-13); the
-decode-time penalty (any attention model) is GNMT's (``decode.coverage_penalty``).
+loss is ``train.coverage_loss`` (lambda) times sum_i sum_j min(a_ij, cov_ij) (eq. 12-13), or
+in Show, Attend and Tell's form (``train.coverage_loss_form: doubly_stochastic``, any attention
+model) sum_j (1 - cov_{T+1,j})^2, the final coverage of each source position (Xu et al. 2015,
+eq. 14); the decode-time penalty (any attention model) is GNMT's (``decode.coverage_penalty``).
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ def coverage_loss(attn: Tensor, cov: Tensor, keep: Tensor) -> Tensor:
     """sum_i sum_j min(a_ij, cov_ij) over the target positions where keep is True
     (See et al. 2017, eq. 12). attn, cov (B, T, S); keep (B, T) -> scalar."""
     return torch.minimum(attn, cov).sum(-1)[keep].sum()
+
+
+def doubly_stochastic_loss(attn: Tensor, keep: Tensor, src_pad_mask: Tensor) -> Tensor:
+    """sum_j (1 - sum_i a_ij)^2 over each sentence's real source positions j, the sum over its
+    target positions i where keep (B, T) is True: attn (B, T, S), src_pad_mask (B, S) ->
+    scalar. Zero when every position (every region of an image) is attended once in total."""
+    final = (attn * keep.unsqueeze(-1)).sum(1)  # (B, S) the coverage after the last step
+    return ((1.0 - final) ** 2).masked_fill(src_pad_mask, 0.0).sum()
 
 
 def coverage_penalty(attn_sum: Tensor, src_pad_mask: Tensor | None, beta: float) -> Tensor:

@@ -72,7 +72,8 @@ class RNNDecoder(Decoder):
                  bridge: bool = True, out_dim: int | None = None, tie_output: bool = False,
                  dropout: float = 0.0, location_max_len: int = 256, pad_id: int = 0,
                  coverage: bool = False, copy: bool = False, unk_id: int = 1,
-                 normalizer: str = "softmax", window: int = 0, local: str = "monotonic"):
+                 normalizer: str = "softmax", window: int = 0, local: str = "monotonic",
+                 context_gate: bool = False):
         super().__init__()
         self.vocab_size = vocab_size
         self.coverage, self.copy, self.unk_id = coverage, copy, unk_id
@@ -97,6 +98,8 @@ class RNNDecoder(Decoder):
                 normalizer=normalizer, window=window, local=local, query_dim=hidden,
             )
             self.W_c = nn.Linear(enc_dim + hidden, self.out_dim, bias=False)
+        # Show, Attend and Tell's beta = sigmoid(w . query + b), a scalar gate on the context
+        self.gate = nn.Linear(hidden, 1) if context_gate and self.use_attn else None
         if copy:
             self.W_gen = p_gen_layer(enc_dim, hidden, emb_dim)
         self.dropout = Dropout(dropout)
@@ -153,7 +156,10 @@ class RNNDecoder(Decoder):
         cov = None if state.cov is None else state.cov.unsqueeze(1)  # (B, 1, S)
         ctx, a = self.attention(query.unsqueeze(1), state.keys, state.memory, state.src_pad_mask,
                                 cov, step=state.t)
-        return ctx.squeeze(1), a.squeeze(1)
+        ctx = ctx.squeeze(1)
+        if self.gate is not None:
+            ctx = torch.sigmoid(self.gate(query)) * ctx  # (B, 1) * (B, D_enc)
+        return ctx, a.squeeze(1)
 
     def _advance(self, emb: Tensor, state: RNNDecoderState) -> tuple[Tensor, RNNDecoderState, dict]:
         """One decoder step from embedded y_{i-1} (B, E): attentional vector (B, O) before
@@ -199,7 +205,7 @@ class RNNDecoder(Decoder):
                 and self.style == "luong" and type(self.attention.scorer) is AdditiveScorer
                 and self.attention.normalizer == "softmax" and not self.attention.window
                 and self.attention.scorer.w_c is None and not self.coverage
-                and self.W_c.bias is None)
+                and self.W_c.bias is None and self.gate is None)
 
     def forward(self, tgt_in: Tensor, state: RNNDecoderState) -> tuple[Tensor, dict]:
         """tgt_in (B, T) -> features (B, T, O), {"attn": (B, T, S)} (+ "coverage" (B, T, S),

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..config import ConfigError, ModelConfig
 from .cnn import CNNEncoder
 from .copy import extra_words
-from .coverage import coverage_loss, coverage_parameters
+from .coverage import coverage_loss, coverage_parameters, doubly_stochastic_loss
 from .decoders import RNNDecoder
 from .encoders import RNNEncoder
 from .image import ImageEncoder
@@ -155,10 +155,13 @@ class Seq2Seq(nn.Module):
         src_ext: Tensor | None = None,
         align: Tensor | None = None,
         align_weight: float = 0.0,
+        coverage_form: str = "min",
     ) -> LossParts:
         """Summed (label-smoothed) loss, NLL and coverage loss over non-pad targets, and their
         count. ``coverage_weight`` is train.coverage_loss (lambda, See et al. 2017, eq. 13);
-        the coverage loss is measured whenever the decoder has coverage.
+        the coverage loss is measured whenever the decoder has coverage. ``coverage_form``
+        "doubly_stochastic" (train.coverage_loss_form) measures Show, Attend and Tell's form
+        instead, from the attention alone (see :mod:`attendo.model.coverage`).
 
         ``align`` (B, T, S) (``Batch.align``): guided-alignment targets for the supervised
         attention (the Transformer decoder's ``info["align_attn"]`` head, else ``info["attn"]``);
@@ -170,12 +173,16 @@ class Seq2Seq(nn.Module):
         The output layer runs only on non-pad positions: with length-bucketed batches that is
         most of them, but it is still the most expensive matrix product of an RNN model.
         """
-        feats, info = self(src, src_lens, tgt_in, src_ext)
+        state = self.start(src, src_lens, src_ext, 0)
+        feats, info = self.decoder(tgt_in, state)
         keep = tgt_out != pad_id  # (B, T)
         loss, nll = self.decoder.token_loss(feats, info, tgt_out, keep, label_smoothing)
         cov = None
-        if "coverage" in info:
+        if coverage_form == "doubly_stochastic" and info.get("attn") is not None:
+            cov = doubly_stochastic_loss(info["attn"].float(), keep, state.src_pad_mask)
+        elif "coverage" in info:
             cov = coverage_loss(info["attn"].float(), info["coverage"].float(), keep)
+        if cov is not None:
             if coverage_weight:
                 loss = loss + coverage_weight * cov
             cov = cov.detach()
@@ -301,7 +308,7 @@ def _rnn_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int) -
         out_dim=cfg.attn_vector_dim, tie_output=cfg.tie_output, dropout=cfg.dropout,
         location_max_len=cfg.location_max_len, pad_id=pad_id, coverage=cfg.coverage,
         copy=cfg.copy, normalizer=cfg.attention_normalizer, window=cfg.attention_window,
-        local=cfg.local,
+        local=cfg.local, context_gate=cfg.context_gate,
     )
 
 

@@ -12,9 +12,37 @@
 - ``GET /health``: status, the model, batching settings, limits and counters.
 - ``GET /``: the explorer page, posting to ``/translate``.
 
+Decoding options of ``/translate`` besides beam search's (:meth:`Translator.translate`), each
+optional and checked like the others (a 4xx naming the field):
+
+- ``"prefix"``: target text each output starts with verbatim (interactive translation): a
+  string for every sentence, or a list of one string or null per sentence; at most
+  ``max_chars`` characters each.
+- ``"constraints"``: words or phrases each output must contain (lexical constraints, beam
+  search): a list of strings for every sentence, or a list of one such list or null per
+  sentence; at most ``max_constraints`` per sentence of ``max_chars`` characters each, and
+  with the prefix at most ``max_tokens`` target pieces per sentence. One whose pieces are
+  not all in the target vocabulary is a 422 naming it (the model cannot write it).
+- ``"sampling"``: ``{"temperature": 1.0, "top_k": 0, "top_p": 1.0, "n": 1, "seed": 0}``
+  (any of them; these are the defaults) draws ``n`` outputs per sentence instead of searching,
+  given as its n-best (``hyps``), most probable first: temperature at least 0.001, top_k >= 0
+  (0: every token), top_p in (0, 1], n from 1 to ``max_beam``, seed from 0 to 2**63 - 1. The
+  same request with the same seed gets the same samples (each sampling request is translated
+  on its own, not merged with others). Not with ``"constraints"``, nor with ``"n_best"``
+  (``n`` is the number of samples); ``"beam"`` is ignored.
+- ``"replace_unk"``: true writes, for each ``<unk>`` of the output, the source word it
+  attended to most (Luong et al. 2015); each record and hypothesis then has
+  ``"unk_replaced"``, how many were replaced (the record's: its best hypothesis'). A model
+  without attention answers 422.
+
 Concurrent requests are batched (:class:`MicroBatcher`) into one translator call per group
-of equal decoding options: batched beam search costs little more per step for 32 sentences
-than for one, so this is where the throughput comes from (``max_batch=1`` turns it off).
+of equal decoding options (beam, n_best, attention, alignment, replace_unk, and whether there
+are constraints, which change how beam search keeps its beam; prefixes and constraints ride
+along per sentence; sampling requests go alone): batched beam search costs little more per
+step for 32 sentences than for one, so this is where the throughput comes from
+(``max_batch=1`` turns it off). If a merged call fails, each request in it is translated again
+alone, so one bad request fails only itself. ``attendo serve --model A B ...`` serves an
+ensemble (:meth:`Translator.ensemble`).
 
 Every limit (:class:`ServeLimits`, :class:`GuardedH11Protocol`) and every malformed request
 is answered with a 4xx and ``{"error": "..."}``; an unexpected failure is a 500 with the same
@@ -22,16 +50,20 @@ shape, and the server goes on serving. Each sentence follows the rule of all inp
 (:func:`attendo.data.corpus.clean_text`): whitespace-only text translates to ``""``, and a
 control character is a 422 naming the sentence (0-based, as in the list sent) and the
 character (from 1), e.g. ``sentence 1: control character U+0000 (NUL) at character 4; ...``.
+So does each prefix and constraint (``"prefix" of sentence 0: control character ...``).
 An answer over ``max_response_bytes``, estimated before translating
 (:func:`estimate_response_bytes`) and measured after, is a 413.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict
+from dataclasses import asdict, astuple
+from typing import NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -39,10 +71,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..align import translation_links
+from ..errors import AttendoError
 from ..explorer import explorer_page, model_summary, sentence_records
+from ..search import Sampling
 from ..viz import LinkSet
 from .batcher import MicroBatcher
-from .limits import RequestError, ServeLimits, estimate_response_bytes, parse_request, size_error
+from .limits import (
+    RequestError,
+    ServeLimits,
+    TranslateRequest,
+    _short,
+    estimate_response_bytes,
+    parse_request,
+    size_error,
+)
 from .protocol import server_config
 
 log = logging.getLogger("attendo")
@@ -75,14 +117,20 @@ def _error(status: int, message: str, close: bool = False) -> JSONResponse:
 
 
 def translate_records(translator, texts: list[str], beam: int, n_best: int,
-                      return_attention: bool, align_method: str | None = None) -> list[dict]:
+                      return_attention: bool, align_method: str | None = None, *,
+                      prefixes: list[str | None] | None = None,
+                      constraints: list[list[str] | None] | None = None,
+                      sampling: Sampling | None = None, replace_unk: bool = False) -> list[dict]:
     """One translator call -> explorer records (with attention when asked; with the best
-    hypothesis' word links as ``alignment`` when ``align_method`` is given)."""
+    hypothesis' word links as ``alignment`` when ``align_method`` is given; with
+    ``unk_replaced`` counts when ``replace_unk``)."""
     want_attn = return_attention or align_method is not None
-    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=want_attn)
+    outs = translator.translate(texts, beam=beam, n_best=n_best, return_attention=want_attn,
+                                prefixes=prefixes, constraints=constraints, sampling=sampling,
+                                replace_unk=replace_unk)
     links = ([sorted(translation_links(translator, o, s, method=align_method) or ())
               for s, o in zip(texts, outs)] if align_method is not None else [None] * len(outs))
-    if not return_attention:  # attention was only needed for the links
+    if not return_attention:  # attention was only needed for the links (or replace_unk)
         for o in outs:
             for h in o.nbest or [o]:
                 h.attention, h.info = None, {}
@@ -91,10 +139,97 @@ def translate_records(translator, texts: list[str], beam: int, n_best: int,
     overlays = [[LinkSet("model", set(ln), f"attention {align_method}")] if ln else None
                 for ln in links]
     records = sentence_records(translator, texts, outs, selfs, overlays)
-    for rec, ln in zip(records, links):
+    for rec, out, ln in zip(records, outs, links):
         if ln is not None:
             rec["alignment"] = [list(x) for x in ln]
+        if replace_unk:
+            rec["unk_replaced"] = out.unk_replaced
+            for hyp, h in zip(rec["hyps"], out.nbest or [out]):
+                hyp["unk_replaced"] = h.unk_replaced
     return records
+
+
+class Sentence(NamedTuple):
+    """What the batcher carries per sentence: the text and its own decoding options."""
+
+    text: str
+    prefix: str | None = None
+    constraints: list[str] | None = None
+
+
+class Options(NamedTuple):
+    """The batching key: decoding options of a whole translator call (requests with equal
+    options are merged). ``sampling`` is a :class:`Sampling`'s fields; ``alone`` is unique per
+    sampling request, whose samples would depend on what else shares the call."""
+
+    beam: int
+    n_best: int
+    return_attention: bool
+    align_method: str | None = None
+    replace_unk: bool = False
+    # with constraints, a call's beam search keeps its beam by dynamic allocation (and beam 1
+    # is a beam search, not greedy): such requests are not merged with those without
+    constrained: bool = False
+    sampling: tuple | None = None
+    alone: int = 0
+
+
+def translate_sentences(translator, sentences: list, *key) -> list[dict]:
+    """The batcher's call: :func:`translate_records` of :class:`Sentence` items (or plain
+    texts) under :class:`Options` ``key``."""
+    opts = Options(*key)
+    items = [s if isinstance(s, Sentence) else Sentence(s) for s in sentences]
+    prefixes = [s.prefix for s in items]
+    constraints = [s.constraints for s in items]
+    return translate_records(
+        translator, [s.text for s in items], opts.beam, opts.n_best, opts.return_attention,
+        opts.align_method, prefixes=prefixes if any(prefixes) else None,
+        constraints=constraints if any(constraints) else None,
+        sampling=None if opts.sampling is None else Sampling(*opts.sampling),
+        replace_unk=opts.replace_unk)
+
+
+def target_check(translator, limits: ServeLimits) -> Callable[[TranslateRequest], None]:
+    """The checks of a parsed request that need the model (see :func:`parse_request`): a 422
+    for replace_unk without attention and for a constraint the target vocabulary cannot
+    spell; a 413 for more than ``max_tokens`` target pieces of prefix and constraints."""
+    tgt = translator.tgt
+
+    def check(req: TranslateRequest) -> None:
+        if req.replace_unk and not translator.model.has_attention:
+            raise RequestError(422, '"replace_unk" writes the source word each <unk> attended '
+                                    "to, and this model has no attention")
+        n = len(req.texts)
+        prefixes, constraints = req.prefixes or [None] * n, req.constraints or [None] * n
+        for i, (prefix, cs) in enumerate(zip(prefixes, constraints)):
+            total = len(tgt.pieces(prefix)) if prefix else 0
+            for j, c in enumerate(cs or []):
+                what = f'"constraints" of sentence {i}, constraint {j} ({_short(c)})'
+                pieces = tgt.pieces(c)
+                if not pieces:
+                    raise RequestError(422, f"{what}: no target tokens")
+                unknown = [p for p in pieces if p not in tgt.vocab.stoi]
+                if unknown:
+                    raise RequestError(422, f"{what}: pieces outside the target vocabulary "
+                                            f"({', '.join(map(repr, unknown[:5]))}); the model "
+                                            "cannot write it")
+                total += len(pieces)
+            if total > limits.max_tokens:
+                raise RequestError(413, f'"prefix" and "constraints" of sentence {i}: {total} '
+                                        f"target tokens; at most {limits.max_tokens}")
+
+    return check
+
+
+_alone = itertools.count(1)
+
+
+def batch_key(req: TranslateRequest) -> Options:
+    """The :class:`Options` a request is batched under."""
+    return Options(req.beam, req.n_best, req.return_attention, req.align_method,
+                   req.replace_unk, req.constraints is not None,
+                   None if req.sampling is None else astuple(req.sampling),
+                   next(_alone) if req.sampling is not None else 0)
 
 
 def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 32,
@@ -103,7 +238,9 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
     :class:`MicroBatcher` (its ``calls`` counter shows how requests were merged)."""
     limits = limits or ServeLimits()
     limits.validate()
-    batcher = MicroBatcher(lambda *a: translate_records(translator, *a), max_batch, max_wait_ms)
+    batcher = MicroBatcher(lambda *a: translate_sentences(translator, *a), max_batch,
+                           max_wait_ms)
+    check = target_check(translator, limits)
     summary = model_summary(translator, name)
     default_beam = min(translator.cfg.decode.beam_size, limits.max_beam)
     page = explorer_page({"model": summary, "sentences": []}, live=True,
@@ -162,10 +299,10 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
 
         try:
             body = await _read_body(request, limits.max_body_bytes, limits.read_timeout_s)
-            req = parse_request(body, limits, default_beam, count_and_note)
-            texts, beam, n_best, attn = req.texts, req.beam, req.n_best, req.return_attention
-            size = estimate_response_bytes(texts, n_tokens, n_best, attn, per_hyp, best_extra,
-                                           per_source)
+            req = parse_request(body, limits, default_beam, count_and_note, check)
+            texts = req.texts
+            size = estimate_response_bytes(texts, n_tokens, req.outputs, req.return_attention,
+                                           per_hyp, best_extra, per_source)
             if size > limits.max_response_bytes:
                 raise size_error(size, limits.max_response_bytes, measured=False)
             if batcher.queued + len(texts) > limits.max_queue:
@@ -176,12 +313,17 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
         except ClientDisconnect:  # gone before its body arrived: nothing to answer
             log.debug("client disconnected while sending /translate")
             return _error(499, "client disconnected")
-        future = batcher.submit(texts, (beam, n_best, attn, req.align_method))
+        n = len(texts)
+        sentences = [Sentence(t, p, c) for t, p, c in
+                     zip(texts, req.prefixes or [None] * n, req.constraints or [None] * n)]
+        future = batcher.submit(sentences, batch_key(req))
         try:
             records = await asyncio.wait_for(asyncio.wrap_future(future), limits.timeout_s)
         except TimeoutError:
             return _error(408, f"the translation took longer than the {limits.timeout_s:g} s "
                                "limit per request; send fewer or shorter sentences")
+        except AttendoError as e:  # a user error the checks above missed: the request's own
+            return _error(422, str(e))
         answer = JSONResponse({"translations": records,
                                "time_ms": round((time.perf_counter() - t0) * 1000, 2)})
         if len(answer.body) > limits.max_response_bytes:  # longer outputs than estimated
@@ -192,10 +334,11 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
     return app
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          threads: int = 0, max_batch: int = 32, max_wait_ms: float = 5.0,
+def serve(model_dir: str | list[str], host: str = "127.0.0.1", port: int = 8000,
+          device: str = "cpu", threads: int = 0, max_batch: int = 32, max_wait_ms: float = 5.0,
           limits: ServeLimits | None = None, log_level: str = "info") -> None:
-    """Load a model directory and serve it until interrupted."""
+    """Load a model directory (several: an ensemble, :meth:`Translator.ensemble`) and serve it
+    until interrupted."""
     from pathlib import Path
 
     import torch
@@ -205,9 +348,10 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, device: str
 
     if threads > 0:
         torch.set_num_threads(threads)
-    translator = Translator.from_dir(model_dir, device=device)
-    app = create_app(translator, limits, max_batch, max_wait_ms,
-                     name=Path(model_dir).resolve().name)
+    dirs = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
+    translator = Translator.ensemble(dirs, device=device)
+    name = "+".join(Path(d).resolve().name for d in dirs)
+    app = create_app(translator, limits, max_batch, max_wait_ms, name=name)
     log.info("serving %s on http://%s:%d (batches up to %d sentences, %g ms window)",
-             model_dir, host, port, max_batch, max_wait_ms)
+             " ".join(map(str, dirs)), host, port, max_batch, max_wait_ms)
     uvicorn.Server(server_config(app, host, port, log_level)).run()

@@ -27,8 +27,11 @@ class MicroBatcher:
 
     The first job waits at most ``max_wait_ms`` for others; a window closes early once it
     holds ``max_batch`` sentences (a job that would overflow it starts the next window; a
-    single larger job goes alone). Jobs of a window are grouped by key, one call per group.
-    A job whose future was cancelled before its call (the client gave up) is skipped.
+    single larger job goes alone). Jobs of a window are grouped by key, one call per group;
+    a group whose call fails is run again job by job (see :meth:`_run_group`). A job whose
+    future was cancelled before its call (the client gave up) is skipped. ``texts`` are
+    opaque here: any items, one result each (the server's carry a sentence's prefix and
+    constraints with it).
     """
 
     def __init__(self, run: Callable[..., list], max_batch: int = 32, max_wait_ms: float = 5.0):
@@ -89,26 +92,46 @@ class MicroBatcher:
                 return
 
     def _run_group(self, key: tuple, group: list[_Job]) -> None:
+        """One call for the live jobs of a group. If it fails and the group has several jobs,
+        each is run again alone, so that the input of one request (or a batch too large for
+        memory) fails only that request, not the others merged with it."""
         live = [j for j in group if j.future.set_running_or_notify_cancel()]
-        texts = [t for j in live for t in j.texts]
         try:
-            if live:
-                results = self.run(texts, *key)
-                if len(results) != len(texts):
-                    raise RuntimeError(f"translator gave {len(results)} results for {len(texts)}")
-                with self._lock:
-                    self.calls += 1
-                    self.jobs += len(live)
-                    self.sentences += len(texts)
-                k = 0
-                for j in live:
-                    j.future.set_result(results[k : k + len(j.texts)])
-                    k += len(j.texts)
-        except Exception as e:  # the caller answers 500; the worker goes on
-            log.exception("translation failed")
-            for j in live:
-                if not j.future.done():
-                    j.future.set_exception(e)
+            if len(live) > 1:
+                try:
+                    self._call(key, live)
+                except Exception as e:
+                    log.warning("a call of %d merged requests failed (%s: %s); running each "
+                                "alone", len(live), type(e).__name__, e)
+                    for j in live:
+                        if not j.future.done():
+                            self._call_or_fail(key, [j])
+            elif live:
+                self._call_or_fail(key, live)
         finally:
             with self._lock:
                 self.queued -= sum(len(j.texts) for j in group)
+
+    def _call_or_fail(self, key: tuple, jobs: list[_Job]) -> None:
+        try:
+            self._call(key, jobs)
+        except Exception as e:  # the caller answers (a 500, or a 4xx for a user error)
+            log.exception("translation failed")
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(e)
+
+    def _call(self, key: tuple, jobs: list[_Job]) -> None:
+        """``run`` on the texts of ``jobs``, in order; each job's results to its future."""
+        texts = [t for j in jobs for t in j.texts]
+        results = self.run(texts, *key)
+        if len(results) != len(texts):
+            raise RuntimeError(f"translator gave {len(results)} results for {len(texts)}")
+        with self._lock:
+            self.calls += 1
+            self.jobs += len(jobs)
+            self.sentences += len(texts)
+        k = 0
+        for j in jobs:
+            j.future.set_result(results[k : k + len(j.texts)])
+            k += len(j.texts)

@@ -19,14 +19,16 @@ class Objective(torch.nn.Module):
     tokens, alignment cross-entropy, aligned target pieces)."""
 
     def __init__(self, model: Seq2Seq, label_smoothing: float, coverage_loss: float = 0.0,
-                 align_weight: float = 0.0):
+                 align_weight: float = 0.0, coverage_form: str = "min"):
         super().__init__()
         self.model, self.label_smoothing = model, label_smoothing
         self.coverage_loss, self.align_weight = coverage_loss, align_weight
+        self.coverage_form = coverage_form
 
     def forward(self, src, src_lens, tgt_in, tgt_out, src_ext=None, align=None):
         return self.model.losses(src, src_lens, tgt_in, tgt_out, Vocab.PAD, self.label_smoothing,
-                                 self.coverage_loss, src_ext, align, self.align_weight)
+                                 self.coverage_loss, src_ext, align, self.align_weight,
+                                 self.coverage_form)
 
 
 class CoverageSwitch:

@@ -94,7 +94,8 @@ class Trainer(Validation):
         if data.align is not None:
             setup.supervise_head(self.model, ga)
         self.objective = Objective(self.model, tc.label_smoothing, tc.coverage_loss,
-                                   ga.weight if data.align is not None else 0.0)
+                                   ga.weight if data.align is not None else 0.0,
+                                   tc.coverage_loss_form)
         self.coverage = CoverageSwitch(self.objective, self.model, tc.coverage_loss,
                                        tc.coverage_from_step, zero=not resume)
         self.loss_module = setup.wrap_ddp(self.objective, self.dist, self.device)
