@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .cli_args import CLIError, check_decode_flags, check_n_best, check_output_path
 from .errors import AttendoError, is_out_of_memory, os_error_text, out_of_memory_text
+from .utils import atomic_write_text
 
 log = logging.getLogger("attendo")
 
@@ -64,8 +65,6 @@ def read_input(path: str | None) -> list[str]:
 
 def write_output(path: str | None, text: str) -> None:
     """``text`` to the file ``path`` (atomically) or to stdout."""
-    from .utils import atomic_write_text
-
     if path:
         atomic_write_text(path, text)
     else:
@@ -74,7 +73,8 @@ def write_output(path: str | None, text: str) -> None:
 
 def load_models(args):
     """The Translator of ``--model DIR [DIR ...]`` (several: an ensemble) and the decoding
-    keywords of --replace-unk and --unk-dict."""
+    keywords of --replace-unk, --unk-dict and the sampling options."""
+    from .search import Sampling
     from .translator import Translator
     from .unk import decode_options
 
@@ -86,6 +86,9 @@ def load_models(args):
         raise CLIError("--checkpoint names one weights file; an ensemble (several --model "
                        "directories) uses each directory's model.safetensors")
     opts = decode_options(args.replace_unk, args.unk_dict)
+    if args.sample:
+        opts["sampling"] = Sampling(args.temperature, args.top_k, args.top_p, args.n_samples,
+                                    args.seed)
     translator = Translator.ensemble(args.model, [args.checkpoint] * len(args.model),
                                      device=args.device, overrides=args.overrides)
     return translator, opts
@@ -93,25 +96,21 @@ def load_models(args):
 
 def cmd_translate(args) -> int:
     from .data.corpus import read_requests
-    from .search import Sampling
     from .translator import nbest_lines
 
     check_decode_flags(args)
-    sampling = Sampling(args.temperature, args.top_k, args.top_p, args.n_samples,
-                        args.seed) if args.sample else None
     translator, opts = load_models(args)
-    n_best = sampling.n if sampling else args.n_best
-    if not sampling:
+    n_best = args.n_samples if args.sample else args.n_best
+    if not args.sample:
         check_n_best(args.n_best, args.beam, translator.cfg.decode.beam_size)
-    if args.image and args.input:
-        raise CLIError("give images as --image FILE ... or as a list in --input, not both")
-    if args.image and args.input_format != "text":
-        raise CLIError("--input-format tsv/jsonl is for text input, not --image")
+    if args.image and (args.input or args.input_format != "text"):
+        raise CLIError("give images as --image FILE ... or as a list in --input, not both "
+                       "(and --input-format tsv/jsonl is for text input)")
     texts = list(args.image) if args.image else read_input(args.input)
     texts, rules = read_requests(texts, args.input_format, args.input or "<stdin>")
     out = translator.translate(
         texts, beam=args.beam, n_best=args.n_best, batch_size=args.batch_size,
-        length_penalty=args.length_penalty, sampling=sampling, **rules, **opts,
+        length_penalty=args.length_penalty, **rules, **opts,
     )
     write_output(args.output, nbest_lines(out, n_best))
     return 0
@@ -138,7 +137,6 @@ def cmd_score(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, format_report
-    from .utils import atomic_write_text
 
     check_decode_flags(args)
     translator, opts = load_models(args)
@@ -153,7 +151,8 @@ def cmd_evaluate(args) -> int:
                             batch_size=args.batch_size, length_penalty=args.length_penalty,
                             diagnostics=not args.no_diagnostics, align_gold=args.align_gold,
                             align_method=args.align_method, align_threshold=args.align_threshold,
-                            rare_max_count=args.rare_max_count, decode_opts=opts)
+                            rare_max_count=args.rare_max_count, decode_opts=opts,
+                            input_format=args.input_format)
     if args.output:
         atomic_write_text(args.output, "".join(h + "\n" for h in hyps))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
@@ -163,7 +162,6 @@ def cmd_evaluate(args) -> int:
 def cmd_align(args) -> int:
     from .align import align_files, check_options, format_score
     from .translator import Translator
-    from .utils import atomic_write_text
 
     check_decode_flags(args)
     check_options(args.translate, args.tgt, args.gold, args.symmetrize, args.reverse_model,
@@ -190,7 +188,6 @@ def cmd_align_prior(args) -> int:
     grow-diag, written as Pharaoh lines (one per pair) over the whitespace words of the raw
     text: the links that ``train.guided_alignment.file`` reads."""
     from .align import prior_lines
-    from .utils import atomic_write_text
 
     check_output_path(args.output, "--output")
     lines, n_links = prior_lines(args.src, args.tgt, args.lowercase)
@@ -218,7 +215,6 @@ def cmd_attend(args) -> int:
     from .attend import attend, check_options, draw_pictures, explorer_html, read_gold, read_targets
     from .data.corpus import clean_arguments
     from .translator import Translator
-    from .utils import atomic_write_text
 
     check_decode_flags(args)
     check_output_path(args.html, "--html")
@@ -328,7 +324,8 @@ def cmd_data_images(args) -> int:
                        "TEXT_FILE --out DIR  [--sizes TRAIN DEV TEST] [--seed N]")
     sizes = dict(zip(("n_train", "n_dev", "n_test"), args.sizes)) if args.sizes else {}
     if args.name == "digits":
-        m = images.make_digits(args.out, seed=args.seed, **sizes)
+        lengths = dict(zip(("min_len", "max_len"), args.lengths or (1, 8)))
+        m = images.make_digits(args.out, seed=args.seed, **sizes, **lengths)
     else:
         m = images.make_textlines(args.out, args.config, seed=args.seed, **sizes)
     for split, n in m["counts"].items():

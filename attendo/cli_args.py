@@ -93,27 +93,28 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
             q.add_argument("--unk-dict", metavar="FILE",
                            help="with --replace-unk: 'source target [prob]' lines; a dictionary "
                                 "word replaces the attended one")
+            q.add_argument("--input-format", choices=["text", "tsv", "jsonl"], default="text",
+                           help="text: one source per line; tsv: 'source TAB prefix' (the output "
+                                "starts with prefix); jsonl: {\"src\": ..., \"prefix\": ..., "
+                                "\"constraints\": [words or phrases the output must contain]}")
+            q.add_argument("--sample", action="store_true",
+                           help="draw outputs instead of searching (see --temperature, --top-k, "
+                                "--top-p, --n-samples, --seed)")
+            q.add_argument("--temperature", type=float, default=1.0,
+                           help="sampling temperature")
+            q.add_argument("--top-k", type=int, default=0,
+                           help="sample from the k most probable tokens (0: all)")
+            q.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: from the "
+                           "smallest set of tokens whose probability reaches p (1: all)")
+            q.add_argument("--n-samples", type=int, default=1,
+                           help="samples per sentence (translate prints them as with --n-best)")
+            q.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same "
+                           "input and batch size: same samples)")
 
     tr = sub.add_parser("translate", help="translate stdin to stdout, or --input/--output")
     decode_args(tr, ensemble=True)
     tr.add_argument("--input", "-i", help="input file (default stdin); for an image model, "
                     "one image path per line")
-    tr.add_argument("--input-format", choices=["text", "tsv", "jsonl"], default="text",
-                    help="text: one source per line; tsv: 'source TAB prefix' (the output "
-                         "starts with prefix); jsonl: {\"src\": ..., \"prefix\": ..., "
-                         "\"constraints\": [words or phrases the output must contain]}")
-    tr.add_argument("--sample", action="store_true",
-                    help="draw outputs instead of searching (see --temperature, --top-k, "
-                         "--top-p, --n-samples, --seed)")
-    tr.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    tr.add_argument("--top-k", type=int, default=0, help="sample from the k most probable "
-                    "tokens (0: all)")
-    tr.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: from the "
-                    "smallest set of tokens whose probability reaches p (1: all)")
-    tr.add_argument("--n-samples", type=int, default=1, help="samples per sentence (printed "
-                    "as with --n-best)")
-    tr.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same "
-                    "input and batch size: same samples)")
     tr.add_argument("--image", nargs="+", metavar="FILE", help="image model: these images")
     tr.add_argument("--output", "-o", help="output file (default stdout)")
     tr.add_argument("--n-best", type=int, default=1, help="print N best as 'i ||| text ||| score'")
@@ -256,6 +257,11 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     sv.add_argument("--max-constraints", type=int, default=16,
                     help="lexical constraints per sentence")
     sv.add_argument("--max-body-kb", type=int, default=256, help="request body size")
+    sv.add_argument("--max-image-kb", type=int, default=4096,
+                    help="image models: size of one image file (413 over it)")
+    sv.add_argument("--max-image-pixels", type=int, default=16_000_000,
+                    help="image models: width x height of one image, read from its header "
+                         "before decoding (413 over it: a decompression bomb)")
     sv.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     sv.add_argument("--read-timeout", type=float, default=10.0,
                     help="seconds for a request body to arrive (408 and closed after)")
@@ -318,5 +324,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     g.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "DEV", "TEST"),
                    help="digits, textlines: images per split (default 6000 500 500; "
                    "textlines 4000 300 300)")
+    g.add_argument("--lengths", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="digits: digits per string (default 1 8)")
     g.set_defaults(func=handlers["data"])
     return p

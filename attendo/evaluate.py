@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from . import align, metrics
 from . import diagnostics as dg
 from .data.batch import collate
-from .data.corpus import read_parallel
+from .data.corpus import read_parallel, read_requests
 from .data.prepare import Corpus, encode_copy, encode_pairs
 from .errors import UsageError
 from .translator import Translation, Translator
@@ -43,6 +43,7 @@ def evaluate(
     align_threshold: float = 0.5,
     rare_max_count: int = RARE_MAX_COUNT,
     decode_opts: dict[str, Any] | None = None,
+    input_format: str = "text",
 ) -> tuple[dict[str, Any], list[str]]:
     """Score a model on a parallel test set; returns the report and the hypotheses.
 
@@ -50,7 +51,9 @@ def evaluate(
     empty or bad line, an empty file or different line counts are a CorpusError naming the
     file and line). An image model reads ``src_path`` as a list of ``image<TAB>text`` lines
     (``ref_path`` None), as in training. ``decode_opts``: more keyword arguments of
-    :meth:`Translator.translate` (e.g. ``replace_unk``, ``unk_dict``)."""
+    :meth:`Translator.translate` (e.g. ``replace_unk``, ``unk_dict``, ``sampling``);
+    ``input_format`` tsv or jsonl: the source lines carry a prefix or constraints per sentence
+    (:func:`~attendo.data.corpus.read_requests`)."""
     image = translator.cfg.data.src_type == "image"
     if image:
         if ref_path is not None:
@@ -63,6 +66,8 @@ def evaluate(
         raise UsageError("give the references (--ref FILE), one line per source line")
     else:
         src, ref, _ = read_parallel(src_path, ref_path, max_chars=10**6, hint=BAD_PAIR_HINT)
+        src, rules = read_requests(src, input_format, str(src_path))
+        decode_opts = {**(decode_opts or {}), **rules}
     gold = dg.read_gold_alignments(align_gold) if align_gold else None
     report, outs = evaluate_texts(
         translator, src, ref, beam=beam, batch_size=batch_size, length_penalty=length_penalty,

@@ -11,7 +11,10 @@ The same page and script serve two uses:
   to ``translate`` (same origin) and draws the records the server sends back.
 
 :func:`sentence_record` turns a :class:`~attendo.translator.Translation` into the record both
-use, so a file and the server agree on the format. Weights are rounded to 3 decimals.
+use, so a file and the server agree on the format. Weights are rounded to 3 decimals. An
+image model's record has no source tokens: its attention is over the image's regions (the
+server adds the ``grid`` they lie on, and the page draws each output symbol's attention over
+the uploaded picture).
 Alignment links go into the best hypothesis as ``links``: one entry per
 :class:`~attendo.viz.LinkSet`, ``{"kind", "label", "links": [[i, j], ...] (source word,
 output word), "cells": [[row, col], ...]}``, the cells of the heatmap the script outlines.
@@ -101,11 +104,13 @@ def sentence_record(source: str, t, self_attention: np.ndarray | None = None,
     src = list(t.src_tokens)
     rec: dict[str, Any] = {"source": source, "src_tokens": src, "text": t.text,
                            "score": _num(t.score)}
+    # memory positions: the source tokens, or an image model's regions (no tokens)
+    n_src = len(src) if src or t.attention is None else np.shape(t.attention)[1]
     src_groups = None
     if merge:
         rec["src_tokens"], src_groups = merge_subwords(src)
     hyps = t.nbest or [t]
-    rec["hyps"] = [_hyp_record(h, len(src), src_groups, merge, k == 0) for k, h in enumerate(hyps)]
+    rec["hyps"] = [_hyp_record(h, n_src, src_groups, merge, k == 0) for k, h in enumerate(hyps)]
     if alignment and "attention" in rec["hyps"][0]:
         links = link_records(alignment, src, list(hyps[0].tgt_tokens), kinds, merge)
         if links:
@@ -117,9 +122,10 @@ def sentence_record(source: str, t, self_attention: np.ndarray | None = None,
 
 
 def model_summary(translator, name: str = "") -> dict:
-    """What the page shows about the model: its name and shape."""
+    """What the page shows about the model: its name, input ("text" or "image") and shape."""
     m = translator.cfg.model
-    out: dict[str, Any] = {"name": name, "encoder": m.encoder, "decoder": m.decoder}
+    out: dict[str, Any] = {"name": name, "input": "image" if m.encoder == "image" else "text",
+                           "encoder": m.encoder, "decoder": m.decoder}
     if m.decoder == "transformer":
         out.update(layers=m.dec_layers, heads=m.heads, attn_layer=m.attn_layer % m.dec_layers)
     else:
@@ -146,7 +152,7 @@ def explorer_page(data: dict | None = None, live: bool = False, title: str = "at
     payload = {"mode": "live" if live else "file", **(data or {"sentences": []})}
     html = _asset("explorer.html")
     for key, value in (("{{TITLE}}", _escape(title)), ("{{CSS}}", _asset("explorer.css")),
-                       ("{{JS}}", _asset("explorer.js"))):
+                       ("{{JS}}", _asset("explorer_images.js") + _asset("explorer.js"))):
         html = html.replace(key, value)
     return html.replace("{{DATA}}", _script_json(payload))  # last: data may hold any text
 
@@ -161,7 +167,8 @@ def sentence_records(translator, texts: list[str], outs: list, selfs: list,
     """:func:`sentence_record` of each translated text (outs from ``translate(...,
     return_attention=True)``, selfs their encoder self-attention or None each, alignments
     one list of link sets or None per sentence)."""
-    kinds = tokenizer_kinds(translator)
     alignments = alignments if alignments is not None else [None] * len(outs)
+    # an image model has no source tokenizer, and no word links
+    kinds = tokenizer_kinds(translator) if any(alignments) else None
     return [sentence_record(s, o, a, merge, alignment=al, kinds=kinds)
             for s, o, a, al in zip(texts, outs, selfs, alignments)]

@@ -112,3 +112,60 @@ def test_served_page_translates_draws_and_highlights(server_url, browser):
     browser.find_element(By.ID, "submit").click()
     wait.until(lambda d: "characters" in d.find_element(By.ID, "status").text)
     assert "error" in browser.find_element(By.ID, "status").get_attribute("class")
+
+
+@pytest.fixture(scope="module")
+def image_server(tmp_path_factory):
+    """A tiny image model (digit strings, 12 steps, as tests/test_image_pipeline.py's) served
+    by uvicorn in a thread: (url, translator, the digits folder)."""
+    pytest.importorskip("sklearn", reason="the digits need scikit-learn: pip install "
+                                          "'attendo[images]'")
+    import yaml
+
+    from attendo.cli import main
+
+    root = tmp_path_factory.mktemp("browser-images")
+    data = root / "digits"
+    assert main(["data", "digits", "--out", str(data), "--sizes", "64", "8", "8"]) == 0
+    raw = {"data": {"src_type": "image", "train_src": str(data / "train.tsv"),
+                    "valid_src": str(data / "dev.tsv"), "image_height": 16, "tokenizer": "char"},
+           "model": {"encoder": "image", "enc_layers": 3, "image_pool": 2, "enc_hidden": 32,
+                     "emb_dim": 16, "dec_hidden": 32},
+           "train": {"out_dir": str(root / "model"), "progress": False, "device": "cpu",
+                     "batch_size": 16, "max_steps": 12, "valid_every": 6, "log_every": 6,
+                     "valid_max_sents": 8}}
+    (root / "digits.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", str(root / "digits.yaml")]) == 0
+    translator = attendo.load(root / "model")
+    with serve_in_thread(create_app(translator, name="digits")) as port:
+        yield f"http://127.0.0.1:{port}/", translator, data
+
+
+def test_served_page_of_an_image_model_uploads_and_draws_attention(image_server, browser):
+    url, translator, data = image_server
+    wait = WebDriverWait(browser, 30)
+    browser.get(url)
+    wait.until(lambda d: "digits" in d.find_element(By.ID, "model").text)
+    assert not browser.find_element(By.ID, "input").is_displayed()  # no text box: an upload
+    upload = browser.find_element(By.ID, "image-input")
+    assert upload.is_displayed()
+    path = data / "images/test/000000.png"
+    upload.send_keys(str(path))  # choosing the file translates it
+    # the output (its symbols; a 12-step model's best may be empty) and the n-best list
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#output .tok"))
+    canvases = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#heatmap canvas.attn-canvas"))
+    (direct,) = translator.translate([str(path)], beam=5, n_best=5)  # the page's defaults
+    assert browser.find_element(By.ID, "translation").text == direct.text
+    nbest = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#nbest li .text")]
+    assert nbest == [h.text for h in direct.nbest]
+    # a panel per output symbol, the symbol under it, the picture with the attention on it
+    assert len(canvases) == len(direct.tgt_tokens)
+    captions = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#heatmap figcaption")]
+    assert captions == list(direct.tgt_tokens)
+    assert all(c.size["width"] > 20 and c.size["height"] > 20 for c in canvases)
+    tinted = browser.execute_script(
+        "var c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data,"
+        " n = 0; for (var i = 0; i < d.length; i += 4) if (d[i] - d[i + 2] > 40) n++; return n;",
+        canvases[0])
+    assert tinted > 0  # the accent colour of the attention over the gray picture
+    assert "1 image in" in browser.find_element(By.ID, "status").text

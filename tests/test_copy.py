@@ -19,6 +19,7 @@ from attendo.data.tokenizers import train_tokenizer
 from attendo.data.vocab import Vocab
 from attendo.search import Hypothesis, beam_search, greedy_search
 from attendo.train import Trainer
+from attendo.translation import to_translation
 from attendo.translator import Translator
 
 V = 13
@@ -284,13 +285,15 @@ def test_sentencepiece_pieces_are_copied_verbatim():
     c = copy_ids(src_pieces, None, vocab)
     assert c.oovs and all(p not in vocab for p in c.oovs)
     body = [vocab.stoi[p] if p in vocab else c.src_ext[j] for j, p in enumerate(src_pieces)]
-    t = tr._hyp_to_translation(Hypothesis(body + [EOS], 0.0, 0.0), src_pieces, len(src_pieces), c.oovs)
+    t = to_translation(Hypothesis(body + [EOS], 0.0, 0.0), tr.tgt, src_pieces, len(src_pieces),
+                       c.oovs)
     assert t.text == "the Ωμέγα cat" and "<unk>" not in t.text
     assert t.tgt_tokens == src_pieces + ["</s>"]
     # a piece from another sentencepiece model (separate source vocabulary), boundary mark
     # included, that the target model does not know
     body = [vocab.stoi["\u2581the"], len(vocab), vocab.stoi["\u2581cat"], EOS]
-    t = tr._hyp_to_translation(Hypothesis(body, 0.0, 0.0), src_pieces, len(src_pieces), ["\u2581Zürich"])
+    t = to_translation(Hypothesis(body, 0.0, 0.0), tr.tgt, src_pieces, len(src_pieces),
+                       ["\u2581Zürich"])
     assert t.text == "the Zürich cat"
 
 

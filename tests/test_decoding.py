@@ -283,6 +283,12 @@ def test_cli_structured_input_errors_name_the_line(trained, tmp_path, capsys):
     assert "top_p" in capsys.readouterr().err
 
 
+def plain_pair(tmp_path):
+    p = tmp_path / "plain.txt"
+    p.write_text("a b c\nd e\n", encoding="utf-8")
+    return p
+
+
 def test_cli_evaluate_ensemble_and_replace_unk(trained, tmp_path, capsys):
     from attendo.cli import main
 
@@ -294,6 +300,15 @@ def test_cli_evaluate_ensemble_and_replace_unk(trained, tmp_path, capsys):
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ppl"] is None and report["unk_replaced"] >= 0 and report["sentences"] == 2
+    # constraints and sampling in evaluate too: the source file as JSONL
+    src.write_text('{"src": "a b c", "constraints": ["e d"]}\n{"src": "d e"}\n',
+                   encoding="utf-8")
+    out = tmp_path / "hyp.txt"
+    assert main(["evaluate", "--model", str(trained), "--src", str(src), "--ref", str(ref),
+                 "--input-format", "jsonl", "-o", str(out), "--json"]) == 0
+    assert " e d " in f" {out.read_text(encoding='utf-8').splitlines()[0]} "
+    assert main(["evaluate", "--model", str(trained), "--src", str(plain_pair(tmp_path)),
+                 "--ref", str(ref), "--sample", "--seed", "3", "--json"]) == 0
 
 
 def test_extreme_sampling_settings_still_draw_the_best_token(arch):
@@ -302,3 +317,28 @@ def test_extreme_sampling_settings_still_draw_the_best_token(arch):
     for kw in ({"temperature": 1e-45}, {"top_p": 1e-46}):
         drawn = sample_search(m.decoder, m.start(src, lens), 4, BOS, EOS, 8, Sampling(**kw))
         assert [hs[0].tokens for hs in drawn] == [g.tokens for g in greedy]
+
+
+def test_a_completed_constraint_is_not_continued_by_a_word_piece(arch):
+    """Subword pieces: after a constraint's last piece no piece that continues the word may
+    follow (sentencepiece "s" after "\u2581informal"); with a mask of such pieces, every
+    occurrence of the constraint is followed by a word start or the end."""
+    m, src, lens = arch
+    cont = torch.zeros(30, dtype=torch.bool)
+    cont[15:] = True  # ids 15-29 continue a word
+    cons = [[[7, 8]], [[9, 10]], [[11]], [[12, 5]]]
+    rules = OutputRules(None, cons, 4, continuation=cont)
+    caps = torch.full((4,), 8) + rules.extra_length()
+    hyps = beam_search(m.decoder, m.start(src, lens), 4, BOS, EOS, caps, beam_size=4, n_best=4,
+                       rules=rules)
+    followers = 0
+    for b, group in enumerate(hyps):
+        for h in group:
+            t, c = h.tokens, cons[b][0]
+            ends = [j + len(c) for j in range(len(t)) if t[j : j + len(c)] == c]
+            assert ends
+            for e in ends:
+                if e < len(t):
+                    followers += 1
+                    assert not cont[t[e]], (t, c)
+    assert followers  # the check had something to check

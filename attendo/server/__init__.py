@@ -9,8 +9,27 @@
   shift, or shift-threshold at 0.5), i a whitespace word of the source and j one of ``text``,
   0-based (empty when the pieces do not map onto the words); with ``return_attention`` too,
   the best hypothesis carries them as ``links`` for the explorer to draw.
-- ``GET /health``: status, the model, batching settings, limits and counters.
-- ``GET /``: the explorer page, posting to ``/translate``.
+- ``GET /health``: status, the model's input (``"input": "text"`` or ``"image"``), the model,
+  batching settings, limits and counters.
+- ``GET /``: the explorer page, posting to ``/translate`` (for an image model: a file upload,
+  and each output symbol's attention drawn over the image).
+
+An image model (``model.encoder: image``) takes ``"image"`` instead of ``"text"``: the base64
+(standard alphabet, padded, no line breaks) of an image file (PNG, JPEG, BMP, GIF, TIFF or
+WebP), or a list of them (at most ``max_sentences``), with the same decoding options except
+those that read source words (``alignment``, ``align_method``, ``replace_unk``: 422).
+Images are decoded in memory (:mod:`attendo.server.images`): invalid base64, a non-image, a
+truncated or an empty one is a 422, one over ``max_image_bytes`` (decoded) or
+``max_image_pixels`` (judged by its header, before decoding: a decompression bomb) a 413, each
+naming ``"image"`` (``"image" 1`` in a list, 0-based); its body may be longer than
+``max_body_bytes`` by one image's base64. ``"text"`` to an image model, or ``"image"`` to a
+text model, is a 422 naming what the model reads. Each record is as for text, with
+``"source": "image i"`` (its place in the request), ``src_tokens`` empty, attention (with
+``return_attention``) of shape (output symbols x regions), and ``"grid": {"rows": R, "cols":
+C, "cell": [h, w], "pixels": [H, W]}``: the image was read scaled to H x W pixels; entry k of
+an attention row is region (row k % R, column k // R), pixels [row*h, row*h + h) x [column*w,
+column*w + w) of it (clipped at the edges), so ``numpy.reshape(row, (C, R)).T`` is the (R, C)
+grid to upsample over the picture (scaled by the picture's size / (H, W)).
 
 Decoding options of ``/translate`` besides beam search's (:meth:`Translator.translate`), each
 optional and checked like the others (a 4xx naming the field):
@@ -76,6 +95,13 @@ from ..explorer import explorer_page, model_summary, sentence_records
 from ..search import Sampling
 from ..viz import LinkSet
 from .batcher import MicroBatcher
+from .images import (
+    add_grids,
+    base64_size,
+    estimate_image_response_bytes,
+    image_reader,
+    is_image_model,
+)
 from .limits import (
     RequestError,
     ServeLimits,
@@ -138,7 +164,9 @@ def translate_records(translator, texts: list[str], beam: int, n_best: int,
              if return_attention else [None] * len(outs))
     overlays = [[LinkSet("model", set(ln), f"attention {align_method}")] if ln else None
                 for ln in links]
-    records = sentence_records(translator, texts, outs, selfs, overlays)
+    sources = [t if isinstance(t, str) else "" for t in texts]  # images: named by the server
+    records = sentence_records(translator, sources, outs, selfs, overlays)
+    add_grids(translator, records, texts)
     for rec, out, ln in zip(records, outs, links):
         if ln is not None:
             rec["alignment"] = [list(x) for x in ln]
@@ -150,9 +178,10 @@ def translate_records(translator, texts: list[str], beam: int, n_best: int,
 
 
 class Sentence(NamedTuple):
-    """What the batcher carries per sentence: the text and its own decoding options."""
+    """What the batcher carries per sentence: the text (an image model's: a PIL image, as the
+    model reads it) and its own decoding options."""
 
-    text: str
+    text: object
     prefix: str | None = None
     constraints: list[str] | None = None
 
@@ -238,6 +267,10 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
     :class:`MicroBatcher` (its ``calls`` counter shows how requests were merged)."""
     limits = limits or ServeLimits()
     limits.validate()
+    images = image_reader(translator.src, limits) if is_image_model(translator) else None
+    # an image model's body may hold one image of max_image_bytes besides the rest
+    max_body = limits.max_body_bytes + (0 if images is None else
+                                        base64_size(limits.max_image_bytes))
     batcher = MicroBatcher(lambda *a: translate_sentences(translator, *a), max_batch,
                            max_wait_ms)
     check = target_check(translator, limits)
@@ -281,7 +314,7 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": summary,
+        return {"status": "ok", "input": summary["input"], "model": summary,
                 "batching": {"max_batch": batcher.max_batch,
                              "max_wait_ms": batcher.max_wait * 1000},
                 "limits": asdict(limits),
@@ -298,11 +331,18 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
             return n_tokens[-1]
 
         try:
-            body = await _read_body(request, limits.max_body_bytes, limits.read_timeout_s)
-            req = parse_request(body, limits, default_beam, count_and_note, check)
+            body = await _read_body(request, max_body, limits.read_timeout_s)
+            if images is None:
+                req = parse_request(body, limits, default_beam, count_and_note, check)
+                size = estimate_response_bytes(req.texts, n_tokens, req.outputs,
+                                               req.return_attention, per_hyp, best_extra,
+                                               per_source)
+            else:  # decoding images takes a while: not on the event loop
+                req = await asyncio.to_thread(parse_request, body, limits, default_beam,
+                                              count_and_note, check, images)
+                size = estimate_image_response_bytes(req.texts, translator, req.outputs,
+                                                     req.return_attention, per_hyp, best_extra)
             texts = req.texts
-            size = estimate_response_bytes(texts, n_tokens, req.outputs, req.return_attention,
-                                           per_hyp, best_extra, per_source)
             if size > limits.max_response_bytes:
                 raise size_error(size, limits.max_response_bytes, measured=False)
             if batcher.queued + len(texts) > limits.max_queue:
@@ -324,6 +364,8 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
                                "limit per request; send fewer or shorter sentences")
         except AttendoError as e:  # a user error the checks above missed: the request's own
             return _error(422, str(e))
+        if images is not None:
+            records = [{**rec, "source": f"image {i}"} for i, rec in enumerate(records)]
         answer = JSONResponse({"translations": records,
                                "time_ms": round((time.perf_counter() - t0) * 1000, 2)})
         if len(answer.body) > limits.max_response_bytes:  # longer outputs than estimated

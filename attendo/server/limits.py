@@ -14,7 +14,7 @@ from ..data.corpus import TextError, clean_text
 from ..errors import UsageError
 from ..search import Sampling
 
-REQUEST_KEYS = ("text", "beam", "n_best", "return_attention", "alignment", "align_method",
+REQUEST_KEYS = ("text", "image", "beam", "n_best", "return_attention", "alignment", "align_method",
                 "prefix", "constraints", "sampling", "replace_unk")
 SAMPLING_KEYS = ("temperature", "top_k", "top_p", "n", "seed")
 # the server's floor of sampling.temperature: below it the tempered log-probabilities of a
@@ -47,6 +47,11 @@ class ServeLimits:
     header_timeout_s: float = 10.0
     keep_alive_s: float = 5.0
     max_connections: int = 512
+    # an image model's images (base64 in "image"): bytes of each image file, decoded (413);
+    # pixels of each, judged by its header before decoding (413: a decompression bomb). Its
+    # request body may be longer than max_body_bytes by one such image's base64
+    max_image_bytes: int = 4 * 1024 * 1024
+    max_image_pixels: int = 16_000_000
 
     def validate(self) -> None:
         for name, value in asdict(self).items():
@@ -62,7 +67,8 @@ class ServeLimits:
             max_constraints=args.max_constraints, timeout_s=args.timeout,
             read_timeout_s=args.read_timeout, max_response_bytes=args.max_response_kb * 1024,
             header_timeout_s=args.header_timeout, keep_alive_s=args.keep_alive,
-            max_connections=args.max_connections)
+            max_connections=args.max_connections, max_image_bytes=args.max_image_kb * 1024,
+            max_image_pixels=args.max_image_pixels)
         try:
             limits.validate()
         except ValueError as e:
@@ -93,7 +99,7 @@ def _short(x) -> str:
 class TranslateRequest:
     """A checked /translate request."""
 
-    texts: list[str]
+    texts: list  # the sentences; for an image model the decoded images (PIL)
     beam: int
     n_best: int
     return_attention: bool
@@ -221,33 +227,38 @@ def parse_sampling(value, limits: ServeLimits) -> Sampling | None:
         raise RequestError(422, f'"sampling": {e}') from None
 
 
-def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
-                  count_tokens: Callable[[str], int],
-                  check: Callable[[TranslateRequest], None] | None = None) -> TranslateRequest:
-    """Check a /translate body; RequestError (4xx) if it is not a valid request. ``check``
-    (optional) looks at the parsed request last, with the model at hand (the target
-    vocabulary of constraints, say), raising a RequestError."""
-    try:
-        req = json.loads(body)
-    except (ValueError, RecursionError) as e:
-        raise RequestError(400, f"the body is not valid JSON: {e}") from None
-    if not isinstance(req, dict):
-        raise RequestError(422, 'expected a JSON object like {"text": "a sentence"}')
-    unknown = sorted(set(req) - set(REQUEST_KEYS))
-    if unknown:
-        raise RequestError(422, f"unknown key {unknown[0]!r}; allowed: {', '.join(REQUEST_KEYS)}")
-    if "text" not in req:
-        raise RequestError(422, '"text" is required: a string or a list of strings')
-    texts = [req["text"]] if isinstance(req["text"], str) else req["text"]
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise RequestError(422, '"text" must be a string or a list of strings')
-    if not texts:
-        raise RequestError(422, '"text" is an empty list; give at least one sentence')
-    if len(texts) > limits.max_sentences:
-        raise RequestError(413, f"{len(texts)} sentences; at most {limits.max_sentences} "
-                                "per request")
+IMAGE_INPUT = 'base64 of an image file (PNG, JPEG, ...) or a list of them'
+
+
+def _inputs(req: dict, limits: ServeLimits, image: bool) -> list[str]:
+    """The request's strings of its model's kind of input: "text" (sentences, checked and
+    cleaned) or, for an image model, "image" (base64 strings, decoded later)."""
+    key, other = ("image", "text") if image else ("text", "image")
+    if other in req:
+        wrong = (f'this model reads images: send "image" ({IMAGE_INPUT}), not "text"' if image
+                 else 'this model reads text: send "text"; "image" is for image models')
+        raise RequestError(422, wrong)
+    if key not in req:
+        raise RequestError(422, f'"image" is required: {IMAGE_INPUT}' if image else
+                                '"text" is required: a string or a list of strings')
+    values = [req[key]] if isinstance(req[key], str) else req[key]
+    if not isinstance(values, list) or not all(isinstance(t, str) for t in values):
+        raise RequestError(422, f'"{key}" must be a string or a list of strings'
+                                + (f" ({IMAGE_INPUT})" if image else ""))
+    if not values:
+        raise RequestError(422, f'"{key}" is an empty list; give at least one '
+                                + ("image" if image else "sentence"))
+    if len(values) > limits.max_sentences:
+        raise RequestError(413, f"{len(values)} {'images' if image else 'sentences'}; at most "
+                                f"{limits.max_sentences} per request")
+    if image:
+        for words in ("alignment", "align_method", "replace_unk"):
+            if req.get(words, False) is not False:
+                raise RequestError(422, f'"{words}" reads the words of the source, and an '
+                                        "image has none")
+        return values
     cleaned = []  # by the rule of every input: BOM and surrounding whitespace dropped
-    for i, t in enumerate(texts):
+    for i, t in enumerate(values):
         if len(t) > limits.max_chars:
             raise RequestError(413, f"sentence {i}: {len(t)} characters; at most "
                                     f"{limits.max_chars}")
@@ -255,7 +266,29 @@ def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
             cleaned.append(clean_text(t))
         except TextError as e:  # a control character or a lone surrogate, and where
             raise RequestError(422, f"sentence {i}: {e}") from None
-    texts = cleaned
+    return cleaned
+
+
+def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
+                  count_tokens: Callable[[str], int],
+                  check: Callable[[TranslateRequest], None] | None = None,
+                  images: Callable[[list[str]], list] | None = None) -> TranslateRequest:
+    """Check a /translate body; RequestError (4xx) if it is not a valid request. ``check``
+    (optional) looks at the parsed request last, with the model at hand (the target
+    vocabulary of constraints, say), raising a RequestError. ``images`` (an image model's)
+    takes "image" instead of "text": it turns the base64 strings into images, last
+    (:func:`attendo.server.images.image_reader`), and no tokens are counted."""
+    try:
+        req = json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise RequestError(400, f"the body is not valid JSON: {e}") from None
+    if not isinstance(req, dict):
+        example = '{"image": "iVBORw0KGgo..."}' if images is not None else '{"text": "a sentence"}'
+        raise RequestError(422, f"expected a JSON object like {example}")
+    unknown = sorted(set(req) - set(REQUEST_KEYS))
+    if unknown:
+        raise RequestError(422, f"unknown key {unknown[0]!r}; allowed: {', '.join(REQUEST_KEYS)}")
+    texts = _inputs(req, limits, images is not None)
     beam = req.get("beam", default_beam)
     if not _is_int(beam) or not 1 <= beam <= limits.max_beam:
         raise RequestError(422, f'"beam" must be an integer from 1 to {limits.max_beam}, '
@@ -286,10 +319,14 @@ def parse_request(body: bytes, limits: ServeLimits, default_beam: int,
     if sampling is not None and "n_best" in req:
         raise RequestError(422, '"n_best" is for beam search; with "sampling" the samples are '
                                 'the n-best: send "sampling": {"n": ...} instead')
-    for i, t in enumerate(texts):  # last: it tokenizes
-        n = count_tokens(t)
-        if n > limits.max_tokens:
-            raise RequestError(413, f"sentence {i}: {n} tokens; at most {limits.max_tokens}")
+    if images is not None:  # last: it decodes
+        texts = images(texts)
+    else:
+        for i, t in enumerate(texts):  # last: it tokenizes
+            n = count_tokens(t)
+            if n > limits.max_tokens:
+                raise RequestError(413, f"sentence {i}: {n} tokens; at most "
+                                        f"{limits.max_tokens}")
     out = TranslateRequest(texts, beam, n_best, attn, method if align else None,
                            prefixes, constraints, sampling, replace_unk)
     if check is not None:

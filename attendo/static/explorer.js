@@ -19,7 +19,9 @@
     head: "", // "" = mean over heads ; else a head index
     view: null, // what the heatmap shows now (see currentView)
     showLinks: true, // draw the alignment links of the hypothesis over the cross-attention
+    pictures: [], // image model: the data URL of each uploaded image, by record
   };
+  var IMAGE_MODEL = !!(DATA.model && DATA.model.input === "image");
 
   function $(id) { return document.getElementById(id); }
 
@@ -277,9 +279,11 @@
     $("heatmap").textContent = "";
     $("view-note").textContent = "";
     $("links-box").hidden = true;
+    $("controls").hidden = !!(r && r.grid);
     if (!r) {
       fillControls();
-      $("heatmap").appendChild(el("p", "empty", DATA.mode === "live" ? "Type a sentence and press Translate." : "No sentences."));
+      $("heatmap").appendChild(el("p", "empty", DATA.mode !== "live" ? "No sentences." :
+        IMAGE_MODEL ? "Choose an image." : "Type a sentence and press Translate."));
       return;
     }
     if (state.h >= r.hyps.length) state.h = 0;
@@ -294,6 +298,13 @@
     });
     $("nbest-box").hidden = r.hyps.length < 2;
     fillControls();
+    if (r.grid) { // an image model's record: each output symbol's attention over the picture
+      state.view = null;
+      $("col-name").textContent = "";
+      tokenLine($("output"), hy.tgt_tokens, "row-tok", "data-i");
+      ATTENDO_IMAGES.draw($("heatmap"), r, hy, state.pictures[state.s] || null);
+      return;
+    }
     var v = state.view = currentView();
     showLinksBox(v);
     if (!v) {
@@ -374,27 +385,44 @@
   }
 
   function translate(ev) {
-    ev.preventDefault();
+    if (ev) ev.preventDefault();
+    var beam = Math.max(1, Number($("beam").value) || 1);
+    var request = { beam: beam, n_best: Math.min(beam, 5), return_attention: true };
+    if (IMAGE_MODEL) { // the chosen files, as base64
+      var files = $("image-input").files;
+      if (!files || !files.length) { setStatus("Choose an image first.", true); return; }
+      ATTENDO_IMAGES.readFiles(files).then(function (pics) {
+        request.image = pics.map(function (p) { return p.base64; });
+        post(request, pics.map(function (p) { return p.url; }), pics.length, "image");
+      }, function (err) { setStatus("cannot read the file: " + err, true); });
+      return;
+    }
     var lines = $("input").value.split("\n").map(function (x) { return x.trim(); })
       .filter(function (x) { return x.length; });
     if (!lines.length) { setStatus("Type a sentence first.", true); return; }
-    var beam = Math.max(1, Number($("beam").value) || 1);
+    request.text = lines;
+    request.alignment = true;
+    post(request, [], lines.length, "sentence");
+  }
+
+  // POST /translate and show the answer; pictures: the images sent (image model)
+  function post(request, pictures, n, noun) {
     var t0 = performance.now();
     setStatus("translating\u2026");
     $("submit").disabled = true;
     fetch("translate", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text: lines, beam: beam, n_best: Math.min(beam, 5), return_attention: true,
-        alignment: true }),
+      body: JSON.stringify(request),
     }).then(function (resp) {
       return resp.json().then(function (body) { return { ok: resp.ok, body: body }; });
     }).then(function (res) {
       if (!res.ok) { setStatus(res.body.error || "request failed", true); return; }
       state.sentences = res.body.translations;
+      state.pictures = pictures;
       state.s = state.h = 0;
       render();
-      setStatus(lines.length + (lines.length > 1 ? " sentences" : " sentence") + " in " +
+      setStatus(n + " " + noun + (n > 1 ? "s" : "") + " in " +
         Math.round(performance.now() - t0) + " ms");
     }).catch(function (err) {
       setStatus("request failed: " + err, true);
@@ -404,6 +432,9 @@
   if (DATA.mode === "live") {
     $("form").hidden = false;
     $("form").addEventListener("submit", translate);
+    $("input").hidden = IMAGE_MODEL;
+    $("image-input").hidden = !IMAGE_MODEL;
+    $("image-input").addEventListener("change", function () { translate(null); });
     fetch("health").then(function (r) { return r.json(); })
       .then(function (h) { showModel(h.model); }).catch(function () {});
   }
