@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,9 +31,6 @@ from .data.prepare import ImageCodec, copy_ids
 from .data.vocab import Vocab
 from .errors import UsageError
 from .metrics import perplexity
-
-if TYPE_CHECKING:
-    from .translator import Translator
 
 EOS_PIECE = Vocab.SPECIALS[Vocab.EOS]  # "</s>"
 
@@ -104,7 +100,7 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def score_pairs(
-    translator: Translator,
+    translator,  # an attendo.translator.Translator (its model, codecs, config and sources())
     src_texts: list[str],
     tgt_texts: list[str],
     batch_size: int | None = None,
@@ -137,7 +133,7 @@ def score_pairs(
         if not text:
             raise UsageError(f"src_texts[{i}] is empty: a translation is scored given its "
                              "source; give a non-empty source for every pair")
-    src_pieces, src_ids = translator._sources(src_texts)  # (pieces shown, what encoder reads)
+    src_pieces, src_ids = translator.sources(src_texts)  # (pieces shown, what encoder reads)
     tgt_pieces = [translator.tgt.pieces(t) for t in tgt_texts]
     _check_target_lengths(translator, tgt_pieces)
     # as in training: the decoder reads vocabulary ids (<unk> for unknown pieces); a copy
@@ -187,7 +183,7 @@ def _pieces(ids: list[int], vocab: Vocab, oovs: list[str] | None) -> list[str]:
     return [vocab.itos[i] if i < V else oovs[i - V] for i in ids]  # type: ignore[index]
 
 
-def _check_target_lengths(translator: Translator, tgt_pieces: list[list[str]]) -> None:
+def _check_target_lengths(translator, tgt_pieces: list[list[str]]) -> None:
     """A Transformer decoder with learned positions reads at most model.max_positions target
     positions (``BOS y``): a longer target is an error naming it, before any batch runs."""
     cfg = translator.cfg.model

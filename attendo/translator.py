@@ -32,6 +32,7 @@ from .data.prepare import Codec, ImageCodec, copy_ids, load_sources
 from .data.vocab import Vocab
 from .errors import UsageError
 from .model.seq2seq import Seq2Seq
+from .scoring import score_pairs
 from .search import Sampling, beam_search, greedy_search, sample_search
 from .translation import Translation, nbest_lines, to_translation
 
@@ -141,8 +142,6 @@ class Translator:
     def score(self, src_texts: list[str], tgt_texts: list[str], batch_size: int | None = None):
         """Log-probabilities of given translations (forced decoding), per sentence and per
         piece: :func:`attendo.scoring.score_pairs`."""
-        from .scoring import score_pairs
-
         return score_pairs(self, src_texts, tgt_texts, batch_size=batch_size)
 
     @torch.inference_mode()
@@ -203,7 +202,7 @@ class Translator:
         rules_ids = encode_rules(self.tgt, len(texts), prefixes, constraints)
         if sampling is not None and rules_ids[1] is not None:
             raise UsageError("lexical constraints need beam search; sampling cannot keep them")
-        pieces, ids = self._sources(texts)
+        pieces, ids = self.sources(texts)
         results: list[Translation | None] = [None] * len(texts)
         todo = [i for i, x in enumerate(ids) if x]
         for i, x in enumerate(ids):
@@ -261,7 +260,7 @@ class Translator:
         paths = clean_texts([t for t in texts if isinstance(t, str)], "image paths")
         return [paths.pop(0) if isinstance(t, str) else t for t in texts]
 
-    def _sources(self, texts: list[str]) -> tuple[list[list[str]], list]:
+    def sources(self, texts: list) -> tuple[list[list[str]], list]:
         """Per input, the source pieces a Translation shows and what the encoder reads: the
         pieces' ids, the pieces cut at decode.max_input_tokens (with a warning); for an image
         model (``texts`` are image paths) no pieces and the images."""
