@@ -260,7 +260,7 @@ def cmd_serve(args) -> int:
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise CLIError("--max-batch must be >= 1 and --max-wait-ms >= 0")
     serve(args.model, args.host, args.port, args.device, args.threads, args.max_batch,
-          args.max_wait_ms, limits, args.log_level)
+          args.max_wait_ms, limits, args.log_level, args.unk_dict)
     return 0
 
 

@@ -254,6 +254,8 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     sv.add_argument("--max-tokens", type=int, default=256, help="source pieces per sentence")
     sv.add_argument("--max-beam", type=int, default=10,
                     help="beam size, and samples per sentence (sampling.n)")
+    sv.add_argument("--unk-dict", metavar="FILE", help="the dictionary of requests with "
+                    "\"replace_unk\": 'source target [prob]' lines")
     sv.add_argument("--max-constraints", type=int, default=16,
                     help="lexical constraints per sentence")
     sv.add_argument("--max-body-kb", type=int, default=256, help="request body size")

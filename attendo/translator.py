@@ -71,6 +71,7 @@ class Translator:
         self.model = model.eval()
         self.src, self.tgt, self.cfg, self.device = src, tgt, cfg, here
         self._int8: tuple[tuple, Seq2Seq] | None = None  # (weights' identity and versions, copy)
+        self.unk_dict: dict[str, str] = {}  # replace_unk's dictionary when translate gets none
 
     def search_model(self, precision: str = "fp32") -> Seq2Seq:
         """The model to search with: ``self.model`` for fp32 and bf16 (autocast); for int8 a
@@ -198,7 +199,7 @@ class Translator:
             raise UsageError(f"need 1 <= n_best ({n_best}) <= beam ({beam})")
         if replace_unk and not self.model.has_attention:
             raise UsageError("replace_unk needs attention, and this model has none")
-        unk_dict = (unk_dict or {}) if replace_unk else None
+        unk_dict = (self.unk_dict if unk_dict is None else unk_dict) if replace_unk else None
         rules_ids = encode_rules(self.tgt, len(texts), prefixes, constraints)
         if sampling is not None and rules_ids[1] is not None:
             raise UsageError("lexical constraints need beam search; sampling cannot keep them")

@@ -15,6 +15,8 @@ with warnings.catch_warnings():  # newer Starlette prefers httpx2; httpx still w
     warnings.simplefilter("ignore")
     TestClient = pytest.importorskip("fastapi.testclient").TestClient
 
+import torch  # noqa: E402
+
 import attendo  # noqa: E402
 from attendo.cli import main  # noqa: E402
 from attendo.errors import UsageError  # noqa: E402
@@ -401,3 +403,28 @@ def test_the_new_options_over_a_real_http_server(translator):
         assert hyps[0] == hyps[1] and len(hyps[0]) == 2
         status, answer = send(port, {"text": "a", "constraints": ["zz"]})
         assert status == 422 and "'zz'" in answer["error"]
+
+
+def test_serve_unk_dict_is_the_translators_dictionary(trained, tmp_path, monkeypatch):
+    """`attendo serve --unk-dict FILE`: requests with "replace_unk" use that dictionary."""
+    import uvicorn
+
+    import attendo.server as server
+
+    lex = tmp_path / "lex.txt"
+    lex.write_text("a ALPHA 0.9\nb BETA\n", encoding="utf-8")
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda *a: seen.setdefault("args", a))
+    assert main(["serve", "--model", str(trained), "--unk-dict", str(lex)]) == 0
+    assert seen["args"][-1] == str(lex)
+    monkeypatch.undo()
+    apps = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: apps.append(self.config.app))
+    server.serve(str(trained), port=0, limits=LIMITS, unk_dict=str(lex))
+    (app,) = apps
+    assert app.state.translator.unk_dict == {"a": "ALPHA", "b": "BETA"}
+    with torch.no_grad():  # the model writes <unk> at every step
+        app.state.translator.model.decoder.out.bias[1] += 1e4
+    with TestClient(app) as c:
+        rec, = post(c, {"text": "a b", "beam": 2, "replace_unk": True})["translations"]
+    assert rec["unk_replaced"] > 0 and set(rec["text"].split()) <= {"ALPHA", "BETA"}

@@ -291,7 +291,7 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
 
     app = FastAPI(title="attendo", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.state.batcher, app.state.limits = batcher, limits
+    app.state.batcher, app.state.limits, app.state.translator = batcher, limits, translator
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -378,9 +378,10 @@ def create_app(translator, limits: ServeLimits | None = None, max_batch: int = 3
 
 def serve(model_dir: str | list[str], host: str = "127.0.0.1", port: int = 8000,
           device: str = "cpu", threads: int = 0, max_batch: int = 32, max_wait_ms: float = 5.0,
-          limits: ServeLimits | None = None, log_level: str = "info") -> None:
+          limits: ServeLimits | None = None, log_level: str = "info",
+          unk_dict: str | None = None) -> None:
     """Load a model directory (several: an ensemble, :meth:`Translator.ensemble`) and serve it
-    until interrupted."""
+    until interrupted; ``unk_dict``: the dictionary file of ``"replace_unk"``."""
     from pathlib import Path
 
     import torch
@@ -392,6 +393,10 @@ def serve(model_dir: str | list[str], host: str = "127.0.0.1", port: int = 8000,
         torch.set_num_threads(threads)
     dirs = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
     translator = Translator.ensemble(dirs, device=device)
+    if unk_dict:
+        from ..unk import load_dictionary
+
+        translator.unk_dict = load_dictionary(unk_dict)
     name = "+".join(Path(d).resolve().name for d in dirs)
     app = create_app(translator, limits, max_batch, max_wait_ms, name=name)
     log.info("serving %s on http://%s:%d (batches up to %d sentences, %g ms window)",
