@@ -201,6 +201,7 @@ class Translator:
             raise UsageError("replace_unk needs attention, and this model has none")
         unk_dict = (self.unk_dict if unk_dict is None else unk_dict) if replace_unk else None
         rules_ids = encode_rules(self.tgt, len(texts), prefixes, constraints)
+        continuation = continuation_pieces(self.tgt) if rules_ids[1] is not None else None
         if sampling is not None and rules_ids[1] is not None:
             raise UsageError("lexical constraints need beam search; sampling cannot keep them")
         pieces, ids = self.sources(texts)
@@ -225,7 +226,7 @@ class Translator:
             if rules_ids != (None, None):
                 rules = OutputRules(*[None if x is None else [x[r] for r in rows]
                                       for x in rules_ids], batch.size, self.device,
-                                    continuation_pieces(self.tgt))
+                                    continuation)
                 caps = caps + rules.extra_length()
             opts = dict(return_info=return_attention or replace_unk, block_ngram_repeat=ngram,
                         rules=rules)

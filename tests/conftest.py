@@ -90,6 +90,46 @@ def text(tmp_path) -> Path:
     return p
 
 
+def image_config(path: Path, data: Path, out: Path, **model) -> Path:
+    """A tiny image-model config (digit strings, 12 updates) written to ``path``."""
+    import yaml
+
+    raw = {
+        "data": {"src_type": "image", "train_src": str(data / "train.tsv"),
+                 "valid_src": str(data / "dev.tsv"), "test_src": str(data / "test.tsv"),
+                 "image_height": 16, "tokenizer": "char"},
+        "model": {"encoder": "image", "enc_layers": 3, "image_pool": 2, "enc_hidden": 32,
+                  "emb_dim": 16, "dec_hidden": 32, "dropout": 0.1, **model},
+        "train": {"out_dir": str(out), "progress": False, "device": "cpu", "batch_size": 16,
+                  "max_steps": 12, "valid_every": 6, "log_every": 6, "valid_max_sents": 8},
+        "decode": {"beam_size": 3},
+    }
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """A small digit-string image set (``attendo data digits``: 64 / 8 / 8 images)."""
+    pytest.importorskip("sklearn")
+    from attendo.cli import main
+
+    out = tmp_path_factory.mktemp("img") / "digits"
+    assert main(["data", "digits", "--out", str(out), "--sizes", "64", "8", "8"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_model(digits, tmp_path_factory) -> Path:
+    """An image model trained 12 updates on ``digits``, once per test module."""
+    from attendo.cli import main
+
+    root = tmp_path_factory.mktemp("imgmodel")
+    cfg = image_config(root / "digits.yaml", digits, root / "model")
+    assert main(["train", str(cfg)]) == 0
+    return root / "model"
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket

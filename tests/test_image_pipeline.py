@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import image_config
 from PIL import Image as PILImage
 
 from attendo.cli import main
@@ -17,36 +18,6 @@ from attendo.data.corpus import CorpusError
 from attendo.translator import Translator
 
 pytest.importorskip("sklearn")
-
-
-def image_config(path: Path, data: Path, out: Path, **model) -> Path:
-    raw = {
-        "data": {"src_type": "image", "train_src": str(data / "train.tsv"),
-                 "valid_src": str(data / "dev.tsv"), "test_src": str(data / "test.tsv"),
-                 "image_height": 16, "tokenizer": "char"},
-        "model": {"encoder": "image", "enc_layers": 3, "image_pool": 2, "enc_hidden": 32,
-                  "emb_dim": 16, "dec_hidden": 32, "dropout": 0.1, **model},
-        "train": {"out_dir": str(out), "progress": False, "device": "cpu", "batch_size": 16,
-                  "max_steps": 12, "valid_every": 6, "log_every": 6, "valid_max_sents": 8},
-        "decode": {"beam_size": 3},
-    }
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("img") / "digits"
-    assert main(["data", "digits", "--out", str(out), "--sizes", "64", "8", "8"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def image_model(digits, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("imgmodel")
-    cfg = image_config(root / "digits.yaml", digits, root / "model")
-    assert main(["train", str(cfg)]) == 0
-    return root / "model"
 
 
 def test_model_directory_holds_no_source_tokenizer(image_model):

@@ -16,7 +16,6 @@ import logging
 import random
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ pytest.importorskip("fastapi", reason="attendo serve needs fastapi: pip install 
 from PIL import Image as PILImage  # noqa: E402
 
 import attendo  # noqa: E402
-from attendo.cli import main  # noqa: E402
 from attendo.server import ServeLimits, create_app  # noqa: E402
 from attendo.translator import Translator  # noqa: E402
 
@@ -36,39 +34,7 @@ LIMITS = ServeLimits(max_sentences=4, max_beam=4, timeout_s=60.0,
 
 
 # --------------------------------------------------------------------------- fixtures
-# (as tests/test_image_pipeline.py's: digit strings, a 12-step model)
-
-
-def image_config(path: Path, data: Path, out: Path, **model) -> Path:
-    import yaml
-
-    raw = {
-        "data": {"src_type": "image", "train_src": str(data / "train.tsv"),
-                 "valid_src": str(data / "dev.tsv"), "test_src": str(data / "test.tsv"),
-                 "image_height": 16, "tokenizer": "char"},
-        "model": {"encoder": "image", "enc_layers": 3, "image_pool": 2, "enc_hidden": 32,
-                  "emb_dim": 16, "dec_hidden": 32, "dropout": 0.1, **model},
-        "train": {"out_dir": str(out), "progress": False, "device": "cpu", "batch_size": 16,
-                  "max_steps": 12, "valid_every": 6, "log_every": 6, "valid_max_sents": 8},
-        "decode": {"beam_size": 3},
-    }
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("img") / "digits"
-    assert main(["data", "digits", "--out", str(out), "--sizes", "64", "8", "8"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def image_model(digits, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("imgmodel")
-    cfg = image_config(root / "digits.yaml", digits, root / "model")
-    assert main(["train", str(cfg)]) == 0
-    return root / "model"
+# (digits and image_model: conftest.py's digit strings and 12-step model)
 
 
 @pytest.fixture(scope="module")
