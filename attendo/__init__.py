@@ -2,14 +2,21 @@
 
 __version__ = "0.1.0"
 
-from . import align as _align  # noqa: E402
-from . import translator as _translator  # noqa: E402
-from .config import Config, ConfigError, load_config  # noqa: E402
-from .data.corpus import TextError  # noqa: E402
-from .search import Sampling  # noqa: E402
-from .translator import Translation, Translator, load  # noqa: E402
+import importlib  # noqa: E402
 
-_translator.word_links = _align.translation_links  # return_alignment, wired from above
+# the public names, each imported on first use (PEP 562): ``attendo --help`` does not load torch
+_HOME = {"Config": "config", "ConfigError": "config", "load_config": "config",
+         "TextError": "data.corpus", "Sampling": "search", "Translation": "translator",
+         "Translator": "translator", "load": "translator"}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _HOME[name] == "translator":
+        importlib.import_module(".align.links", __name__)  # return_alignment's word links
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+
 
 __all__ = ["Config", "ConfigError", "Sampling", "TextError", "Translation", "Translator",
            "load", "load_config", "__version__"]

@@ -325,7 +325,8 @@ def cmd_data_images(args) -> int:
     sizes = dict(zip(("n_train", "n_dev", "n_test"), args.sizes)) if args.sizes else {}
     if args.name == "digits":
         lengths = dict(zip(("min_len", "max_len"), args.lengths or (1, 8)))
-        m = images.make_digits(args.out, seed=args.seed, **sizes, **lengths)
+        m = images.make_digits(args.out, seed=args.seed, **sizes, **lengths,
+                               test_lengths=args.test_lengths)
     else:
         m = images.make_textlines(args.out, args.config, seed=args.seed, **sizes)
     for split, n in m["counts"].items():
@@ -384,9 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         if not is_out_of_memory(e):
             raise
         problem = out_of_memory_text(e)
-    except KeyboardInterrupt:
-        print(f"attendo {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a training's Interrupted says how to resume
+        print(f"attendo {args.command}: interrupted" + (f" by {e}" if str(e) else ""),
+              file=sys.stderr)
+        return 143 if getattr(e, "signame", "") == "SIGTERM" else 130
     print(f"attendo {args.command}: error: {problem}", file=sys.stderr)
     return 2
 

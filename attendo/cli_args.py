@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from . import __version__
-from .align import METHODS, SOFT_SYMMETRIZE, SYMMETRIZE, WORD_RULES
+from .align.names import METHODS, SOFT_SYMMETRIZE, SYMMETRIZE, WORD_RULES
 from .errors import AttendoError
 
 
@@ -82,7 +82,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
         q.add_argument("--beam", type=int, default=None, help="beam size (1 = greedy)")
         q.add_argument("--batch-size", type=int, default=None, help="sentences per batch")
         q.add_argument("--length-penalty", type=float, default=None, help="GNMT alpha")
-        q.add_argument("--device", default="cpu")
+        q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
         q.add_argument("overrides", nargs="*",
                        help="decode settings, e.g. decode.block_ngram_repeat=3 "
                             "decode.coverage_penalty=0.2")
@@ -133,7 +133,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                          "log_prob) instead of '<log_prob> TAB <tokens>' lines")
     sc.add_argument("--batch-size", type=int, default=None,
                     help="pairs per batch (default decode.batch_size)")
-    sc.add_argument("--device", default="cpu")
+    sc.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     sc.add_argument("overrides", nargs="*", help="decode settings, e.g. "
                     "decode.max_input_tokens=200 (sources are cut there, as for translation)")
     sc.set_defaults(func=handlers["score"])
@@ -154,7 +154,8 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                    help="links from attention (see attendo align): each reference piece's most "
                         "attended source piece, every weight >= --align-threshold, or either "
                         "one step later (shift, shift-threshold)")
-    e.add_argument("--align-threshold", type=float, default=0.5)
+    e.add_argument("--align-threshold", type=float, default=0.5,
+                   help="--align-method threshold: the least attention weight of a link")
     e.add_argument("--rare-max-count", type=int, default=5,
                    help="a source word seen at most this many times in training is rare (5)")
     e.set_defaults(func=handlers["evaluate"])
@@ -171,7 +172,8 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                     help="each target piece's most attended source piece; every weight >= "
                          "--threshold; or either one step later (shift, shift-threshold; "
                          "Chen et al. 2020)")
-    al.add_argument("--threshold", type=float, default=0.5)
+    al.add_argument("--threshold", type=float, default=0.5,
+                    help="methods threshold and shift-threshold: the least weight of a link")
     al.add_argument("--words", choices=list(WORD_RULES), default="any",
                     help="pieces to words: any (words linked when any of their pieces are) or "
                          "mean (the method applied to word weights: summed over source pieces, "
@@ -193,7 +195,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                     help="pharaoh: 0-based, 'i?j' possible; talp: 1-based, 'ipj' possible")
     al.add_argument("--beam", type=int, default=None, help="with --translate: beam size")
     al.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
-    al.add_argument("--device", default="cpu")
+    al.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     al.set_defaults(func=handlers["align"])
 
     ap = sub.add_parser("align-prior", help="eflomal word links of a training corpus (for "
@@ -206,14 +208,16 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     ap.set_defaults(func=handlers["align_prior"])
 
     a = sub.add_parser("attend", help="attention heatmaps (PNG) and the HTML explorer")
-    a.add_argument("--model", required=True)
-    a.add_argument("sentences", nargs="*")
+    a.add_argument("--model", required=True, help="model directory")
+    a.add_argument("sentences", nargs="*",
+                   help="source sentences to draw (or --src FILE, or stdin)")
     a.add_argument("--input", "-i", help="file of sentences")
     a.add_argument("--out", default=None,
                    help="folder for PNGs (default ./attention; with --html, PNGs only if given)")
     a.add_argument("--html", metavar="FILE",
                    help="write the interactive explorer of all sentences as one HTML file")
-    a.add_argument("--beam", type=int, default=None)
+    a.add_argument("--beam", type=int, default=None,
+                   help="beam size (default: the model's decode.beam_size)")
     a.add_argument("--n-best", type=int, default=None,
                    help="hypotheses kept per sentence (default: min(beam, 5) with --html, else 1)")
     a.add_argument("--layer", type=int, default=None,
@@ -234,7 +238,7 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     a.add_argument("--align-threshold", type=float, default=0.5,
                    help="weight for --show-alignment threshold (default 0.5)")
     a.add_argument("--dpi", type=int, default=100, help="PNG resolution (default 100)")
-    a.add_argument("--device", default="cpu")
+    a.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     a.set_defaults(func=handlers["attend"])
 
     sv = sub.add_parser("serve", help="HTTP translation server with the live explorer page")
@@ -242,8 +246,8 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                     help="model directory; several: an ensemble (their probabilities "
                          "averaged at each step; one target vocabulary)")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--device", default="cpu")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    sv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     sv.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     sv.add_argument("--max-batch", type=int, default=32,
                     help="sentences merged into one translator call (1 = no batching)")
@@ -280,7 +284,8 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     sv.add_argument("--max-response-kb", type=int, default=4096,
                     help="answer size (413 over it; estimated before translating)")
     sv.add_argument("--log-level", default="info",
-                    choices=["critical", "error", "warning", "info", "debug"])
+                    choices=["critical", "error", "warning", "info", "debug"],
+                    help="uvicorn's log level")
     sv.set_defaults(func=handlers["serve"])
 
     av = sub.add_parser("average", help="average the newest step checkpoints (weights file)")
@@ -298,7 +303,8 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="export a model for CTranslate2 or ONNX Runtime")
     x.add_argument("--model", required=True, help="model directory")
-    x.add_argument("--format", required=True, choices=["ctranslate2", "onnx"])
+    x.add_argument("--format", required=True, choices=["ctranslate2", "onnx"],
+                   help="ctranslate2 (fast CPU/GPU inference) or onnx (onnxruntime)")
     x.add_argument("--output", "-o", required=True, help="output directory")
     x.add_argument("--quantization", default=None,
                    help="ctranslate2: weight type, e.g. int8 or float16 (default float32)")
@@ -328,5 +334,22 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                    "textlines 4000 300 300)")
     g.add_argument("--lengths", type=int, nargs=2, metavar=("MIN", "MAX"),
                    help="digits: digits per string (default 1 8)")
+    g.add_argument("--test-lengths", type=int, nargs="+", metavar="N",
+                   help="digits: the test strings' lengths, drawn from these (default: as "
+                   "--lengths), e.g. 3 5 8 12 16 to test beyond the trained lengths")
     g.set_defaults(func=handlers["data"])
+    _say_defaults(p)
     return p
+
+
+def _say_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option whose help does not give its default yet gets '(default: X)' appended."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _say_defaults(sub)
+        elif (action.option_strings and action.help and action.default not in (None, False)
+              and action.default != argparse.SUPPRESS and "default" not in action.help):
+            shown = " ".join(map(str, action.default)) if isinstance(action.default, list) \
+                else action.default
+            action.help += f" (default: {str(shown).replace('%', '%%')})"

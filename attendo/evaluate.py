@@ -74,14 +74,58 @@ def evaluate(
         diagnostics=diagnostics, gold=gold, gold_path=align_gold, align_method=align_method,
         align_threshold=align_threshold, rare_max_count=rare_max_count, decode_opts=decode_opts,
     )
-    if image:  # reading text off images: CER, and where attention looked (given the boxes)
-        report["cer"] = round(metrics.char_error_rate([o.text for o in outs], ref), 2)
-        boxes = Path(src_path).with_suffix(".boxes.jsonl")
-        if diagnostics and boxes.is_file() and translator.model.has_attention:
-            report["diagnostics"]["attention"]["localization"] = image_localization(
-                translator, src, ref, boxes)
+    if image:
+        add_image_scores(report, translator, src, ref, [o.text for o in outs],
+                         read_boxes(src_path, len(src)) if diagnostics else None)
     ref_name = None if ref_path is None else str(ref_path)
     return {"src": str(src_path), "ref": ref_name, **report}, [o.text for o in outs]
+
+
+def read_boxes(image_list: str | Path, n: int) -> list[str] | None:
+    """The first ``n`` lines of the symbols' boxes beside an image list (``LIST.boxes.jsonl``,
+    one JSON line per image), or None when there is no such file."""
+    path = Path(image_list).with_suffix(".boxes.jsonl")
+    if not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) < n:
+        raise UsageError(f"{path}: {len(lines)} lines for {n} images")
+    return lines[:n]
+
+
+def add_image_scores(report: dict[str, Any], translator: Translator, images: list[str],
+                     refs: list[str], hyps: list[str], boxes: list[str] | None) -> None:
+    """Reading text off images: the CER, the scores by length (:func:`by_length`) and, given
+    the symbols' boxes (:func:`read_boxes`), where attention looked."""
+    report["cer"] = round(metrics.char_error_rate(hyps, refs), 2)
+    if not translator.model.has_attention:
+        boxes = None
+    if boxes is not None:
+        report["diagnostics"]["attention"]["localization"] = image_localization(
+            translator, images, refs, boxes)
+    report["by_length"] = by_length(translator, images, refs, hyps, boxes)
+
+
+def by_length(translator: Translator, images: list[str], refs: list[str], hyps: list[str],
+              boxes: list[str] | None) -> list[dict[str, Any]]:
+    """An image test set's scores by reference length in characters (for digit strings: how
+    reading degrades with the string's length, beyond the trained lengths too): images, CER,
+    exact match and, given the boxes, the share of attention peaks inside their symbol."""
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(refs):
+        groups.setdefault(len(r), []).append(i)
+    rows = []
+    for n, idx in sorted(groups.items()):
+        row = {"length": n, "images": len(idx),
+               "cer": round(metrics.char_error_rate([hyps[i] for i in idx],
+                                                    [refs[i] for i in idx]), 2),
+               "exact_match": round(float(np.mean([hyps[i] == refs[i] for i in idx])), 4)}
+        if boxes is not None:
+            loc = image_localization(translator, [images[i] for i in idx],
+                                     [refs[i] for i in idx], [boxes[i] for i in idx])
+            row["peak_in_box"] = loc["peak_in_box"]
+        rows.append(row)
+    return rows
 
 
 def evaluate_texts(
@@ -231,6 +275,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"chrF  {r['chrf']:6.2f}   {r['chrf_signature']}",
         f"exact {100 * r.get('exact_match', 0):6.2f}%  of outputs equal their reference",
         *([f"CER   {r['cer']:6.2f}%  characters edited"] if "cer" in r else []),
+        *[f"      length {g['length']:3d}: CER {g['cer']:6.2f}%  exact {100 * g['exact_match']:6.2f}%"
+          + (f"  peak in box {100 * g['peak_in_box']:6.2f}%" if g.get("peak_in_box") is not None
+             else "") + f"  ({g['images']} images)" for g in r.get("by_length", [])],
         f"ppl   {r['ppl']:8.3f} (teacher-forced on the references)" if r["ppl"] is not None
         else "ppl      -     (an ensemble: no single model to score the references with)",
         *([f"unk   {r['unk_replaced']:6d}   <unk> replaced by attended source words"]
@@ -243,14 +290,11 @@ def format_report(r: dict[str, Any]) -> str:
 
 @torch.no_grad()
 def image_localization(translator: Translator, images: list[str], refs: list[str],
-                       boxes_path: Path, batch_size: int = 32) -> dict[str, Any]:
+                       lines: list[str], batch_size: int = 32) -> dict[str, Any]:
     """:func:`attendo.diagnostics.attention_localization` of the attention teacher-forced on
-    the references, against the symbols' boxes in ``boxes_path`` (one JSON line per image,
+    the references, against the symbols' boxes in ``lines`` (one JSON line per image,
     ``{"boxes": [[x0, y0, x1, y1], ...]}`` in the image file's pixels, one box per output
     piece). Images whose reference has another number of pieces than boxes are skipped."""
-    lines = boxes_path.read_text(encoding="utf-8").splitlines()
-    if len(lines) != len(images):
-        raise UsageError(f"{boxes_path}: {len(lines)} lines for {len(images)} images")
     model, samples, skipped = translator.model, [], 0
     for k in range(0, len(images), batch_size):
         rows = list(range(k, min(k + batch_size, len(images))))

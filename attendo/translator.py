@@ -41,8 +41,8 @@ __all__ = ["Translation", "Translator", "load", "nbest_lines", "max_output_lengt
 log = logging.getLogger("attendo")
 
 # what ``translate(return_alignment=True)`` links words with: attendo.align's
-# translation_links(translator, translation, src_text), installed by attendo/__init__.py so
-# that decoding imports nothing from the layers above it (align reads translations)
+# translation_links(translator, translation, src_text), installed when attendo.align.links
+# loads (``import attendo`` does it), so that decoding imports nothing from the layers above it
 word_links: Callable[..., Iterable[tuple[int, int]] | None] | None = None
 
 
@@ -185,6 +185,9 @@ class Translator:
         opts = dict(prefixes=prefixes, constraints=constraints, sampling=sampling,
                     replace_unk=replace_unk, unk_dict=unk_dict)
         if return_alignment:
+            if word_links is None:
+                raise UsageError("return_alignment: word links come from attendo.align; "
+                                 "import attendo (or attendo.align.links) first")
             out = self.translate(texts, beam, n_best, True, length_penalty, batch_size,
                                  coverage_penalty, block_ngram_repeat, **opts)
             for text, t in zip(texts, out):

@@ -77,6 +77,33 @@ def test_coverage_is_the_running_sum_and_forward_equals_stepping(attention, styl
     torch.testing.assert_close(lp_tf, lp_step, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("attention", ["additive", "dot"])
+def test_a_coverage_window_sees_the_neighbours_coverage(attention):
+    """model.coverage_window k: position j's score moves with the coverage of j-r..j+r only
+    (a filter over the coverage vector), and stepping still equals teacher forcing."""
+    from attendo.model.coverage import add_to_features, add_to_scores
+
+    cov = torch.zeros(1, 1, 7)
+    cov[0, 0, 3] = 1.0  # only position 3 has been attended
+    w = torch.arange(1.0, 4.0)  # (k=3,): weights of cov_{j-1}, cov_j, cov_{j+1}
+    e = add_to_scores(torch.zeros(1, 1, 7), w, cov)[0, 0]
+    # j=2 sees it as its right neighbour (w[2]); j=0's left neighbour, before the start,
+    # counts as read (w[0]): where a monotonic reader begins
+    assert e.tolist() == [1, 0, 3, 2, 1, 0, 0]
+    f = add_to_features(torch.zeros(1, 1, 7, 2), torch.stack([w, -w]), cov)[0, 0]
+    assert f[:, 0].tolist() == [1, 0, 3, 2, 1, 0, 0] and f[:, 1].tolist() == [-1, 0, -3, -2, -1, 0, 0]
+    model = _cov_model(attention, coverage_window=5, dropout=0.0)
+    assert model.decoder.attention.scorer.w_c.shape[-1] == 5
+    src, src_lens, tgt_in = _data()
+    with torch.no_grad():
+        lp_step, attn, cov, _ = _step_all(model, tgt_in, model.start(src, src_lens))
+        lp_tf, info = model.log_probs(src, src_lens, tgt_in)
+    torch.testing.assert_close(info["attn"], attn, atol=1e-5, rtol=0)
+    torch.testing.assert_close(lp_tf, lp_step, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="odd width"):
+        make_model(V, attention=attention, coverage=True, coverage_window=4)
+
+
 @pytest.mark.parametrize("attention", SCORERS)
 def test_coverage_enters_the_scorer(attention):
     """Changing w_c changes the attention from the second step on (not the first: cov = 0)."""

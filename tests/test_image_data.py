@@ -206,6 +206,17 @@ def test_make_digits(tmp_path):
     assert not list(tmp_path.glob("digits.*"))  # no temporary folder left
 
 
+def test_make_digits_test_lengths_beyond_the_trained_ones(tmp_path):
+    pytest.importorskip("sklearn")
+    out = tmp_path / "digits"
+    make_digits(out, 12, 4, 40, seed=1, min_len=3, max_len=4, test_lengths=[2, 9])
+    assert {len(t) for _, t, _ in _rows(out, "train") + _rows(out, "dev")} <= {3, 4}
+    assert {len(t) for _, t, _ in _rows(out, "test")} == {2, 9}  # 40 draws from two lengths
+    _check_boxes(out)
+    with pytest.raises(UsageError, match="test_lengths"):
+        make_digits(tmp_path / "bad", 4, 2, 2, test_lengths=[0])
+
+
 def test_make_digits_deterministic_and_replaces_only_its_own(tmp_path):
     pytest.importorskip("sklearn")
     make_digits(tmp_path / "a", 6, 2, 2, seed=5, max_len=4)

@@ -64,6 +64,13 @@ def test_evaluate_on_the_image_list(image_model, digits, tmp_path, capsys):
     assert loc["symbols"] + loc["skipped"] > 0
     assert loc["symbols"] == sum(p["symbols"] for p in loc["by_position"])
     assert 0 <= loc["peak_in_box"] <= 1 and 0 <= loc["mass_in_box"] <= 1
+    groups = r["by_length"]  # by the reference's length: they add up to the whole
+    refs = [line.split("\t")[1] for line in (digits / "test.tsv").read_text().splitlines()]
+    assert [g["length"] for g in groups] == sorted({len(t) for t in refs})
+    assert sum(g["images"] for g in groups) == 8
+    assert sum(g["cer"] * g["length"] * g["images"] for g in groups) == pytest.approx(
+        r["cer"] * sum(map(len, refs)), abs=0.05 * len(groups) * 8 * 8)
+    assert all(0 <= g["peak_in_box"] <= 1 for g in groups)
     assert main(["evaluate", "--model", str(image_model), "--src", str(digits / "test.tsv"),
                  "--ref", str(digits / "test.tsv")]) == 2
     assert "without --ref" in capsys.readouterr().err

@@ -214,3 +214,68 @@ def test_run_killed_in_its_first_checkpoint_write_can_be_restarted(tmp_path, att
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
              if json.loads(x)["type"] == "train"]
     assert steps == [2, 4]
+
+
+def _signal_when_stopped(proc: subprocess.Popen, signum: int, timeout: float = 600) -> None:
+    """Wait until ``proc`` stops itself at its ATTENDO_STOP_AT point, send it ``signum`` and
+    let it go on (SIGCONT): the signal is handled as if it came right after that update."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG | os.WUNTRACED)
+        if pid and os.WIFSTOPPED(status):
+            proc.send_signal(signum)
+            proc.send_signal(signal.SIGCONT)
+            return
+        assert pid == 0, "the run ended before its stop point"
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"the run did not stop within {timeout} s")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_there_and_resume_is_bit_identical(tmp_path, signum):
+    """Ctrl-C (SIGINT) or SIGTERM between two checkpoints: the run finishes its update, writes
+    last.safetensors at that step, prints the command that resumes it and exits with 130 or
+    143; that command continues it to the same weights as a run never interrupted (dropout
+    on, so the RNG state is part of what must be restored)."""
+    steps, at = 30, 13  # checkpoints every 20 updates: 13 is between two
+    runs = {}
+    for name in ("ref", "run"):
+        raw = _config(tmp_path / name, "cpu")
+        raw["train"].update(max_steps=steps)
+        runs[name] = tmp_path / f"{name}.yaml"
+        runs[name].write_text(yaml.safe_dump(raw))
+    subprocess.run(_train_cmd(runs["ref"], None), env=_env(), check=True, capture_output=True,
+                   timeout=600)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(runs["run"], None), env=_env(f"update:{at}"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _signal_when_stopped(proc, signum)
+    err = proc.communicate(timeout=600)[1]
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143), err[-2000:]
+    resume = f"attendo train --resume {run}"
+    assert resume in err and f"at step {at}" in err, err[-2000:]
+    from attendo.weights import read_header
+
+    assert read_header(run / "last.safetensors").meta["trainer"]["step"] == at
+    assert _temporary_files(run) == []
+    done = subprocess.run([sys.executable, "-m", "attendo", *resume.split()[1:]], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _tensors(tmp_path / "ref" / "last.safetensors"), _tensors(run / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _train_losses(run) == _train_losses(tmp_path / "ref")
+
+
+def test_a_second_signal_stops_at_once():
+    """The first SIGINT asks for a checkpoint and a stop; a second one does not wait."""
+    from attendo.train.interrupt import StopRequest, stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_signals() as stop:
+        assert isinstance(stop, StopRequest) and stop.signame is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signame == "SIGTERM"  # handled: the process is still here
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before  # the previous handler is back

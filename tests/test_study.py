@@ -111,6 +111,38 @@ def test_study_end_to_end_then_no_retraining_then_resume(tmp_path, caplog, capsy
     assert "'dot'" in capsys.readouterr().err
 
 
+def test_an_image_study_reports_reading_by_length_and_draws_the_image(digits, tmp_path):
+    """An image base config: the test set is its list of images (test.ref empty), the report
+    gives CER, exact match and attention peaks in the boxes by length, and Show, Attend and
+    Tell's picture for each variant with attention."""
+    from conftest import image_config
+
+    base = yaml.safe_load(image_config(tmp_path / "base.yaml", digits, tmp_path / "x").read_text())
+    del base["train"]["out_dir"], base["train"]["max_steps"]
+    raw = {"name": "digits", "base": base, "budget": {"steps": 4}, "out_dir": str(tmp_path / "s"),
+           "variants": [{"name": "none", "overrides": ["model.attention=none",
+                                                       "model.image_rnn=columns"]},
+                        {"name": "additive", "overrides": ["model.attention=additive"]}]}
+    assert main(["study", str(write(tmp_path / "study.yaml", raw))]) == 0
+    rep = tmp_path / "s" / "report"
+    text = (rep / "report.md").read_text(encoding="utf-8")
+    for heading in ("## Reading by length", "## Where attention looked", "| none |",
+                    "| additive |", "(no attention to draw)", "cer_by_length.png"):
+        assert heading in text, heading
+    assert (rep / "attention-additive.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (rep / "attention-none.png").exists()
+    results = {r["name"]: r for r in json.loads((rep / "results.json").read_text())}
+    lengths = sorted({len(line.split("\t")[1]) for line in
+                      (digits / "test.tsv").read_text().splitlines()})
+    for r in results.values():
+        assert [g["length"] for g in r["report"]["by_length"]] == lengths
+    assert "peak_in_box" in results["additive"]["report"]["by_length"][0]
+    assert "peak_in_box" not in results["none"]["report"]["by_length"][0]
+    raw["test"] = {"src": str(digits / "test.tsv"), "ref": str(digits / "test.tsv")}
+    with pytest.raises(ConfigError, match="leave test.ref empty"):
+        load_study(write(tmp_path / "study2.yaml", raw))
+
+
 def test_study_counts_the_same_words_when_variants_read_the_source_differently(tmp_path):
     raw = study_raw(tmp_path)
     raw["budget"] = {"steps": 2}

@@ -46,30 +46,28 @@ and ``attendo align-prior`` on files). The names below are the package's interfa
 
 from __future__ import annotations
 
-from .combine import average, score, symmetrize, transpose
-from .links import (
-    METHODS,
-    SOFT_SYMMETRIZE,
-    SYMMETRIZE,
-    WORD_RULES,
-    Links,
-    align_pairs,
-    forced_attention,
-    is_transformer,
-    pair_word_rows,
-    pick_heads,
-    pick_links,
-    piece_links,
-    pieces_to_words,
-    tokenizer_kinds,
-    translation_links,
-    translation_word_rows,
-    word_links,
-    word_rows,
-    word_weights,
-)
-from .priors import ALIGN_EXTRA_HINT, eflomal_links, guided_targets
-from .run import PAIR_HINT, AlignResult, align_files, check_options, format_score, prior_lines
+import importlib
+
+# the package's interface, each name from its module, imported on first use (PEP 562), so that
+# the command line's option names (.names) load without torch
+_HOME = {
+    **dict.fromkeys(("METHODS", "SOFT_SYMMETRIZE", "SYMMETRIZE", "WORD_RULES"), "names"),
+    **dict.fromkeys(("average", "score", "symmetrize", "transpose"), "combine"),
+    **dict.fromkeys(("Links", "align_pairs", "forced_attention", "is_transformer",
+                     "pair_word_rows", "pick_heads", "pick_links", "piece_links",
+                     "pieces_to_words", "tokenizer_kinds", "translation_links",
+                     "translation_word_rows", "word_links", "word_rows", "word_weights"), "links"),
+    **dict.fromkeys(("ALIGN_EXTRA_HINT", "eflomal_links", "guided_targets"), "priors"),
+    **dict.fromkeys(("PAIR_HINT", "AlignResult", "align_files", "check_options",
+                     "format_score", "prior_lines"), "run"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+
 
 __all__ = [
     "ALIGN_EXTRA_HINT", "METHODS", "PAIR_HINT", "SOFT_SYMMETRIZE", "SYMMETRIZE", "WORD_RULES",

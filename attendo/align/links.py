@@ -10,14 +10,12 @@ import numpy as np
 import torch
 
 from .. import diagnostics as dg
+from .. import translator as _translator
 from ..data.batching import collate, make_batches
 from ..data.corpus import clean_text, clean_texts
 from ..errors import UsageError
+from .names import METHODS, SOFT_SYMMETRIZE, SYMMETRIZE, WORD_RULES  # noqa: F401 (re-exported)
 
-METHODS = ("argmax", "threshold", "shift", "shift-threshold")
-WORD_RULES = ("any", "mean")  # pieces to words: see attendo.align
-SYMMETRIZE = ("intersect", "union", "grow-diag", "grow-diag-final")  # of two link sets
-SOFT_SYMMETRIZE = ("average",)  # of two directions' word weights: see average()
 Links = set[tuple[int, int]]
 
 
@@ -253,3 +251,8 @@ def _translation_attention(translator, t, src_text: str, layer: int | None,
     src_text = clean_text(src_text)  # the words of the text the translator saw
     return (attn, t.src_tokens, pieces, tokenizer_kinds(translator), len(src_text.split()),
             len(t.text.split()))
+
+
+# Translator.translate(return_alignment=True) links words with translation_links; decoding
+# imports nothing from this layer above it, so the link is made here, when alignments load
+_translator.word_links = translation_links

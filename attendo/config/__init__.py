@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import glob
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,9 +143,40 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     raw = read_yaml(path)
     overrides = list(overrides or [])
     try:
-        return config_from_dict(raw or {}, overrides)
+        cfg = config_from_dict(raw or {}, overrides)
     except ConfigError as e:
         raise ConfigError(_where(e, path, raw, overrides)) from None
+    resolve_paths(cfg, path.parent)
+    return cfg
+
+
+PATH_KEYS = ("data.train_src", "data.train_tgt", "data.valid_src", "data.valid_tgt",
+             "data.test_src", "data.test_tgt", "data.prepared", "data.tokenizer_model",
+             "data.tgt_tokenizer_model", "train.init_from", "train.guided_alignment.file")
+
+
+def _names_something(path: str) -> bool:
+    return bool(glob.glob(path)) if any(c in path for c in "*?[") else Path(path).exists()
+
+
+def resolve_paths(cfg: Config, config_dir: Path) -> None:
+    """Relative file paths in a config (:data:`PATH_KEYS`) are read from the working
+    directory, as always; one that names nothing there but something beside the config file
+    is read from there instead, so a config kept next to its data works from anywhere."""
+    def resolve(value: str) -> str:
+        if not value or Path(value).is_absolute() or _names_something(value):
+            return value
+        beside = str(config_dir / value)
+        return beside if _names_something(beside) else value
+
+    for key in PATH_KEYS:
+        *parents, name = key.split(".")
+        section = cfg
+        for part in parents:
+            section = getattr(section, part)
+        value = getattr(section, name)
+        setattr(section, name, [resolve(v) for v in value] if isinstance(value, list)
+                else resolve(value))
 
 
 _KEY = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.S)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .model_checks import check_coverage_and_copy, check_sparse_and_local
 from .strict import ConfigError, check_finite, positive
 
 # deepest encoder or decoder stack (deeper ones are typos: a layer takes milliseconds to build,
@@ -47,6 +48,13 @@ class DataConfig:
     # (a large, multi-file or weighted corpus is then prepared into train.out_dir/prepared)
     prepared: str = ""
     spm_sample: int = 200_000  # sentences sampled to train a sentencepiece model
+    # bring your own tokenizer instead of training one: a SentencePiece .model (bpe or unigram)
+    # or a Hugging Face tokenizers .json (pip install 'attendo[hf]'). tokenizer_model is the
+    # source side's (both sides' with joint_vocab, the target's for images), tgt_tokenizer_model
+    # the target side's ("" = tokenizer_model's, or data.tokenizer trained). Copied into the
+    # model directory; data.tokenizer and vocab_size do not apply to a side that has one
+    tokenizer_model: str = ""
+    tgt_tokenizer_model: str = ""
     workers: int = 0  # processes that tokenize in `attendo data prepare` (0 = all cores)
     # image: the sources are images (model.encoder: image); train_src, valid_src and test_src
     # are lists of `image<TAB>text` lines (or JSONL {"image": ..., "text": ...}), image paths
@@ -89,6 +97,14 @@ class DataConfig:
         positive("data.max_chars", self.max_chars)
         if self.max_ratio < 0:
             raise ConfigError("data.max_ratio: must be >= 0 (0 disables the ratio filter)")
+        if self.tgt_tokenizer_model and self.joint_vocab and self.src_type == "text" and \
+                self.tgt_tokenizer_model != self.tokenizer_model:
+            raise ConfigError("data.tgt_tokenizer_model: data.joint_vocab shares one tokenizer "
+                              "between the sides; set joint_vocab: false, or give the file as "
+                              "data.tokenizer_model")
+        if (self.tokenizer_model or self.tgt_tokenizer_model) and self.prepared:
+            raise ConfigError("data.tokenizer_model: not with data.prepared (attendo data "
+                              "prepare trains its tokenizers); train from the text files")
 
 
 @dataclass
@@ -128,6 +144,9 @@ class ModelConfig:
     tie_src_tgt: bool = False  # one embedding matrix for both sides (needs data.joint_vocab)
     # coverage vector fed to the attention scorer (Tu et al. 2016; See et al. 2017; RNN decoder)
     coverage: bool = False
+    # the score of source position j sees the coverage of j-r..j+r (a convolution of this odd
+    # width over the coverage vector: location-aware attention, Chorowski et al. 2015); 1 = j's own
+    coverage_window: int = 1
     copy: bool = False  # pointer-generator: copy source words, incl. unknown ones (See et al. 2017)
     # Show, Attend and Tell's gate on the context, c_i * sigmoid(w . query + b) (Xu et al. 2015,
     # sec. 4.2.1): the decoder can turn its look at the source down (RNN decoder with attention)
@@ -140,10 +159,12 @@ class ModelConfig:
     # local window centre: monotonic (p_i = i) or predictive (learned p_i, Gaussian weighting)
     local: Literal["monotonic", "predictive"] = "monotonic"
     # image encoder: 2x2 max poolings after the first convolutions (a region is 2^image_pool
-    # pixels square), and what runs over the region grid: nothing, a BiLSTM along each row
-    # (im2markup), or a BiGRU over the columns (with attention: none, the bottleneck baseline)
+    # pixels square), and what runs over the region grid: nothing (2-D positions), a BiLSTM
+    # along each row (im2markup), a BiGRU over the columns (with attention: none, the
+    # bottleneck baseline), or conv: 1-D convolutions over the columns, no positions (length
+    # generalization, with model.coverage_window)
     image_pool: int = 2
-    image_rnn: Literal["none", "rows", "columns"] = "none"
+    image_rnn: Literal["none", "rows", "columns", "conv"] = "none"
 
     def validate(self) -> None:
         check_finite("model", self)
@@ -171,64 +192,8 @@ class ModelConfig:
                 f"so emb_dim ({self.emb_dim}) must equal dec_hidden ({self.dec_hidden})"
             )
         self._validate_transformer_and_cnn()
-        self._validate_coverage_and_copy()
-        self._validate_sparse_and_local()
-
-    def _validate_sparse_and_local(self) -> None:
-        for key, allowed in (("attention_normalizer", ("softmax", "sparsemax", "entmax15")),
-                             ("local", ("monotonic", "predictive"))):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(
-                    f"model.{key}: {getattr(self, key)!r} is not allowed; choose one of {list(allowed)}"
-                )
-        if isinstance(self.attention_window, bool) or not isinstance(self.attention_window, int):
-            raise ConfigError(f"model.attention_window: expected an integer, got {self.attention_window!r}")
-        if self.attention_window < 0:
-            raise ConfigError(
-                f"model.attention_window: must be >= 0 (0 = global attention), got {self.attention_window}"
-            )
-        if self.attention_window == 0 and self.local != "monotonic":
-            raise ConfigError(
-                f"model.local: {self.local!r} has no effect with global attention; set "
-                "model.attention_window to the window half-width D > 0"
-            )
-        if self.attention_window:
-            if self.decoder == "transformer":
-                raise ConfigError(
-                    "model.attention_window: local attention is implemented for the RNN decoder "
-                    "only; the transformer decoder's cross-attention is global (set it to 0)"
-                )
-            if self.attention == "none":
-                raise ConfigError(
-                    "model.attention_window: local attention needs attention, but "
-                    "model.attention is 'none'"
-                )
-            if self.copy and self.local == "predictive":
-                raise ConfigError(
-                    "model.local: 'predictive' scales the attention weights by a Gaussian, so they "
-                    "no longer sum to 1 and cannot be model.copy's copy distribution; use "
-                    "'monotonic' or turn copy off"
-                )
-        has_attention = (self.decoder == "transformer" or self.encoder == "transformer"
-                         or self.attention != "none")
-        if self.attention_normalizer != "softmax" and not has_attention:
-            raise ConfigError(
-                "model.attention_normalizer: the model has no attention to normalize "
-                "(model.attention is 'none' and no transformer part)"
-            )
-
-    def _validate_coverage_and_copy(self) -> None:
-        if self.coverage and self.decoder == "transformer":
-            raise ConfigError(
-                "model.coverage: the coverage vector feeds the RNN decoder's attention scorer; "
-                "the transformer decoder has none (decode.coverage_penalty works with any model)"
-            )
-        if self.decoder == "rnn" and self.attention == "none":
-            for key in ("coverage", "copy"):
-                if getattr(self, key):
-                    raise ConfigError(
-                        f"model.{key}: needs attention, but model.attention is 'none'"
-                    )
+        check_coverage_and_copy(self)
+        check_sparse_and_local(self)
 
     def _validate_transformer_and_cnn(self) -> None:
         if "transformer" in (self.encoder, self.decoder):
@@ -350,6 +315,9 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement (0 = never)
     keep_last: int = 3  # step checkpoints kept besides best and last (0 = keep all)
     progress: bool = True  # tqdm progress bar
+    # also log the metrics for TensorBoard into OUT/tensorboard (pip install 'attendo[tensorboard]';
+    # then: tensorboard --logdir runs); metrics.jsonl is written either way
+    tensorboard: bool = False
     # lambda of the coverage loss, in the form coverage_loss_form names
     coverage_loss: float = 0.0
     # min: sum_i sum_j min(a_ij, cov_ij) (See et al. 2017; needs model.coverage);

@@ -40,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import DataConfig
+from ..errors import UsageError
 from ..utils import atomic_write_text
 from .chunked import ChunkRunner, chunk_tasks, encode_chunk, init_encoder, scan_chunk
 from .corpus import MAX_REPORTED_PROBLEMS, CorpusError, parse_pair
@@ -158,6 +159,10 @@ def prepare(cfg: DataConfig, out: str | Path, *, seed: int = 0, workers: int | N
     """Prepare the training corpora of ``cfg`` into the folder ``out`` (see the module
     docstring); returns the manifest. ``workers`` (default ``data.workers``, 0 = all cores)
     processes validate and encode."""
+    if cfg.tokenizer_model or cfg.tgt_tokenizer_model:
+        raise UsageError("data.tokenizer_model: a prepared (memory-mapped) corpus trains its "
+                         "own tokenizers; several or weighted training files with your own "
+                         "tokenizer are not supported yet: concatenate them into one file")
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import secrets
 import shutil
@@ -32,6 +31,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps, UnidentifiedImageError
 
+from .. import __version__
 from ..errors import AttendoError, UsageError
 from .corpus import (
     CorpusError,
@@ -198,15 +198,19 @@ def digit_pools(seed: int = 0, n: int = 1797) -> dict[str, np.ndarray]:
 
 
 def make_digits(out: str | Path, n_train: int = 6000, n_dev: int = 500, n_test: int = 500,
-                seed: int = 0, min_len: int = 1, max_len: int = 8, height: int = 16) -> dict:
+                seed: int = 0, min_len: int = 1, max_len: int = 8, height: int = 16,
+                test_lengths: list[int] | None = None) -> dict:
     """Write a dataset folder (see the module docstring) of handwritten digit strings composed
     from scikit-learn's UCI digits (1,797 8x8 glyphs, 16 gray levels, in its wheel), each split
     from its own glyph pool (:func:`digit_pools`). A string has ``min_len`` to ``max_len``
     digits, each scaled to 0.8-1.0 x ``height`` at a random height, with gaps of 0-0.5 glyph
-    widths; black ink on white, light noise. Returns the manifest."""
+    widths; black ink on white, light noise. ``test_lengths``: the test strings' lengths are
+    drawn from this list instead (e.g. 3 5 8 12 16: length generalization in one test set).
+    Returns the manifest."""
     args = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items()}
     counts = dict(zip(SPLITS, (n_train, n_dev, n_test)))
-    if min(counts.values()) < 1 or not 1 <= min_len <= max_len or height < 4:
+    if min(counts.values()) < 1 or not 1 <= min_len <= max_len or height < 4 or (
+            test_lengths is not None and (not test_lengths or min(test_lengths) < 1)):
         raise UsageError("make_digits: expected n_train, n_dev, n_test >= 1, 1 <= min_len <= "
                          f"max_len and height >= 4, got {args}")
     try:
@@ -219,8 +223,9 @@ def make_digits(out: str | Path, n_train: int = 6000, n_dev: int = 500, n_test: 
     glyphs = np.rint(255 - digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8), ink dark
     pools = digit_pools(seed, len(glyphs))
 
-    def line(rng: np.random.Generator, pool: np.ndarray) -> tuple[np.ndarray, str, dict]:
-        idx = rng.choice(pool, size=int(rng.integers(min_len, max_len + 1)))
+    def line(rng: np.random.Generator, pool: np.ndarray, test: bool):  # -> (image, text, boxes)
+        n = rng.choice(test_lengths) if test and test_lengths else rng.integers(min_len, max_len + 1)
+        idx = rng.choice(pool, size=int(n))
         sizes = [max(1, round(height * s)) for s in rng.uniform(0.8, 1.0, len(idx))]
         gaps = [int(rng.integers(0, s // 2 + 1)) for s in sizes]  # before each glyph
         canvas = np.full((height, sum(sizes) + sum(gaps) + sizes[-1] // 4), 255, np.uint8)
@@ -240,7 +245,7 @@ def make_digits(out: str | Path, n_train: int = 6000, n_dev: int = 500, n_test: 
               "sklearn": sklearn.__version__, "pillow": PIL.__version__,
               "glyphs_per_pool": {s: len(p) for s, p in pools.items()}}
     return _write_dataset(out, "digits", args, counts, source, lambda split, rng: (
-        line(rng, pools[split]) for _ in range(counts[split])))
+        line(rng, pools[split], split == "test") for _ in range(counts[split])))
 
 
 def make_textlines(out: str | Path, text_file: str | Path, n_train: int = 4000, n_dev: int = 300,
@@ -428,7 +433,7 @@ def _write_dataset(out: str | Path, kind: str, args: dict, counts: dict, source:
         for k, split in enumerate(SPLITS):
             _write_split(tmp, split, samples(split, np.random.default_rng([args["seed"], k])))
         manifest = {"made_by": MADE_BY, "kind": kind, "counts": counts, "seed": args["seed"],
-                    "arguments": args, "source": source, "attendo": _version()}
+                    "arguments": args, "source": source, "attendo": __version__}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
         if out.exists():
@@ -442,9 +447,3 @@ def _write_dataset(out: str | Path, kind: str, args: dict, counts: dict, source:
     shutil.rmtree(old, ignore_errors=True)
     return manifest
 
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("attendo")
-    except importlib.metadata.PackageNotFoundError:  # a source tree that is not installed
-        return "unknown"

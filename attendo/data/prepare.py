@@ -20,6 +20,7 @@ from .tokenizers import (
     Tokenizer,
     build_vocab,
     load_tokenizer,
+    read_tokenizer_file,
     save_tokenizer,
     train_tokenizer,
 )
@@ -239,9 +240,15 @@ def load_corpora(cfg: DataConfig, seed: int = 0) -> tuple[Corpus, Corpus | None,
     return train, *load_eval_corpora(cfg)
 
 
-def make_tokenizer(cfg: DataConfig, texts: list[str], seed: int = 0) -> Tokenizer:
-    """The tokenizer of ``cfg.tokenizer``; sentencepiece kinds train on at most
-    ``cfg.spm_sample`` of ``texts`` (drawn with ``random.Random(seed)``)."""
+def make_tokenizer(cfg: DataConfig, texts: list[str], seed: int = 0,
+                   side: str = "src") -> Tokenizer:
+    """The tokenizer of ``side`` ("src", "tgt"): the user's own (``data.tokenizer_model``,
+    ``data.tgt_tokenizer_model``), else one of ``cfg.tokenizer``; sentencepiece kinds train on
+    at most ``cfg.spm_sample`` of ``texts`` (drawn with ``random.Random(seed)``)."""
+    own = (cfg.tgt_tokenizer_model or cfg.tokenizer_model) if side == "tgt" else \
+        cfg.tokenizer_model
+    if own:
+        return read_tokenizer_file(own)
     if cfg.tokenizer in ("bpe", "unigram"):
         return SentencePieceTokenizer.train(
             texts, cfg.tokenizer, cfg.vocab_size, seed=seed, max_sentences=cfg.spm_sample
@@ -257,7 +264,7 @@ def build_codecs(cfg: DataConfig, train: Corpus, seed: int = 0) -> tuple[Codec, 
 
     src_texts, tgt_texts = norm(train.src), norm(train.tgt)
     if cfg.src_type == "image":
-        tok = make_tokenizer(cfg, tgt_texts, seed)
+        tok = make_tokenizer(cfg, tgt_texts, seed, "tgt")
         vocab = build_vocab(tok, tgt_texts, cfg.vocab_size, cfg.min_freq)
         return ImageCodec.of(cfg), Codec(tok, vocab, cfg.lowercase)
     if cfg.joint_vocab:
@@ -265,8 +272,8 @@ def build_codecs(cfg: DataConfig, train: Corpus, seed: int = 0) -> tuple[Codec, 
         vocab = build_vocab(tok, src_texts + tgt_texts, cfg.vocab_size, cfg.min_freq)
         return Codec(tok, vocab, cfg.lowercase), Codec(tok, vocab, cfg.lowercase)
     codecs = []
-    for texts in (src_texts, tgt_texts):
-        tok = make_tokenizer(cfg, texts, seed)
+    for side, texts in (("src", src_texts), ("tgt", tgt_texts)):
+        tok = make_tokenizer(cfg, texts, seed, side)
         codecs.append(Codec(tok, build_vocab(tok, texts, cfg.vocab_size, cfg.min_freq), cfg.lowercase))
     return codecs[0], codecs[1]
 

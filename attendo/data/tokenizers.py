@@ -19,7 +19,7 @@ from attendo.errors import UsageError
 from attendo.files import ModelFileError, check_inside, read_regular_file
 from attendo.utils import atomic_write_bytes, atomic_write_text
 
-TOKENIZER_KINDS = ("word", "char", "bpe", "unigram")
+TOKENIZER_KINDS = ("word", "char", "bpe", "unigram", "hf")
 MAX_TOKENIZER_JSON_BYTES = 1 << 20  # {prefix}.tokenizer.json is a few dozen bytes
 MAX_TOKENIZER_FILE_BYTES = 64 << 20  # a 32k-piece SentencePiece model is under 1 MB
 MAX_TOKENIZER_FILES = 16
@@ -152,9 +152,109 @@ class SentencePieceTokenizer(Tokenizer):
         return cls(buf.getvalue(), kind)
 
 
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizers`` tokenizer, from its ``tokenizer.json`` (brought by the
+    user: ``data.tokenizer_model``). Its special tokens are not added; output pieces it does
+    not know (attendo's ``<unk>``) are left out of the decoded text."""
+
+    kind = "hf"
+    FILE: ClassVar[str] = "hf.json"
+
+    def __init__(self, data: bytes) -> None:
+        try:
+            from tokenizers import Tokenizer as HFTok
+        except ImportError:
+            raise UsageError("a Hugging Face tokenizer needs the tokenizers package: "
+                             "pip install 'attendo[hf]'") from None
+        try:
+            self.tok = HFTok.from_str(data.decode("utf-8"))
+        except Exception as e:  # tokenizers raises its own Exception type for a bad JSON
+            raise ValueError(f"not a Hugging Face tokenizers JSON ({' '.join(str(e).split())})"
+                             ) from None
+        self.data = bytes(data)
+
+    def encode(self, text: str) -> list[str]:
+        return self.tok.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, pieces: list[str]) -> str:
+        ids = [self.tok.token_to_id(p) for p in pieces]
+        return self.tok.decode([i for i in ids if i is not None])
+
+    def files(self) -> dict[str, bytes]:
+        return {self.FILE: self.data}
+
+    @classmethod
+    def from_files(cls, kind: str, files: dict[str, bytes]) -> HFTokenizer:
+        if cls.FILE not in files:
+            raise ValueError(f"an hf tokenizer needs the file {cls.FILE!r}")
+        return cls(files[cls.FILE])
+
+
 _CLASSES: dict[str, type[Tokenizer]] = {"word": WordTokenizer, "char": CharTokenizer,
                                          "bpe": SentencePieceTokenizer,
-                                         "unigram": SentencePieceTokenizer}
+                                         "unigram": SentencePieceTokenizer, "hf": HFTokenizer}
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("truncated")
+        b = data[i]
+        value, i, shift = value | (b & 0x7F) << shift, i + 1, shift + 7
+        if b < 0x80:
+            return value, i
+
+
+def _fields(data: bytes):
+    """(field number, value) of a protobuf message: ints for varints, bytes for the rest."""
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        wire = key & 7
+        if wire == 0:
+            value, i = _varint(data, i)
+        elif wire == 2:
+            n, i = _varint(data, i)
+            value, i = data[i : i + n], i + n
+        elif wire in (1, 5):
+            value, i = data[i : i + (8 if wire == 1 else 4)], i + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"wire type {wire}")
+        yield key >> 3, value
+
+
+def sentencepiece_kind(model: bytes) -> str:
+    """"unigram" or "bpe": the model type in a SentencePiece model's trainer spec (field 2 of
+    ModelProto, its field 3; sentencepiece_model.proto). Its word and char types are not
+    subword models attendo stores as such: a ValueError."""
+    try:
+        spec = next((v for f, v in _fields(model) if f == 2), b"")
+        kind = next((v for f, v in _fields(spec) if f == 3), 1)  # proto default: UNIGRAM
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"not a SentencePiece model ({e})") from None
+    if kind not in (1, 2):
+        raise ValueError(f"a SentencePiece model of type {kind} (word or char); attendo takes "
+                         "unigram or bpe models (for words or characters set data.tokenizer)")
+    return "unigram" if kind == 1 else "bpe"
+
+
+def read_tokenizer_file(path: str | Path) -> Tokenizer:
+    """An existing tokenizer (``data.tokenizer_model``): a SentencePiece ``.model`` file (bpe or
+    unigram) or a Hugging Face ``tokenizers`` JSON (``.json``). A file that is missing, too
+    big or neither is a UsageError naming it."""
+    path = Path(path)
+    try:
+        data = read_regular_file(path, "tokenizer model", MAX_TOKENIZER_FILE_BYTES)
+    except (FileNotFoundError, ModelFileError) as e:
+        raise UsageError(f"data.tokenizer_model: {e}") from None
+    try:
+        if path.suffix == ".json":
+            return HFTokenizer(data)
+        return SentencePieceTokenizer(data, sentencepiece_kind(data))
+    except ValueError as e:
+        raise UsageError(f"{path}: expected a SentencePiece .model or a Hugging Face "
+                         f"tokenizers .json: {e}") from None
 
 
 def train_tokenizer(kind: str, texts: list[str], vocab_size: int, *, seed: int = 0) -> Tokenizer:
@@ -239,9 +339,9 @@ def _short(value: object) -> str:
 def build_vocab(tok: Tokenizer, texts: list[str], max_size: int | None = None,
                 min_freq: int = 1) -> Vocab:
     """The vocabulary of ``tok``'s pieces over ``texts`` (usually the training side). For
-    SentencePiece ``max_size`` and ``min_freq`` are ignored: its ``vocab_size`` already sized
-    the pieces, and dropping some would only turn them into UNK. Pieces that never occur in
+    SentencePiece and Hugging Face tokenizers ``max_size`` and ``min_freq`` are ignored: their
+    own vocabulary already sized the pieces, and dropping some would only turn them into UNK. Pieces that never occur in
     ``texts`` are left out, as their embeddings would never be trained."""
-    if isinstance(tok, SentencePieceTokenizer):
+    if isinstance(tok, SentencePieceTokenizer | HFTokenizer):
         max_size, min_freq = None, 1
     return Vocab.build((tok.encode(t) for t in texts), max_size=max_size, min_freq=min_freq)

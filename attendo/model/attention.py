@@ -86,9 +86,10 @@ class Scorer(nn.Module):
         """query: (B, Tq, Dq); prepared: from prepare; cov (B, Tq, S) -> scores (B, Tq, S)."""
         raise NotImplementedError
 
-    def add_coverage(self) -> None:
-        """Let coverage enter the scores: e_ij + w_c cov_ij with a learned scalar w_c."""
-        self.w_c = cov_.coverage_weight()
+    def add_coverage(self, window: int = 1) -> None:
+        """Let coverage enter the scores: e_ij + w_c cov_ij with a learned scalar w_c (or a
+        learned filter over the coverage of j's ``window`` neighbours)."""
+        self.w_c = cov_.coverage_weight(window=window)
 
 
 class DotScorer(Scorer):
@@ -144,8 +145,8 @@ class AdditiveScorer(Scorer):
     def prepare(self, keys: Tensor) -> Tensor:
         return self.W_2(keys)  # (B, S, A)
 
-    def add_coverage(self) -> None:
-        self.w_c = cov_.coverage_weight(self.v_a.in_features)  # (A,)
+    def add_coverage(self, window: int = 1) -> None:
+        self.w_c = cov_.coverage_weight(self.v_a.in_features, window=window)  # (A[, window])
 
     def score(self, query: Tensor, prepared: Tensor, cov: Tensor | None = None) -> Tensor:
         q = self.W_1(query)  # (B, Tq, A)
@@ -180,7 +181,7 @@ SCORERS: dict[str, type[Scorer]] = {
 
 
 def build_scorer(name: str, query_dim: int, key_dim: int, location_max_len: int = 256,
-                 coverage: bool = False) -> Scorer:
+                 coverage: bool = False, coverage_window: int = 1) -> Scorer:
     if name not in SCORERS:
         raise ValueError(f"unknown attention scorer {name!r}; choose one of {sorted(SCORERS)}")
     cls = SCORERS[name]
@@ -189,7 +190,7 @@ def build_scorer(name: str, query_dim: int, key_dim: int, location_max_len: int 
     else:
         scorer = cls(query_dim, key_dim)
     if coverage:
-        scorer.add_coverage()
+        scorer.add_coverage(coverage_window)
     return scorer
 
 

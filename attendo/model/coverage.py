@@ -5,6 +5,11 @@ An RNN decoder with ``model.coverage`` carries it in its state and its scorer se
 that it can learn to look elsewhere: inside the additive tanh, e_ij = v_a^T tanh(W_1 s_i +
 W_2 h_j + w_c cov_ij) with a learned vector w_c (See et al. 2017, eq. 11); the other scorers
 have no hidden layer to put it in, so a learned scalar is added, e_ij = f(s_i, h_j) + w_c cov_ij.
+With ``model.coverage_window`` k > 1 the score of j sees the coverage of j's neighbours
+j-r..j+r too (k = 2r + 1), through a convolution over the coverage vector: w_c becomes (A, k)
+(or (k,)). That is location-aware attention over the cumulative weights (Chorowski et al.
+2015, eq. 5-9, their f_i = F * a_{i-1} with the running sum): "my left neighbour has been read,
+I have not" is what a monotonic reader (digits, text lines) needs, at any length.
 w_c starts at 0, so a model starts as if it had no coverage (See et al.'s phase two). The
 loss is ``train.coverage_loss`` (lambda) times sum_i sum_j min(a_ij, cov_ij) (eq. 12-13), or
 in Show, Attend and Tell's form (``train.coverage_loss_form: doubly_stochastic``, any attention
@@ -21,9 +26,20 @@ COVERAGE_PARAM = "w_c"  # the coverage weight's name in a scorer (and in saved w
 COVERAGE_FLOOR = 1e-10  # sum_i a_ij is floored here: an unattended word costs beta * log(1e-10)
 
 
-def coverage_weight(*shape: int) -> nn.Parameter:
-    """The coverage weight w_c: () for the scalar form, (A,) inside the additive scorer; 0."""
-    return nn.Parameter(torch.zeros(shape))
+def coverage_weight(*shape: int, window: int = 1) -> nn.Parameter:
+    """The coverage weight w_c: () for the scalar form, (A,) inside the additive scorer, with
+    a trailing (window,) axis when window > 1; 0."""
+    return nn.Parameter(torch.zeros(*shape, window) if window > 1 else torch.zeros(shape))
+
+
+def _neighbours(cov: Tensor, window: int) -> Tensor:
+    """cov (B, Tq, S) -> (B, Tq, S, window): cov_{j-r} .. cov_{j+r} at each j. Positions
+    before the first count as read (1), after the last as unread (0): with nothing else to
+    say where the source starts (an image of columns without positions), "the left
+    neighbour is read, I am not" marks the first position too."""
+    r = window // 2
+    cov = nn.functional.pad(cov, (r, 0), value=1.0)
+    return nn.functional.pad(cov, (0, r)).unfold(-1, window, 1)
 
 
 def coverage_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -35,6 +51,8 @@ def add_to_scores(scores: Tensor, w_c: Tensor | None, cov: Tensor | None) -> Ten
     """e_ij + w_c cov_ij (a scalar w_c): scores, cov (B, Tq, S). Unchanged without coverage."""
     if cov is None or w_c is None:
         return scores
+    if w_c.dim() == 1:  # coverage_window: sum_k w_c[k] cov_{j+k-r}
+        return scores + _neighbours(cov, w_c.size(0)) @ w_c  # (B, Tq, S)
     return scores + w_c * cov  # (B, Tq, S)
 
 
@@ -43,6 +61,8 @@ def add_to_features(pre: Tensor, w_c: Tensor | None, cov: Tensor | None) -> Tens
     (B, Tq, S), w_c (A,). Unchanged without coverage."""
     if cov is None or w_c is None:
         return pre
+    if w_c.dim() == 2:  # coverage_window: w_c (A, k) over cov_{j-r} .. cov_{j+r}
+        return pre + _neighbours(cov, w_c.size(1)) @ w_c.t()  # (B, Tq, S, A)
     return pre + cov.unsqueeze(-1) * w_c  # (B, Tq, S, A)
 
 

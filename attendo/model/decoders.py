@@ -73,7 +73,7 @@ class RNNDecoder(Decoder):
                  dropout: float = 0.0, location_max_len: int = 256, pad_id: int = 0,
                  coverage: bool = False, copy: bool = False, unk_id: int = 1,
                  normalizer: str = "softmax", window: int = 0, local: str = "monotonic",
-                 context_gate: bool = False):
+                 context_gate: bool = False, coverage_window: int = 1):
         super().__init__()
         self.vocab_size = vocab_size
         self.coverage, self.copy, self.unk_id = coverage, copy, unk_id
@@ -94,7 +94,8 @@ class RNNDecoder(Decoder):
         self.bridge_c = nn.Linear(enc_final_dim, hidden) if bridge and rnn_type == "lstm" else None
         if self.use_attn:
             self.attention = Attention(
-                build_scorer(attention, hidden, enc_dim, location_max_len, coverage=coverage),
+                build_scorer(attention, hidden, enc_dim, location_max_len, coverage=coverage,
+                             coverage_window=coverage_window),
                 normalizer=normalizer, window=window, local=local, query_dim=hidden,
             )
             self.W_c = nn.Linear(enc_dim + hidden, self.out_dim, bias=False)

@@ -308,7 +308,7 @@ def _rnn_decoder(cfg: ModelConfig, vocab_size: int, enc_dim: int, pad_id: int) -
         out_dim=cfg.attn_vector_dim, tie_output=cfg.tie_output, dropout=cfg.dropout,
         location_max_len=cfg.location_max_len, pad_id=pad_id, coverage=cfg.coverage,
         copy=cfg.copy, normalizer=cfg.attention_normalizer, window=cfg.attention_window,
-        local=cfg.local, context_gate=cfg.context_gate,
+        local=cfg.local, context_gate=cfg.context_gate, coverage_window=cfg.coverage_window,
     )
 
 

@@ -113,7 +113,7 @@ def region_grid(translator, image: Image) -> dict:
     rows, cols = encoder.grid_shape(height, width)
     side = 2 ** encoder.pools
     return {"rows": rows, "cols": cols,
-            "cell": [height if encoder.rnn_kind == "columns" else side, side],
+            "cell": [height if encoder.rnn_kind in ("columns", "conv") else side, side],
             "pixels": [height, width]}
 
 

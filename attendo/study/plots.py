@@ -24,7 +24,7 @@ def plot_report(study: Study, results: list[dict], same: dict[str, dict] | None 
     rd, d0 = study.report_dir, diag(results[0])
     names = [r["name"] for r in results]
     out: dict[str, Any] = {"heatmaps": {}}
-    if not d0:
+    if not d0 or "bleu_by_length" not in d0:  # an image study draws its own (report.py)
         return out
     out["length"] = _plot_lines(
         rd / "bleu_by_length.png", names,
@@ -42,6 +42,17 @@ def plot_report(study: Study, results: list[dict], same: dict[str, dict] | None 
         if pic:
             out["heatmaps"][r["name"]] = pic
     return out
+
+
+def plot_by_length(study: Study, results: list[dict], lengths: list[int]) -> str:
+    """CER by the reference's length, one line per variant (an image study)."""
+    def cer(r: dict) -> list:
+        rows = {g["length"]: g["cer"] for g in r["report"]["by_length"]}
+        return [rows.get(n) for n in lengths]
+
+    return _plot_lines(study.report_dir / "cer_by_length.png", [r["name"] for r in results],
+                       [str(n) for n in lengths], [cer(r) for r in results],
+                       "Character error rate by length", "CER %")
 
 
 def _nan(values: list) -> np.ndarray:

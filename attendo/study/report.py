@@ -254,8 +254,11 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
         "teacher-forced on the references.",
         "",
     ]
-    lines += _diagnostic_sections(results, plots, _bootstrap_section(results, boot),
-                                  _same_words_section(results, same))
+    if "by_length" in rep0:  # an image study: reading by length, and the pictures
+        lines += _image_sections(study, results)
+    else:
+        lines += _diagnostic_sections(results, plots, _bootstrap_section(results, boot),
+                                      _same_words_section(results, same))
     lines += ["## Measured differences", "",
               "Generated from the numbers above; no conclusion is drawn here.", ""]
     lines += [f"- {x}" for x in measured_facts(results)]
@@ -263,6 +266,47 @@ def write_report(study: Study, results: list[dict], src: list[str] | None = None
               "_To be written by a person who has read the numbers above._", ""]
     atomic_write_text(rd / "report.md", "\n".join(lines))
     return rd / "report.md"
+
+
+def _image_sections(study: Study, results: list[dict]) -> list[str]:
+    """An image study: CER, exact match and attention peaks in the symbol's box by the
+    reference's length, a plot of CER by length, and each variant's attention picture."""
+    from .plots import plot_by_length
+
+    lengths = [g["length"] for g in results[0]["report"]["by_length"]]
+
+    def cells(r: dict, key: str, scale: float = 1.0) -> list[str]:
+        rows = {g["length"]: g for g in r["report"]["by_length"]}
+        return [_f(None if rows.get(n, {}).get(key) is None else scale * rows[n][key])
+                for n in lengths]
+
+    counts = ", ".join(f"{g['length']}: {g['images']}" for g in results[0]["report"]["by_length"])
+    out = ["## Reading by length", "",
+           "Character error rate (%, edit distance over reference characters; for digit strings "
+           f"the digit error rate) by the reference's length in characters (images per length: "
+           f"{counts}).", "",
+           *_table(["variant", "CER all", *(f"{n}" for n in lengths)],
+                   [[r["name"], _f(r["report"]["cer"]), *cells(r, "cer")] for r in results]),
+           "", f"![CER by length]({plot_by_length(study, results, lengths)})", "",
+           "Exact match (% of images read without an error) by length:", "",
+           *_table(["variant", *(f"{n}" for n in lengths)],
+                   [[r["name"], *cells(r, "exact_match", 100)] for r in results]),
+           "", "## Where attention looked", "",
+           "Share of output symbols (%) whose attention peak, teacher-forced on the reference, "
+           "lies inside the symbol's box, by length; `-`: no attention.", "",
+           *_table(["variant", "all", *(f"{n}" for n in lengths)],
+                   [[r["name"], _f(None if not diag(r).get("attention") else 100 * diag(r)[
+                       "attention"]["localization"]["peak_in_box"]), *cells(r, "peak_in_box", 100)]
+                    for r in results]), ""]
+    heat = results[0]["heatmap"]
+    out += [f"Attention on the same test image under each variant: `{heat['src']}`", ""]
+    for r in results:
+        h = r["heatmap"]
+        out.append(f"- {r['name']}: {_code(h['hyp'])}" + ("" if h["picture"] else
+                                                         " (no attention to draw)"))
+    out += ["", *(f"![attention, {r['name']}]({r['heatmap']['picture']})" for r in results
+                  if r["heatmap"]["picture"]), ""]
+    return out
 
 
 def _diagnostic_sections(results: list[dict], plots: dict[str, str],

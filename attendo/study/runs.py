@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from .. import diagnostics as dg
 from ..config import Config, load_config
 from ..utils import atomic_write_text
 from .report import write_report
-from .spec import DONE_FILE, EVAL_FILE, HYP_FILE, Study, StudyError, load_test_set
+from .spec import DONE_FILE, EVAL_FILE, HYP_FILE, Study, StudyError, load_test_set, test_path
 
 log = logging.getLogger("attendo")
 
@@ -82,7 +84,7 @@ def train_variant(study: Study, i: int) -> dict[str, Any]:
 def evaluate_variant(study: Study, i: int, src: list[str], ref: list[str],
                      gold: list[dg.GoldAlignment] | None) -> dict[str, Any]:
     """Evaluate variant i on the test set, or reuse its earlier evaluation of the same set."""
-    from ..evaluate import evaluate_texts
+    from ..evaluate import add_image_scores, evaluate_texts, read_boxes
     from ..train import pick_device
     from ..translator import Translator
 
@@ -105,6 +107,11 @@ def evaluate_variant(study: Study, i: int, src: list[str], ref: list[str],
         rare_max_count=t.rare_max_count)
     w.mkdir(parents=True, exist_ok=True)
     atomic_write_text(w / HYP_FILE, "".join(o.text + "\n" for o in outs))
+    if translator.cfg.data.src_type == "image":  # CER by length, and where attention looked
+        add_image_scores(report, translator, src, ref, [o.text for o in outs],
+                         read_boxes(test_path(study), len(src)))
+        return _save_eval(path, {"key": key, "report": report, "heatmap": _image_picture(
+            study, v.name, translator, src[t.heatmap_sentence])})
     o = outs[t.heatmap_sentence]
     heat = {"src": src[t.heatmap_sentence], "hyp": o.text, "src_tokens": o.src_tokens,
             "tgt_tokens": o.tgt_tokens,
@@ -112,9 +119,26 @@ def evaluate_variant(study: Study, i: int, src: list[str], ref: list[str],
     for name in ("p_gen", "coverage"):
         if name in o.info:
             heat[name] = np.round(o.info[name], 4).tolist()
-    record = {"key": key, "report": report, "heatmap": heat}
+    return _save_eval(path, {"key": key, "report": report, "heatmap": heat})
+
+
+def _save_eval(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return record
+
+
+def _image_picture(study: Study, name: str, translator, image: str) -> dict[str, Any]:
+    """Show, Attend and Tell's figure of one test image under variant ``name``, in the report
+    folder; the record the report shows it by."""
+    from ..attend import draw_image_attention
+
+    if not translator.model.has_attention:
+        return {"src": image, "hyp": translator.translate([image])[0].text, "picture": None}
+    study.report_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=study.report_dir) as tmp:
+        ((_, pic, text),) = draw_image_attention(translator, [image], Path(tmp))
+        os.replace(pic, study.report_dir / f"attention-{name}.png")
+    return {"src": image, "hyp": text, "picture": f"attention-{name}.png"}
 
 
 def run_study(study: Study) -> Path:
@@ -129,7 +153,10 @@ def run_study(study: Study) -> Path:
         done = train_variant(study, i)
         ev = evaluate_variant(study, i, src, ref, gold)
         results.append({"name": v.name, "overrides": v.overrides, "train": done, **ev})
-        log.info("variant %d/%d %r: BLEU %.2f", i + 1, n, v.name, ev["report"]["bleu"])
-    path = write_report(study, results, src, ref)
+        r = ev["report"]
+        log.info("variant %d/%d %r: %s", i + 1, n, v.name,
+                 f"CER {r['cer']:.2f}%" if "cer" in r else f"BLEU {r['bleu']:.2f}")
+    image = study.configs[study.variants[0].name].data.src_type == "image"
+    path = write_report(study, results, None if image else src, None if image else ref)
     log.info("study report: %s", path)
     return path

@@ -56,7 +56,9 @@ class BudgetConfig:
 class StudyTestConfig:
     """The test set every variant is evaluated on, and the diagnostics' settings."""
 
-    src: str = ""  # "" = the base config's data.test_src (or its generated toy test split)
+    # "" = the base config's data.test_src (or its generated toy test split); an image model's
+    # test set is one list of image<TAB>text lines (test.ref empty), its boxes beside it
+    src: str = ""
     ref: str = ""
     max_sents: int = 0  # evaluate on the first N sentences (0 = all)
     beam: int = 0  # 0 = the base config's decode.beam_size
@@ -67,8 +69,6 @@ class StudyTestConfig:
     heatmap_sentence: int = 0  # 0-based index of the test sentence drawn under every variant
 
     def validate(self) -> None:
-        if bool(self.src) != bool(self.ref):
-            raise ConfigError("test.src and test.ref: set both or neither")
         for key in ("max_sents", "beam", "rare_max_count", "heatmap_sentence"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"test.{key}: must be >= 0")
@@ -224,6 +224,11 @@ def _study_overrides(s: StudySettings, name: str) -> list[str]:
 def _check_test_source(study: Study) -> None:
     t = study.settings.test
     first = study.configs[study.variants[0].name]
+    if first.data.src_type == "image" and t.ref:
+        raise ConfigError("test.ref: an image study's test set is one list of image<TAB>text "
+                          "lines (test.src); leave test.ref empty")
+    if first.data.src_type != "image" and bool(t.src) != bool(t.ref):
+        raise ConfigError("test.src and test.ref: set both or neither")
     if not t.src and not first.data.test_src and not (first.data.toy and first.data.toy_test_size):
         raise ConfigError("test: no test set; set test.src and test.ref (or the base config's "
                           "data.test_src and data.test_tgt)")
@@ -232,14 +237,25 @@ def _check_test_source(study: Study) -> None:
             raise ConfigError(f"{key}: {value}: no such file")
 
 
+def test_path(study: Study) -> Path | None:
+    """The study's test source file (None: the generated toy task's test split)."""
+    data = study.configs[study.variants[0].name].data
+    path = study.settings.test.src or data.test_src
+    return Path(path) if path else None
+
+
 def load_test_set(study: Study) -> tuple[list[str], list[str], list[dg.GoldAlignment] | None]:
-    """The study's test sentences (first test.max_sents) and gold alignments (checked)."""
+    """The study's test sentences (first test.max_sents) and gold alignments (checked); for an
+    image model, the test images' paths and their texts."""
     from ..data.corpus import read_parallel
+    from ..data.images import read_image_tsv
     from ..data.prepare import load_corpora
 
     t = study.settings.test
     data = study.configs[study.variants[0].name].data
-    if t.src or data.test_src:
+    if data.src_type == "image":
+        src, ref, _ = read_image_tsv(test_path(study))
+    elif t.src or data.test_src:
         src_path, ref_path = (t.src, t.ref) if t.src else (data.test_src, data.test_tgt or None)
         src, ref, _ = read_parallel(src_path, ref_path, max_chars=10**6)
     else:  # the generated toy task's test split (the trainer generates the same one)

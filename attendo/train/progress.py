@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .. import metrics
+from ..errors import UsageError
 
 log = logging.getLogger("attendo")
 
@@ -31,11 +32,13 @@ class RunLog:
             log.addHandler(self.handler)
 
     def open_tensorboard(self) -> None:
+        """train.tensorboard: the metrics also go to OUT/tensorboard (event files)."""
         if self.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except Exception:  # tensorboard is optional
-                return
+            except ImportError:
+                raise UsageError("train.tensorboard: needs the tensorboard package: pip install "
+                                 "'attendo[tensorboard]' (or set train.tensorboard: false)") from None
             self.tb = SummaryWriter(str(self.out / "tensorboard"))
 
     def metric(self, record: dict[str, Any]) -> None:

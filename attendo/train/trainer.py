@@ -26,6 +26,7 @@ from ..utils import DirLock, stop_point
 from . import setup, state
 from .data import init_source, load_training_data
 from .divergence import DivergenceGuard
+from .interrupt import Interrupted, stop_on_signals
 from .objective import CoverageSwitch, Objective, forward_backward
 from .progress import RunLog, StepResult, Window, show
 from .schedule import set_lr, stop_reason
@@ -105,7 +106,8 @@ class Trainer(Validation):
                                   copy=data.copy, align=data.align)
         self.batches = iterate_batches(self.stream, tc.num_workers,
                                        pin_memory=self.device.type == "cuda")
-        self.run_log.open_tensorboard()
+        if tc.tensorboard:
+            self.run_log.open_tensorboard()
         # last.safetensors is written right after a validation, so a resumed step was validated
         self.last_valid_step: int | None = self.state.step if resume else None
         # of the last train_step: summed coverage loss (None: no coverage), and summed
@@ -193,21 +195,15 @@ class Trainer(Validation):
                    disable=not (tc.progress and self.dist.is_main), dynamic_ncols=True)
         window, clean = Window(), False
         try:
-            while reason is None:
-                window.add(self.step())
-                bar.update(1)
-                if st.step % tc.log_every == 0:
-                    rec = window.record(st.step, st.epoch, self.elapsed(), self.device)
-                    self.run_log.metric(rec)
-                    left = (max(0.0, tc.max_minutes * 60 - self.elapsed())
-                            if tc.max_minutes and not tc.max_steps else None)
-                    show(rec, bar, tc, left)
-                    window.reset()
-                if st.step % tc.valid_every == 0:
-                    self.validate_and_save()
-                    window.t0 = time.time()  # validation time is not training throughput
-                stop_point("update", st.step)  # tests only: ATTENDO_STOP_AT=update:N
-                reason = stop_reason(tc, st, self.elapsed, self.dist, self.device)
+            with stop_on_signals() as stop:
+                while reason is None:
+                    window.add(self.step())
+                    bar.update(1)
+                    self._after_step(window, bar)
+                    stop_point("update", st.step)  # tests only: ATTENDO_STOP_AT=update:N
+                    if distributed.any_true(self.dist, stop.signame is not None, self.device):
+                        self._save_interrupted(stop.signame or "SIGTERM")  # raises
+                    reason = stop_reason(tc, st, self.elapsed, self.dist, self.device)
             if self.last_valid_step != st.step:
                 self.validate_and_save()
             log.info("training finished at step %d: %s", st.step, reason)
@@ -216,6 +212,28 @@ class Trainer(Validation):
             bar.close()
             self.close(clean)
         return {"step": st.step, "reason": reason, "best": st.best, "history": st.history}
+
+    def _after_step(self, window: Window, bar) -> None:
+        """Log every train.log_every updates, validate and save every train.valid_every."""
+        tc, st = self.cfg.train, self.state
+        if st.step % tc.log_every == 0:
+            rec = window.record(st.step, st.epoch, self.elapsed(), self.device)
+            self.run_log.metric(rec)
+            left = (max(0.0, tc.max_minutes * 60 - self.elapsed())
+                    if tc.max_minutes and not tc.max_steps else None)
+            show(rec, bar, tc, left)
+            window.reset()
+        if st.step % tc.valid_every == 0:
+            self.validate_and_save()
+            window.t0 = time.time()  # validation time is not training throughput
+
+    def _save_interrupted(self, signame: str) -> None:
+        """After a SIGINT/SIGTERM: ``last.safetensors`` at this step (no validation, so the
+        resumed run continues exactly as an uninterrupted one would), then stop."""
+        if self.dist.is_main and self.last_valid_step != self.state.step:
+            state.save_state(self.dir, self.model, self.optimizer, self.state, self.elapsed())
+        distributed.barrier(self.dist)
+        raise Interrupted(signame, self.state.step, self.dir)
 
     def close(self, clean: bool = False) -> None:
         """Stop the batch workers, close the logs and the process group and release the
