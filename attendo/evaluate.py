@@ -100,17 +100,18 @@ def add_image_scores(report: dict[str, Any], translator: Translator, images: lis
     report["cer"] = round(metrics.char_error_rate(hyps, refs), 2)
     if not translator.model.has_attention:
         boxes = None
-    if boxes is not None:
-        report["diagnostics"]["attention"]["localization"] = image_localization(
-            translator, images, refs, boxes)
-    report["by_length"] = by_length(translator, images, refs, hyps, boxes)
+    samples = None if boxes is None else localization_samples(translator, images, refs, boxes)
+    if samples is not None:
+        report["diagnostics"]["attention"]["localization"] = localization(samples)
+    report["by_length"] = by_length(refs, hyps, samples)
 
 
-def by_length(translator: Translator, images: list[str], refs: list[str], hyps: list[str],
-              boxes: list[str] | None) -> list[dict[str, Any]]:
+def by_length(refs: list[str], hyps: list[str], samples: list[tuple | None] | None
+              ) -> list[dict[str, Any]]:
     """An image test set's scores by reference length in characters (for digit strings: how
     reading degrades with the string's length, beyond the trained lengths too): images, CER,
-    exact match and, given the boxes, the share of attention peaks inside their symbol."""
+    exact match and, given :func:`localization_samples`, the share of attention peaks inside
+    their symbol."""
     groups: dict[int, list[int]] = {}
     for i, r in enumerate(refs):
         groups.setdefault(len(r), []).append(i)
@@ -120,10 +121,8 @@ def by_length(translator: Translator, images: list[str], refs: list[str], hyps: 
                "cer": round(metrics.char_error_rate([hyps[i] for i in idx],
                                                     [refs[i] for i in idx]), 2),
                "exact_match": round(float(np.mean([hyps[i] == refs[i] for i in idx])), 4)}
-        if boxes is not None:
-            loc = image_localization(translator, [images[i] for i in idx],
-                                     [refs[i] for i in idx], [boxes[i] for i in idx])
-            row["peak_in_box"] = loc["peak_in_box"]
+        if samples is not None:
+            row["peak_in_box"] = localization([samples[i] for i in idx])["peak_in_box"]
         rows.append(row)
     return rows
 
@@ -289,13 +288,14 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
-def image_localization(translator: Translator, images: list[str], refs: list[str],
-                       lines: list[str], batch_size: int = 32) -> dict[str, Any]:
-    """:func:`attendo.diagnostics.attention_localization` of the attention teacher-forced on
-    the references, against the symbols' boxes in ``lines`` (one JSON line per image,
+def localization_samples(translator: Translator, images: list[str], refs: list[str],
+                         lines: list[str], batch_size: int = 32) -> list[tuple | None]:
+    """Per image, the (attention, region centres, boxes) that
+    :func:`attendo.diagnostics.attention_localization` reads: the attention teacher-forced on
+    the reference, against the symbols' boxes in ``lines`` (one JSON line per image,
     ``{"boxes": [[x0, y0, x1, y1], ...]}`` in the image file's pixels, one box per output
-    piece). Images whose reference has another number of pieces than boxes are skipped."""
-    model, samples, skipped = translator.model, [], 0
+    piece); None for an image whose reference has another number of pieces than boxes."""
+    model, samples = translator.model, []
     for k in range(0, len(images), batch_size):
         rows = list(range(k, min(k + batch_size, len(images))))
         items = [translator.src.encode(images[i]) for i in rows]
@@ -305,7 +305,7 @@ def image_localization(translator: Translator, images: list[str], refs: list[str
         for j, i in enumerate(rows):
             boxes = np.asarray(json.loads(lines[i])["boxes"], dtype=float).reshape(-1, 4)
             if len(ids[j]) != len(boxes):
-                skipped += 1
+                samples.append(None)
                 continue
             _, H, W = items[j].pixels.shape
             with PILImage.open(images[i]) as im:  # boxes are in the file's pixels
@@ -313,4 +313,11 @@ def image_localization(translator: Translator, images: list[str], refs: list[str
             centres = model.encoder.region_centres(H, W).numpy()
             attn = info["attn"][j, : len(boxes), : len(centres)].float().cpu().numpy()
             samples.append((attn, centres, boxes))
-    return {**dg.attention_localization(samples), "skipped": skipped}
+    return samples
+
+
+def localization(samples: list[tuple | None]) -> dict[str, Any]:
+    """attention_localization of :func:`localization_samples`' output, and how many images
+    were skipped."""
+    return {**dg.attention_localization(x for x in samples if x is not None),
+            "skipped": sum(x is None for x in samples)}
