@@ -207,6 +207,7 @@ VARIANTS = {
     "local-m": dict(attention_window=1, local="monotonic"),
     "local-p": dict(attention_window=2, local="predictive"),
     "local-m-sparsemax": dict(attention_window=2, local="monotonic", attention_normalizer="sparsemax"),
+    "local-previous": dict(attention_window=1, local="previous"),
 }
 DEC_GRID = [(v, a, s, r) for v in VARIANTS for a, s, r in (
     ("additive", "luong", "gru"),  # the fusable setting: the fused pass must be bypassed
@@ -267,6 +268,28 @@ def test_step_equals_teacher_forced(variant, attention, style, rnn):
                 p = min(t, n - 1)
                 far = [j for j in range(src.size(1)) if abs(j - p) > D]
                 assert torch.all(attn[b, t, far] == 0)
+    if kw.get("local") == "previous":  # centred on the last step's peak (-1 before the first)
+        D = kw["attention_window"]
+        for b, n in enumerate(src_lens.tolist()):
+            p = -1
+            for t in range(attn.size(1)):
+                near = [j for j in range(n) if abs(j - p) <= D]
+                far = [j for j in range(src.size(1)) if j not in near]
+                assert near, (b, t, p)  # the windows here never leave the source
+                assert torch.all(attn[b, t, far] == 0), (b, t, p, attn[b, t])
+                p = int(attn[b, t].argmax())
+
+
+def test_local_previous_window_past_the_end_falls_back_to_the_whole_source():
+    """A window that holds no real position (the peak of a longer row's step, then a row
+    reordered next to a shorter source) gives the whole source, never NaN."""
+    q, k, mask = _attn_inputs(lens=(7, 4, 1))
+    attn = Attention(build_scorer("general", 6, 5), window=1, local="previous")
+    _, w = attn(q[:, :1], attn.prepare(k), k, mask, peak=torch.tensor([6, 6, 3]))
+    assert torch.isfinite(w).all()
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, 1))
+    assert torch.all(w[0, 0, :5] == 0) and torch.all(w[0, 0, 5:] > 0)  # [5, 7]
+    assert torch.all(w[1, 0, :4] > 0) and torch.all(w[2, 0, 0] == 1)  # whole source
 
 
 def test_fusable_only_for_global_softmax():
@@ -350,6 +373,9 @@ def test_transformer_step_equals_teacher_forced(name):
     (["model.attention_window=2", "model.attention=none"], "model.attention_window"),
     (["model.local=predictive"], "model.local"),
     (["model.attention_window=2", "model.decoder=transformer"], "model.attention_window"),
+    (["model.attention_window=2", "model.local=previous", "model.decoder=transformer"],
+     "model.attention_window"),
+    (["model.local=previous"], "model.local"),
     (["model.attention_window=2", "model.local=predictive", "model.copy=true"], "model.local"),
     (["model.attention_normalizer=entmax15", "model.attention=none"], "model.attention_normalizer"),
     (["model.attention_windw=2"], "model.attention_windw"),

@@ -9,7 +9,7 @@ from .strict import ConfigError
 def check_sparse_and_local(m) -> None:
     """Sparse normalizers and local attention: what they need from the rest of the model."""
     for key, allowed in (("attention_normalizer", ("softmax", "sparsemax", "entmax15")),
-                         ("local", ("monotonic", "predictive"))):
+                         ("local", ("monotonic", "predictive", "previous"))):
         if getattr(m, key) not in allowed:
             raise ConfigError(
                 f"model.{key}: {getattr(m, key)!r} is not allowed; choose one of {list(allowed)}"

@@ -156,8 +156,9 @@ class ModelConfig:
     attention_normalizer: Literal["softmax", "sparsemax", "entmax15"] = "softmax"
     # local attention (Luong et al. 2015, sec. 3.2; RNN decoder): window half-width D, 0 = global
     attention_window: int = 0
-    # local window centre: monotonic (p_i = i) or predictive (learned p_i, Gaussian weighting)
-    local: Literal["monotonic", "predictive"] = "monotonic"
+    # local window centre: monotonic (p_i = i), predictive (learned p_i, Gaussian weighting)
+    # or previous (the last step's attention peak: a monotonic reader, e.g. of images)
+    local: Literal["monotonic", "predictive", "previous"] = "monotonic"
     # image encoder: 2x2 max poolings after the first convolutions (a region is 2^image_pool
     # pixels square), and what runs over the region grid: nothing (2-D positions), a BiLSTM
     # along each row (im2markup), a BiGRU over the columns (with attention: none, the

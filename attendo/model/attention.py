@@ -32,6 +32,12 @@ i the 0-based target step. After scoring (so it works with every scorer):
   not renormalized afterwards (they sum to <= 1) and the context is sum_j a_ij h_j. The
   Gaussian carries the gradient to p_i; the hard window edge carries none. At least one real
   position is always inside the window (D >= 1 and p_i in [0, S_b]).
+- previous: p_i = argmax_j a_{i-1,j}, the peak of the step before (-1 before the first step),
+  and the window masked as for local-m: attention moves on from where it last looked, the
+  windowing of Chorowski et al. (2014; 2015: they centre it on the median of a_{i-1}) for
+  readers that move monotonically (digits, text lines, speech). Nothing in it depends on how
+  long the source is. RNN decoder, which carries the peak in its state; a window holding no
+  real position gives the whole source.
 """
 
 from __future__ import annotations
@@ -210,11 +216,14 @@ class Attention(nn.Module):
     def prepare(self, keys: Tensor) -> Tensor:
         return self.scorer.prepare(keys)
 
-    def aligned_position(self, query: Tensor, src_pad_mask: Tensor, step: int | Tensor) -> Tensor:
+    def aligned_position(self, query: Tensor, src_pad_mask: Tensor, step: int | Tensor,
+                         peak: Tensor | None = None) -> Tensor:
         """p_i, the window centre (B, Tq) (float): local-m min(i, S_b - 1) with i = step + q for
         query q (step: the target step of the first query, int or (B,)); local-p
-        S_b * sigmoid(v_p^T tanh(W_p q_i))."""
+        S_b * sigmoid(v_p^T tanh(W_p q_i)); previous: ``peak`` (B,), the last step's argmax."""
         dtype = torch.promote_types(query.dtype, torch.float32)  # positions need fp32 at least
+        if self.local == "previous":  # one query at a time (the RNN decoder's steps)
+            return peak.to(dtype).unsqueeze(-1)  # (B, 1)
         S_b = (~src_pad_mask).sum(-1, keepdim=True).to(dtype)  # (B, 1)
         if self.local == "predictive":
             gate = self.v_p(torch.tanh(self.W_p(query))).squeeze(-1)  # (B, Tq)
@@ -224,17 +233,22 @@ class Attention(nn.Module):
         return torch.minimum(i.to(S_b.dtype), (S_b - 1).clamp_min(0))  # (B, Tq)
 
     def forward(self, query: Tensor, prepared: Tensor, values: Tensor, src_pad_mask: Tensor,
-                cov: Tensor | None = None, step: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+                cov: Tensor | None = None, step: int | Tensor = 0, peak: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
         """query (B, Tq, Dq), values (B, S, Dv), coverage cov (B, Tq, S) or None, step (local-m:
-        the target step of query 0) -> context (B, Tq, Dv), weights (B, Tq, S)."""
+        the target step of query 0), peak (previous: (B,) the last step's attention peak)
+        -> context (B, Tq, Dv), weights (B, Tq, S)."""
         scores = self.scorer.score(query, prepared, cov)
         if not self.window:
             weights = self._normalize(scores, src_pad_mask)
             return torch.bmm(weights, values), weights
-        p = self.aligned_position(query, src_pad_mask, step)  # (B, Tq)
+        p = self.aligned_position(query, src_pad_mask, step, peak)  # (B, Tq)
         j = torch.arange(src_pad_mask.size(1), device=query.device, dtype=p.dtype)  # (S,)
         dist = j - p.unsqueeze(-1)  # (B, Tq, S)
         outside = (dist.detach().abs() > self.window) | src_pad_mask.unsqueeze(1)
+        if self.local == "previous":  # past the last real position: keep the window non-empty
+            outside = torch.where(outside.all(-1, keepdim=True), src_pad_mask.unsqueeze(1),
+                                  outside)
         weights = self._normalize(scores, outside)
         if self.local == "predictive":
             sigma = self.window / 2

@@ -35,6 +35,7 @@ class RNNDecoderState(DecoderState):
     src_ext: Tensor | None = None  # (B, S) source ids in the extended vocabulary (model.copy)
     n_ext: int = 0  # extra (source-only) words in the extended vocabulary of this batch
     t: int = 0  # target steps taken so far (local-m attention centres its window on it)
+    peak: Tensor | None = None  # (B,) the last step's attention peak (local: previous), else None
 
     PER_SOURCE: ClassVar[frozenset[str]] = frozenset({"memory", "keys", "src_pad_mask", "src_ext"})
 
@@ -99,6 +100,7 @@ class RNNDecoder(Decoder):
                 normalizer=normalizer, window=window, local=local, query_dim=hidden,
             )
             self.W_c = nn.Linear(enc_dim + hidden, self.out_dim, bias=False)
+        self.by_peak = self.use_attn and self.attention.local == "previous"
         # Show, Attend and Tell's beta = sigmoid(w . query + b), a scalar gate on the context
         self.gate = nn.Linear(hidden, 1) if context_gate and self.use_attn else None
         if copy:
@@ -126,7 +128,8 @@ class RNNDecoder(Decoder):
             keys=self.attention.prepare(enc.out) if self.use_attn else None,
             src_pad_mask=enc.src_pad_mask,
             cov=cov_.initial_coverage(enc.out, enc.src_pad_mask) if self.coverage else None,
-            src_ext=src_ext if self.copy else None, n_ext=n_ext if self.copy else 0)
+            src_ext=src_ext if self.copy else None, n_ext=n_ext if self.copy else 0,
+            peak=enc.src_pad_mask.new_full((B,), -1, dtype=torch.long) if self.by_peak else None)
 
     def _match_layers(self, final: Tensor) -> Tensor:
         """(B, L_enc, D) -> (B, L_dec, D): top encoder layer for any extra decoder layers."""
@@ -156,7 +159,7 @@ class RNNDecoder(Decoder):
         """query (B, H) -> context (B, D_enc), weights (B, S)."""
         cov = None if state.cov is None else state.cov.unsqueeze(1)  # (B, 1, S)
         ctx, a = self.attention(query.unsqueeze(1), state.keys, state.memory, state.src_pad_mask,
-                                cov, step=state.t)
+                                cov, step=state.t, peak=state.peak)
         ctx = ctx.squeeze(1)
         if self.gate is not None:
             ctx = torch.sigmoid(self.gate(query)) * ctx  # (B, 1) * (B, D_enc)
@@ -182,7 +185,9 @@ class RNNDecoder(Decoder):
         cov = cov_.advance(state.cov, a, info) if self.coverage else state.cov
         if self.copy:
             info.update(p_gen_info(self.W_gen, ctx, s, emb))  # (B,)
-        state = dataclasses.replace(state, h=h, c=c, attn_vec=vec, cov=cov, t=state.t + 1)
+        peak = None if state.peak is None else a.argmax(-1)  # (B,)
+        state = dataclasses.replace(state, h=h, c=c, attn_vec=vec, cov=cov, t=state.t + 1,
+                                    peak=peak)
         return vec, state, info
 
     def step(self, y_prev: Tensor, state: RNNDecoderState, need_info: bool = True
