@@ -100,7 +100,6 @@ class RNNDecoder(Decoder):
                 normalizer=normalizer, window=window, local=local, query_dim=hidden,
             )
             self.W_c = nn.Linear(enc_dim + hidden, self.out_dim, bias=False)
-        self.by_peak = self.use_attn and self.attention.local == "previous"
         # Show, Attend and Tell's beta = sigmoid(w . query + b), a scalar gate on the context
         self.gate = nn.Linear(hidden, 1) if context_gate and self.use_attn else None
         if copy:
@@ -129,7 +128,8 @@ class RNNDecoder(Decoder):
             src_pad_mask=enc.src_pad_mask,
             cov=cov_.initial_coverage(enc.out, enc.src_pad_mask) if self.coverage else None,
             src_ext=src_ext if self.copy else None, n_ext=n_ext if self.copy else 0,
-            peak=enc.src_pad_mask.new_full((B,), -1, dtype=torch.long) if self.by_peak else None)
+            peak=(enc.src_pad_mask.new_full((B,), -1, dtype=torch.long)  # local: previous
+                  if self.use_attn and self.attention.local == "previous" else None))
 
     def _match_layers(self, final: Tensor) -> Tensor:
         """(B, L_enc, D) -> (B, L_dec, D): top encoder layer for any extra decoder layers."""
